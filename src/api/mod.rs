@@ -1,0 +1,216 @@
+//! HTTP: the public listener (health now; monitoring links later) and the admin listener (bearer
+//! token with a role; pipelines, runs, metrics).
+//!
+//! Every request is counted by listener, matched route and status; bodies are limited to
+//! 64 KiB and requests time out after 30 s. Errors are answered as JSON `{"error": …}` and never
+//! carry internals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tower_http::timeout::TimeoutLayer;
+use tracing::error;
+
+use crate::catalog::{Role, TokenInfo};
+use crate::schedule::{Jobs, Triggered};
+use crate::telemetry::HttpLabels;
+
+const BODY_LIMIT: usize = 64 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Shared state of both listeners.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub jobs: Arc<Jobs>,
+}
+
+/// An error answer. Internal errors are logged once here and answered without detail.
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized,
+    Forbidden(Role),
+    NotFound(String),
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "a valid bearer token is required".to_string()),
+            ApiError::Forbidden(role) => (StatusCode::FORBIDDEN, format!("this needs the role {role} or higher")),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, what),
+            ApiError::Internal(detail) => {
+                error!(error = %detail, "internal error answering an admin request");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the daemon log".to_string())
+            }
+        };
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The public listener's routes.
+pub fn public_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(middleware::from_fn_with_state((state.clone(), "public"), count_requests))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// The admin listener's routes.
+pub fn admin_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/pipelines", get(list_pipelines))
+        .route("/api/v1/pipelines/{name}/runs", post(trigger_run))
+        .route("/api/v1/runs", get(list_runs))
+        .layer(middleware::from_fn_with_state((state.clone(), "admin"), count_requests))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn count_requests(
+    State((state, listener)): State<(AppState, &'static str)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    let labels = HttpLabels { listener, route, status: response.status().as_u16() };
+    state.jobs.runtime().metrics.http_requests.get_or_create(&labels).inc();
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.jobs.runtime().catalog.has_tokens() {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            error!(error = %e, "readiness check: catalog unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "catalog unavailable\n").into_response()
+        }
+    }
+}
+
+/// Checks the bearer token and that its role allows `required`.
+fn authorize(state: &AppState, headers: &HeaderMap, required: Role) -> Result<TokenInfo, ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let runtime = state.jobs.runtime();
+    let info = match presented {
+        Some(token) => runtime.catalog.verify_token(token).map_err(|e| ApiError::Internal(e.to_string()))?,
+        None => None,
+    };
+    let Some(info) = info else {
+        runtime.metrics.auth_failures.inc();
+        return Err(ApiError::Unauthorized);
+    };
+    if !info.role.allows(required) {
+        return Err(ApiError::Forbidden(required));
+    }
+    Ok(info)
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Role::ReadOnly)?;
+    let body = state.jobs.runtime().metrics.encode();
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
+}
+
+async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let info = authorize(&state, &headers, Role::ReadOnly)?;
+    Ok(Json(json!({"id": info.id, "role": info.role.as_str(), "workspace": info.workspace, "label": info.label}))
+        .into_response())
+}
+
+async fn list_pipelines(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Role::ReadOnly)?;
+    let catalog = &state.jobs.runtime().catalog;
+    let mut out = Vec::new();
+    for p in state.jobs.pipelines() {
+        let last_run = catalog
+            .recent_runs(Some(&p.name), 1)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .into_iter()
+            .next();
+        let committed = catalog.committed_batches(&p.name).map_err(|e| ApiError::Internal(e.to_string()))?;
+        out.push(json!({
+            "name": p.name,
+            "description": p.description,
+            "file": p.file.display().to_string(),
+            "schedule": p.schedule.as_ref().map(|s| json!({"cron": s.cron, "time_zone": s.time_zone.name()})),
+            "running": state.jobs.is_running(&p.name),
+            "committed_batches": committed,
+            "last_run": last_run,
+        }));
+    }
+    Ok(Json(json!({ "pipelines": out })).into_response())
+}
+
+async fn trigger_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = authorize(&state, &headers, Role::WorkspaceAdmin)?;
+    let outcome =
+        state.jobs.trigger(&name, "api").ok_or_else(|| ApiError::NotFound(format!("no pipeline named `{name}`")))?;
+    let catalog = &state.jobs.runtime().catalog;
+    catalog
+        .audit(&format!("token:{}", who.id), "pipeline.run", &name)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let status = match outcome {
+        Triggered::Started => StatusCode::ACCEPTED,
+        Triggered::AlreadyRunning => StatusCode::CONFLICT,
+    };
+    Ok((status, Json(json!({ "pipeline": name, "outcome": outcome }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct RunsQuery {
+    pipeline: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<RunsQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Role::ReadOnly)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let runs = state
+        .jobs
+        .runtime()
+        .catalog
+        .recent_runs(q.pipeline.as_deref(), limit)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({ "runs": runs })).into_response())
+}

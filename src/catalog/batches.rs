@@ -1,0 +1,182 @@
+//! Batch intents and commits: the catalog half of the exactly-once protocol.
+//!
+//! A batch is planned (an *intent* with its source positions) before anything is written, and
+//! committed (with the source advanced in the same transaction) only after every output file and
+//! the commit manifest exist. There is at most one open intent per pipeline.
+
+use std::collections::HashSet;
+
+use rusqlite::OptionalExtension;
+use serde::{Deserialize, Serialize};
+
+use super::{Catalog, CatalogError, now};
+
+/// A planned batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchIntent {
+    pub pipeline: String,
+    pub seq: i64,
+    /// Source positions as the source recorded them (e.g. the file list with sizes).
+    pub positions: serde_json::Value,
+    /// When the batch was planned (RFC 3339, UTC); the runtime uses it instead of "now" so a
+    /// replay produces identical output.
+    pub planned_at: String,
+}
+
+/// What a committed batch wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStats {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub rows_quarantined: u64,
+    pub files: Vec<String>,
+    pub bytes: u64,
+}
+
+impl Catalog {
+    /// The open intent of a pipeline, if a previous run stopped before committing it.
+    pub fn open_intent(&self, pipeline: &str) -> Result<Option<BatchIntent>, CatalogError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT seq, positions, planned_at FROM batches WHERE pipeline = ?1 AND state = 'open'",
+                [pipeline],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+            )
+            .optional()?;
+        row.map(|(seq, positions, planned_at)| {
+            let positions = serde_json::from_str(&positions)
+                .map_err(|e| CatalogError::Corrupt(format!("batch {pipeline}/{seq} positions: {e}")))?;
+            Ok(BatchIntent { pipeline: pipeline.to_string(), seq, positions, planned_at })
+        })
+        .transpose()
+    }
+
+    /// Records the intent of the next batch (sequence = last + 1). Fails if one is open.
+    pub fn create_intent(
+        &self,
+        pipeline: &str,
+        positions: &serde_json::Value,
+        planned_at: &str,
+    ) -> Result<BatchIntent, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let open: Option<i64> = tx
+            .query_row("SELECT seq FROM batches WHERE pipeline = ?1 AND state = 'open'", [pipeline], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(seq) = open {
+            return Err(CatalogError::IntentOpen { pipeline: pipeline.to_string(), seq });
+        }
+        let seq: i64 = tx.query_row(
+            "SELECT coalesce(max(seq), 0) + 1 FROM batches WHERE pipeline = ?1",
+            [pipeline],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO batches (pipeline, seq, state, positions, planned_at) VALUES (?1, ?2, 'open', ?3, ?4)",
+            (pipeline, seq, positions.to_string(), planned_at),
+        )?;
+        tx.commit()?;
+        Ok(BatchIntent {
+            pipeline: pipeline.to_string(),
+            seq,
+            positions: positions.clone(),
+            planned_at: planned_at.to_string(),
+        })
+    }
+
+    /// Commits a batch and advances its file source in one transaction.
+    pub fn commit_batch(
+        &self,
+        pipeline: &str,
+        seq: i64,
+        ingested_files: &[String],
+        stats: &BatchStats,
+    ) -> Result<(), CatalogError> {
+        let stats_json =
+            serde_json::to_string(stats).map_err(|e| CatalogError::Corrupt(format!("batch stats: {e}")))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE batches SET state = 'committed', committed_at = ?1, stats = ?2
+             WHERE pipeline = ?3 AND seq = ?4 AND state = 'open'",
+            (now(), stats_json, pipeline, seq),
+        )?;
+        if n != 1 {
+            return Err(CatalogError::NoSuchIntent { pipeline: pipeline.to_string(), seq });
+        }
+        {
+            let mut insert =
+                tx.prepare("INSERT INTO ingested_files (pipeline, path, seq) VALUES (?1, ?2, ?3)")?;
+            for path in ingested_files {
+                insert.execute((pipeline, path, seq))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every source file a pipeline has already ingested.
+    pub fn ingested_files(&self, pipeline: &str) -> Result<HashSet<String>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT path FROM ingested_files WHERE pipeline = ?1")?;
+        let rows = stmt.query_map([pipeline], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Number of committed batches of a pipeline.
+    pub fn committed_batches(&self, pipeline: &str) -> Result<i64, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM batches WHERE pipeline = ?1 AND state = 'committed'",
+            [pipeline],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn one_open_intent_at_a_time_and_commit_advances_the_source() -> Result<(), CatalogError> {
+        let c = Catalog::open_in_memory()?;
+        let first = c.create_intent("p", &json!({"files": ["a"]}), "2026-01-01T00:00:00Z")?;
+        assert_eq!(first.seq, 1);
+        assert!(matches!(
+            c.create_intent("p", &json!({}), "t"),
+            Err(CatalogError::IntentOpen { seq: 1, .. })
+        ));
+        assert_eq!(c.open_intent("p")?, Some(first.clone()));
+        // Another pipeline is independent.
+        assert_eq!(c.create_intent("q", &json!({}), "t")?.seq, 1);
+
+        c.commit_batch("p", 1, &["a".into()], &BatchStats::default())?;
+        assert_eq!(c.open_intent("p")?, None);
+        assert!(c.ingested_files("p")?.contains("a"));
+        assert!(matches!(
+            c.commit_batch("p", 1, &[], &BatchStats::default()),
+            Err(CatalogError::NoSuchIntent { .. })
+        ));
+        assert_eq!(c.create_intent("p", &json!({}), "t")?.seq, 2);
+        assert_eq!(c.committed_batches("p")?, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_the_intent_open_and_nothing_ingested() -> Result<(), CatalogError> {
+        let c = Catalog::open_in_memory()?;
+        c.create_intent("p", &json!({}), "t")?;
+        c.create_intent("r", &json!({}), "t")?;
+        c.commit_batch("r", 1, &["dup".into()], &BatchStats::default())?;
+        // The same path twice violates the primary key: the whole commit must roll back.
+        let err = c.commit_batch("p", 1, &["x".into(), "x".into()], &BatchStats::default());
+        assert!(err.is_err());
+        assert!(c.open_intent("p")?.is_some());
+        assert!(c.ingested_files("p")?.is_empty());
+        Ok(())
+    }
+}

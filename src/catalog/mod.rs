@@ -1,0 +1,183 @@
+//! The embedded state store (SQLite): tokens, batch intents and commits, ingested source files,
+//! run history and the audit log.
+//!
+//! SQLite runs in WAL mode with `synchronous = FULL`, so a committed transaction survives a
+//! power cut: the exactly-once protocol relies on "intent recorded" and "batch committed" being
+//! durable before the next step. Every multi-row change is one transaction. Other modules never
+//! see SQL: they call the typed methods here.
+
+mod batches;
+mod runs;
+mod tokens;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+pub use batches::{BatchIntent, BatchStats};
+pub use runs::{RunRecord, RunStatus, RunTotals};
+pub use tokens::{IssuedToken, Role, TokenInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("catalog query failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("catalog holds corrupt data: {0}")]
+    Corrupt(String),
+    #[error("pipeline `{pipeline}` already has an open batch {seq}; replay it before planning another")]
+    IntentOpen { pipeline: String, seq: i64 },
+    #[error("pipeline `{pipeline}` has no open batch {seq} to commit")]
+    NoSuchIntent { pipeline: String, seq: i64 },
+    #[error("catalog schema version {found} is newer than this binary understands ({supported})")]
+    TooNew { found: i64, supported: i64 },
+}
+
+/// Each entry migrates the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tokens (
+    id          INTEGER PRIMARY KEY,
+    hash        TEXT NOT NULL UNIQUE,
+    role        TEXT NOT NULL,
+    workspace   TEXT,
+    label       TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    revoked_at  TEXT
+);
+CREATE TABLE batches (
+    pipeline    TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('open', 'committed')),
+    positions   TEXT NOT NULL,
+    planned_at  TEXT NOT NULL,
+    committed_at TEXT,
+    stats       TEXT,
+    PRIMARY KEY (pipeline, seq)
+);
+CREATE UNIQUE INDEX one_open_batch ON batches (pipeline) WHERE state = 'open';
+CREATE TABLE ingested_files (
+    pipeline    TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, path)
+);
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY,
+    pipeline    TEXT NOT NULL,
+    trigger     TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    batches     INTEGER NOT NULL DEFAULT 0,
+    rows_in     INTEGER NOT NULL DEFAULT 0,
+    rows_out    INTEGER NOT NULL DEFAULT 0,
+    rows_quarantined INTEGER NOT NULL DEFAULT 0,
+    error       TEXT
+);
+CREATE INDEX runs_by_pipeline ON runs (pipeline, id);
+CREATE TABLE audit_log (
+    id          INTEGER PRIMARY KEY,
+    at          TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    detail      TEXT NOT NULL
+);
+"#];
+
+/// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Mutex<Connection>,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let open_err = |source| CatalogError::Open { path: path.display().to_string(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                open_err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(format!("cannot create {}: {e}", dir.display())),
+                ))
+            })?;
+        }
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        Self::init(conn).map_err(|e| match e {
+            CatalogError::Sql(source) => open_err(source),
+            other => other,
+        })
+    }
+
+    /// A private in-memory catalog, for unit tests and `backflow test`.
+    pub fn open_in_memory() -> Result<Catalog, CatalogError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Catalog, CatalogError> {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(CatalogError::TooNew { found: version, supported });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(Catalog { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back on drop), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends to the audit log.
+    pub fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+            (now(), actor, action, detail),
+        )?;
+        Ok(())
+    }
+
+    /// The most recent audit entries, newest first: (at, actor, action, detail).
+    pub fn audit_entries(&self, limit: usize) -> Result<Vec<(String, String, String, String)>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopening_keeps_state_and_schema_version() -> Result<(), CatalogError> {
+        let dir = tempfile::tempdir().map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+        let path = dir.path().join("nested/catalog.sqlite");
+        {
+            let catalog = Catalog::open(&path)?;
+            catalog.audit("test", "create", "x")?;
+        }
+        let catalog = Catalog::open(&path)?;
+        assert_eq!(catalog.audit_entries(10)?.len(), 1);
+        Ok(())
+    }
+}

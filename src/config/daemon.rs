@@ -1,0 +1,548 @@
+//! The daemon's own settings: `backflow.yaml`, overridden by `BACKFLOW__SECTION__KEY`
+//! environment variables. Every key has a default, so the daemon runs with no file at all.
+//!
+//! Both layers are read as text first (the file keeps each value's position, the environment
+//! its variable name), then every value is parsed once by the same code, so an error names
+//! `file:line:column` and the key, or the variable.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Location;
+
+use super::error::{ConfigError, is_blank, parse_yaml};
+use super::load::parse_time_zone;
+use super::raw::Located;
+use crate::storage::StorageUrl;
+
+/// Prefix of the environment variables that override `backflow.yaml`.
+pub const ENV_PREFIX: &str = "BACKFLOW__";
+/// The `file` of errors about environment variables.
+pub const ENV_ORIGIN: &str = "<environment>";
+/// Upper bound of `scheduler.max_concurrent_runs`.
+pub const MAX_CONCURRENT_RUNS: usize = 10;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The daemon's validated settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// `data_dir`: root of local state (journal, catalog, lake by default); default `./data`.
+    pub data_dir: PathBuf,
+    /// `time_zone`: workspace time zone (partitions, schedules, local timestamps); default
+    /// `Asia/Shanghai`.
+    pub time_zone: chrono_tz::Tz,
+    /// `pipelines_dir`: pipeline definitions; default `./pipelines`.
+    pub pipelines_dir: PathBuf,
+    /// `schemas_dir`: dataset schemas; default `./schemas`.
+    pub schemas_dir: PathBuf,
+    /// `lake.url`: where datasets are written; default `file://{data_dir}/lake`.
+    pub lake_url: StorageUrl,
+    /// `catalog.path`: the SQLite state store; default `{data_dir}/catalog.sqlite`.
+    pub catalog_path: PathBuf,
+    /// `public.listen`: monitoring links, reports; default `127.0.0.1:8080`.
+    pub public_listen: SocketAddr,
+    /// `admin.listen`: admin API and metrics; default `127.0.0.1:8081`.
+    pub admin_listen: SocketAddr,
+    /// `log.format`: `text` or `json`; default `text`.
+    pub log_format: LogFormat,
+    /// `log.level`: a tracing `EnvFilter` directive such as `info,backflow=debug`; default `info`.
+    pub log_level: String,
+    /// `shutdown.grace_seconds`: how long running work may finish on shutdown; default 30.
+    pub shutdown_grace: Duration,
+    /// `scheduler.max_concurrent_runs`: pipeline runs at once, 1 to 10; default 3.
+    pub max_concurrent_runs: NonZeroUsize,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        let data_dir = PathBuf::from("./data");
+        Self {
+            time_zone: chrono_tz::Asia::Shanghai,
+            pipelines_dir: PathBuf::from("./pipelines"),
+            schemas_dir: PathBuf::from("./schemas"),
+            lake_url: StorageUrl::File {
+                root: data_dir.join("lake"),
+            },
+            catalog_path: data_dir.join("catalog.sqlite"),
+            public_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            admin_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
+            log_format: LogFormat::Text,
+            log_level: "info".to_string(),
+            shutdown_grace: Duration::from_secs(30),
+            max_concurrent_runs: NonZeroUsize::MIN.saturating_add(2),
+            data_dir,
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Reads `file` (if any) and applies the `BACKFLOW__*` variables of `env` over it; other
+    /// variables are ignored. Relative paths stay relative (to the working directory).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<DaemonConfig, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut settings = match file {
+            Some(file) => read_file(file).map_err(|err| vec![err])?,
+            None => HashMap::new(),
+        };
+        apply_env(&mut settings, env, &mut errors);
+        let mut resolver = Resolver {
+            file: file.unwrap_or(Path::new("backflow.yaml")),
+            settings,
+            errors,
+        };
+        let config = resolver.resolve();
+        if resolver.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(resolver.errors)
+        }
+    }
+}
+
+/// The keys of `backflow.yaml`, as `section.key`; the variable of `a.b` is `BACKFLOW__A__B`.
+const KEYS: &[&str] = &[
+    "data_dir",
+    "time_zone",
+    "pipelines_dir",
+    "schemas_dir",
+    "lake.url",
+    "catalog.path",
+    "public.listen",
+    "admin.listen",
+    "log.format",
+    "log.level",
+    "shutdown.grace_seconds",
+    "scheduler.max_concurrent_runs",
+];
+
+/// `backflow.yaml` as written; every value is text with its position.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    /// Root of local state.
+    data_dir: Option<Located<String>>,
+    /// Workspace time zone.
+    time_zone: Option<Located<String>>,
+    /// Pipeline definitions.
+    pipelines_dir: Option<Located<String>>,
+    /// Dataset schemas.
+    schemas_dir: Option<Located<String>>,
+    /// `url`: the lake's storage URL.
+    lake: Option<RawSection<RawUrl>>,
+    /// `path`: the catalog database.
+    catalog: Option<RawSection<RawPath>>,
+    /// `listen`: public listener.
+    public: Option<RawSection<RawListen>>,
+    /// `listen`: admin listener.
+    admin: Option<RawSection<RawListen>>,
+    /// `format`, `level`.
+    log: Option<RawSection<RawLog>>,
+    /// `grace_seconds`.
+    shutdown: Option<RawSection<RawShutdown>>,
+    /// `max_concurrent_runs`.
+    scheduler: Option<RawSection<RawScheduler>>,
+}
+
+/// A section (transparent; lets every section share the same handling).
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct RawSection<T>(T);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUrl {
+    /// Storage URL.
+    url: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPath {
+    /// File path.
+    path: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    /// `ip:port`.
+    listen: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    /// `text` or `json`.
+    format: Option<Located<String>>,
+    /// `EnvFilter` directive.
+    level: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    /// Seconds.
+    grace_seconds: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    /// 1 to 10.
+    max_concurrent_runs: Option<Located<String>>,
+}
+
+/// Where a setting's text came from.
+#[derive(Debug, Clone)]
+enum Origin {
+    File(Location),
+    Env(String),
+}
+
+/// A setting's text and origin, before parsing.
+#[derive(Debug, Clone)]
+struct Setting {
+    value: String,
+    origin: Origin,
+}
+
+fn read_file(file: &Path) -> Result<HashMap<&'static str, Setting>, ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|err| ConfigError::file(file, format!("cannot read config file: {err}")))?;
+    let raw: RawDaemon = if is_blank(&text) {
+        RawDaemon::default()
+    } else {
+        parse_yaml(file, &text)?
+    };
+    Ok(file_settings(raw))
+}
+
+fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
+    let leaves = [
+        ("data_dir", raw.data_dir),
+        ("time_zone", raw.time_zone),
+        ("pipelines_dir", raw.pipelines_dir),
+        ("schemas_dir", raw.schemas_dir),
+        ("lake.url", raw.lake.and_then(|s| s.0.url)),
+        ("catalog.path", raw.catalog.and_then(|s| s.0.path)),
+        ("public.listen", raw.public.and_then(|s| s.0.listen)),
+        ("admin.listen", raw.admin.and_then(|s| s.0.listen)),
+        (
+            "log.format",
+            raw.log.as_ref().and_then(|s| s.0.format.clone()),
+        ),
+        ("log.level", raw.log.and_then(|s| s.0.level)),
+        (
+            "shutdown.grace_seconds",
+            raw.shutdown.and_then(|s| s.0.grace_seconds),
+        ),
+        (
+            "scheduler.max_concurrent_runs",
+            raw.scheduler.and_then(|s| s.0.max_concurrent_runs),
+        ),
+    ];
+    leaves
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let value = value?;
+            let origin = Origin::File(value.location());
+            Some((
+                key,
+                Setting {
+                    value: value.into_value(),
+                    origin,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Applies `BACKFLOW__SECTION__KEY=value` variables (names case-insensitive).
+fn apply_env(
+    settings: &mut HashMap<&'static str, Setting>,
+    env: impl IntoIterator<Item = (String, String)>,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (name, value) in env {
+        let Some(rest) = name
+            .get(ENV_PREFIX.len()..)
+            .filter(|_| has_env_prefix(&name))
+        else {
+            continue;
+        };
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        match KEYS.iter().find(|known| **known == key) {
+            Some(known) => {
+                settings.insert(
+                    known,
+                    Setting {
+                        value,
+                        origin: Origin::Env(name),
+                    },
+                );
+            }
+            None => {
+                let message = format!(
+                    "unknown key `{key}`, expected one of {}",
+                    env_names().join(", ")
+                );
+                errors.push(ConfigError::new(ENV_ORIGIN, (0, 0), name, message));
+            }
+        }
+    }
+}
+
+fn has_env_prefix(name: &str) -> bool {
+    name.get(..ENV_PREFIX.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(ENV_PREFIX))
+}
+
+/// The variable names of all keys.
+fn env_names() -> Vec<String> {
+    KEYS.iter()
+        .map(|key| {
+            format!(
+                "{ENV_PREFIX}{}",
+                key.to_ascii_uppercase().replace('.', "__")
+            )
+        })
+        .collect()
+}
+
+/// Parses every setting, collecting errors.
+struct Resolver<'a> {
+    file: &'a Path,
+    settings: HashMap<&'static str, Setting>,
+    errors: Vec<ConfigError>,
+}
+
+impl Resolver<'_> {
+    fn resolve(&mut self) -> DaemonConfig {
+        let d = DaemonConfig::default();
+        let data_dir = self.get("data_dir", parse_path).unwrap_or(d.data_dir);
+        DaemonConfig {
+            time_zone: self
+                .get("time_zone", parse_time_zone)
+                .unwrap_or(d.time_zone),
+            pipelines_dir: self
+                .get("pipelines_dir", parse_path)
+                .unwrap_or(d.pipelines_dir),
+            schemas_dir: self.get("schemas_dir", parse_path).unwrap_or(d.schemas_dir),
+            lake_url: self
+                .get("lake.url", |v| {
+                    v.parse::<StorageUrl>().map_err(|e| e.to_string())
+                })
+                .unwrap_or_else(|| StorageUrl::File {
+                    root: data_dir.join("lake"),
+                }),
+            catalog_path: self
+                .get("catalog.path", parse_path)
+                .unwrap_or_else(|| data_dir.join("catalog.sqlite")),
+            public_listen: self
+                .get("public.listen", parse_listen)
+                .unwrap_or(d.public_listen),
+            admin_listen: self
+                .get("admin.listen", parse_listen)
+                .unwrap_or(d.admin_listen),
+            log_format: self
+                .get("log.format", parse_log_format)
+                .unwrap_or(d.log_format),
+            log_level: self
+                .get("log.level", parse_log_level)
+                .unwrap_or(d.log_level),
+            shutdown_grace: self
+                .get("shutdown.grace_seconds", parse_seconds)
+                .unwrap_or(d.shutdown_grace),
+            max_concurrent_runs: self
+                .get("scheduler.max_concurrent_runs", parse_runs)
+                .unwrap_or(d.max_concurrent_runs),
+            data_dir,
+        }
+    }
+
+    /// The parsed value of `key` if it was set and is valid; records an error if invalid.
+    fn get<T>(&mut self, key: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        let setting = self.settings.remove(key)?;
+        parse(setting.value.trim())
+            .map_err(|message| self.errors.push(self.error(key, setting.origin, message)))
+            .ok()
+    }
+
+    fn error(&self, key: &str, origin: Origin, message: String) -> ConfigError {
+        match origin {
+            Origin::File(at) => ConfigError::at(self.file, at, key, message),
+            Origin::Env(variable) => ConfigError::new(ENV_ORIGIN, (0, 0), variable, message),
+        }
+    }
+}
+
+fn parse_path(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        Err("expected a path, found an empty value".to_string())
+    } else {
+        Ok(PathBuf::from(value))
+    }
+}
+
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| {
+        format!("invalid address `{value}`, expected an IP address and port such as 127.0.0.1:8080")
+    })
+}
+
+fn parse_log_format(value: &str) -> Result<LogFormat, String> {
+    match value {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!(
+            "unknown log format `{other}`, expected one of text, json"
+        )),
+    }
+}
+
+fn parse_log_level(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(value)
+        .map(|_| value.to_string())
+        .map_err(|err| {
+            format!(
+                "invalid log level `{value}` ({err}), expected e.g. `info` or `info,backflow=debug`"
+            )
+        })
+}
+
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("expected a whole number of seconds, found `{value}`"))
+}
+
+fn parse_runs(value: &str) -> Result<NonZeroUsize, String> {
+    value
+        .parse::<NonZeroUsize>()
+        .ok()
+        .filter(|n| n.get() <= MAX_CONCURRENT_RUNS)
+        .ok_or_else(|| {
+            format!("expected a number from 1 to {MAX_CONCURRENT_RUNS}, found `{value}`")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_text(text: &str, vars: &[(&str, &str)]) -> Result<DaemonConfig, Vec<String>> {
+        let dir = tempfile::tempdir().map_err(|e| vec![e.to_string()])?;
+        let file = dir.path().join("backflow.yaml");
+        std::fs::write(&file, text).map_err(|e| vec![e.to_string()])?;
+        DaemonConfig::load(Some(&file), env(vars)).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| e.to_string().replace(&*file.to_string_lossy(), "F"))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn no_file_and_no_env_is_the_defaults() {
+        let config = DaemonConfig::load(None, Vec::new());
+        assert_eq!(config, Ok(DaemonConfig::default()));
+    }
+
+    #[test]
+    fn blank_file_is_the_defaults() {
+        assert_eq!(
+            load_text("# nothing yet\n", &[]),
+            Ok(DaemonConfig::default())
+        );
+    }
+
+    #[test]
+    fn catalog_and_lake_follow_the_final_data_dir() {
+        let config = load_text(
+            "data_dir: /srv/file\n",
+            &[("BACKFLOW__DATA_DIR", "/srv/env")],
+        );
+        let config = config.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            config.catalog_path,
+            PathBuf::from("/srv/env/catalog.sqlite")
+        );
+        assert_eq!(
+            config.lake_url,
+            StorageUrl::File {
+                root: PathBuf::from("/srv/env/lake")
+            }
+        );
+    }
+
+    #[test]
+    fn values_from_the_file_are_located() {
+        let errors = load_text(
+            "scheduler:\n  max_concurrent_runs: 11\nlog: {format: xml}\n",
+            &[],
+        );
+        assert_eq!(
+            errors,
+            Err(vec![
+                "F:3:15: log.format: unknown log format `xml`, expected one of text, json"
+                    .to_string(),
+                "F:2:24: scheduler.max_concurrent_runs: expected a number from 1 to 10, found `11`"
+                    .to_string(),
+            ])
+        );
+    }
+
+    #[test]
+    fn env_names_are_case_insensitive_and_others_ignored() {
+        let config = DaemonConfig::load(
+            None,
+            env(&[
+                ("backflow__log__LEVEL", "debug"),
+                ("BACKFLOW_X", "1"),
+                ("PATH", "/"),
+            ]),
+        );
+        assert_eq!(config.map(|c| c.log_level), Ok("debug".to_string()));
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let errors =
+            DaemonConfig::load(None, env(&[("BACKFLOW__SHUTDOWN__GRACE_SECONDS", "soon")]));
+        let messages: Vec<String> = errors
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "<environment>: BACKFLOW__SHUTDOWN__GRACE_SECONDS: expected a whole number of seconds, found `soon`"
+            ]
+        );
+    }
+}

@@ -1,0 +1,1007 @@
+//! Loading pipeline files: stage one ([`super::raw`], plain serde) then stage two (this module),
+//! which checks every value, collects *all* errors of a file with their positions, and builds
+//! the validated [`Pipeline`].
+//!
+//! `backflow validate` calls [`load_pipelines`] over the whole `pipelines/` folder, which adds the
+//! checks that span files (duplicate pipeline names, two writers of one dataset).
+
+use std::collections::HashMap;
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde_saphyr::Location;
+
+use super::error::{Collector, ConfigError, is_blank, parse_yaml};
+use super::model::{
+    ColumnType, CompiledExpr, Compression, CsvOptions, DatasetSchema, FileFormat, Granularity,
+    Keep, ObjectStoreFilesSource, ParquetSink, Pipeline, PipelineTest, Schedule, SinkConfig,
+    SourceConfig, TransformStep,
+};
+use super::raw::{
+    Located, OrderedMap, RawCompression, RawCsvOptions, RawDedup, RawFileFormat, RawGranularity,
+    RawKeep, RawObjectStoreFiles, RawParquetSink, RawPipeline, RawSchedule, RawSink, RawSource,
+    RawTest, RawTransform, Row, TYPE_NAMES, TypeName,
+};
+use super::schema_file::load_schema_file;
+use crate::storage::StorageUrl;
+
+/// Default of `source.max_files_per_batch`.
+pub const DEFAULT_MAX_FILES_PER_BATCH: u64 = 100;
+/// Default of `source.max_bytes_per_batch` (256 MiB).
+pub const DEFAULT_MAX_BYTES_PER_BATCH: u64 = 256 * 1024 * 1024;
+/// Default of `sink.row_group_rows`.
+pub const DEFAULT_ROW_GROUP_ROWS: u64 = 1_000_000;
+/// Default of `source.suffixes`.
+pub const DEFAULT_SUFFIXES: &[&str] = &[
+    ".ndjson",
+    ".jsonl",
+    ".json",
+    ".csv",
+    ".ndjson.gz",
+    ".jsonl.gz",
+    ".json.gz",
+    ".csv.gz",
+];
+
+/// How pipeline files are loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where `validate: {schema: x}` finds `x.yaml`; `None` means `<pipeline file's dir>/../schemas`.
+    pub schemas_dir: Option<PathBuf>,
+    /// Time zone of schedules that name none (the daemon's `time_zone`).
+    pub default_time_zone: chrono_tz::Tz,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            schemas_dir: None,
+            default_time_zone: chrono_tz::Asia::Shanghai,
+        }
+    }
+}
+
+impl LoadOptions {
+    fn schemas_dir_for(&self, file: &Path) -> PathBuf {
+        match &self.schemas_dir {
+            Some(dir) => dir.clone(),
+            None => file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join("..")
+                .join("schemas"),
+        }
+    }
+}
+
+/// The result of loading a set of pipeline files: the valid pipelines and every error.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Pipelines without errors (a pipeline that clashes with an earlier one is left out).
+    pub pipelines: Vec<Pipeline>,
+    /// Every error of every file, in file order.
+    pub errors: Vec<ConfigError>,
+    /// How many pipeline files were read.
+    pub files: usize,
+}
+
+/// Loads pipeline files; a path may be a directory, meaning every `*.yaml` / `*.yml` in it
+/// (not recursive), sorted by name. Also checks that pipeline names and sink datasets are unique.
+pub fn load_pipelines(paths: &[PathBuf], opts: &LoadOptions) -> LoadReport {
+    let mut report = LoadReport::default();
+    let mut schemas = SchemaCache::default();
+    let mut loaded = Vec::new();
+    for file in expand_paths(paths, &mut report.errors) {
+        report.files += 1;
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(err) => {
+                report.errors.push(ConfigError::file(
+                    &file,
+                    format!("cannot read pipeline file: {err}"),
+                ));
+                continue;
+            }
+        };
+        match load_located(&file, &text, opts, &mut schemas) {
+            Ok(pipeline) => loaded.push(pipeline),
+            Err(errors) => report.errors.extend(errors),
+        }
+    }
+    report.pipelines = check_unique(loaded, &mut report.errors);
+    report
+}
+
+/// Loads one pipeline from its text; `file` names it in errors and in [`Pipeline::file`].
+pub fn load_pipeline_str(
+    file: &Path,
+    text: &str,
+    opts: &LoadOptions,
+) -> Result<Pipeline, Vec<ConfigError>> {
+    load_located(file, text, opts, &mut SchemaCache::default()).map(|loaded| loaded.pipeline)
+}
+
+/// The JSON Schema of the pipeline format (checked in as `schemas/pipeline.schema.json`).
+pub fn pipeline_json_schema() -> serde_json::Value {
+    schemars::schema_for!(RawPipeline).to_value()
+}
+
+/// Checks a name against `[a-z][a-z0-9_]*`.
+pub(crate) fn check_ident(name: &str) -> Result<String, String> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "invalid name `{name}`, expected lower-case letters, digits and `_`, starting with a letter"
+        ))
+    }
+}
+
+/// Parses a column type name.
+pub(crate) fn parse_column_type(name: &str) -> Result<ColumnType, String> {
+    Ok(match name {
+        "string" => ColumnType::String,
+        "int64" => ColumnType::Int64,
+        "float64" => ColumnType::Float64,
+        "boolean" => ColumnType::Boolean,
+        "timestamp" => ColumnType::Timestamp,
+        "date" => ColumnType::Date,
+        other => {
+            return Err(format!(
+                "unknown column type `{other}`, expected one of {}",
+                TYPE_NAMES.join(", ")
+            ));
+        }
+    })
+}
+
+/// Parses an IANA time zone name.
+pub(crate) fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    chrono_tz::Tz::from_str(name).map_err(|_| {
+        format!("unknown time zone `{name}`, expected an IANA name such as Asia/Shanghai or UTC")
+    })
+}
+
+/// Parses a cron expression: five crontab fields (second 0 is prepended, day-of-week numbers
+/// keep their crontab meaning), or six/seven fields in the `cron` crate's syntax.
+pub(crate) fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let expression = match fields.as_slice() {
+        [minute, hour, day, month, weekday] => {
+            format!(
+                "0 {minute} {hour} {day} {month} {}",
+                crontab_weekdays(weekday)?
+            )
+        }
+        [_, _, _, _, _, _] | [_, _, _, _, _, _, _] => fields.join(" "),
+        _ => {
+            return Err(format!(
+                "invalid cron expression `{text}`: expected 5 fields (minute hour day-of-month month \
+                 day-of-week) or 6-7 fields (second first, optional year last), found {}",
+                fields.len()
+            ));
+        }
+    };
+    cron::Schedule::from_str(&expression).map_err(|err| {
+        // The crate's message repeats the expression with a caret line; keep only the reason.
+        let err = err.to_string();
+        let reason = err
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty())
+            .unwrap_or_default();
+        format!("invalid cron expression `{text}`: {}", reason.trim())
+    })
+}
+
+/// Rewrites a crontab day-of-week field (0 or 7 = Sunday) with day names, which the `cron`
+/// crate reads the same way (its numbers start at 1 = Sunday).
+fn crontab_weekdays(field: &str) -> Result<String, String> {
+    const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
+    let day = |part: &str| -> Result<String, String> {
+        match part.parse::<usize>() {
+            Ok(n) => NAMES
+                .get(n)
+                .map(|name| (*name).to_string())
+                .ok_or_else(|| format!("day-of-week `{n}` is out of range 0-7")),
+            Err(_) => Ok(part.to_string()),
+        }
+    };
+    let item = |item: &str| -> Result<String, String> {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (item, None),
+        };
+        let range = match range.split_once('-') {
+            // `5-7` (Friday to Sunday) wraps in the `cron` crate's numbering: split it.
+            Some((from, "7")) if step.is_none() && from != "0" && from != "7" => {
+                format!("{}-SAT,SUN", day(from)?)
+            }
+            Some((from, to)) => format!("{}-{}", day(from)?, day(to)?),
+            None => day(range)?,
+        };
+        Ok(match step {
+            Some(step) => format!("{range}/{step}"),
+            None => range,
+        })
+    };
+    let items: Result<Vec<String>, String> = field.split(',').map(item).collect();
+    Ok(items?.join(","))
+}
+
+/// Dataset schemas already loaded in this run, by file; `None` for a file with errors
+/// (reported once, by the first pipeline that names it).
+#[derive(Debug, Default)]
+struct SchemaCache {
+    schemas: HashMap<PathBuf, Option<DatasetSchema>>,
+}
+
+/// A pipeline with the positions the cross-file checks point at.
+struct LoadedPipeline {
+    pipeline: Pipeline,
+    name_at: Location,
+    dataset_at: Location,
+}
+
+fn expand_paths(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                let mut found: Vec<PathBuf> = entries
+                    .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                    .filter(|file| file.is_file() && is_yaml(file))
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+            Err(err) => errors.push(ConfigError::file(
+                path,
+                format!("cannot list directory: {err}"),
+            )),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|file| seen.insert(file.clone()));
+    files
+}
+
+fn is_yaml(file: &Path) -> bool {
+    file.extension()
+        .is_some_and(|ext| ext == "yaml" || ext == "yml")
+}
+
+/// Keeps the first pipeline of each name and dataset; each later one is an error at its value.
+fn check_unique(loaded: Vec<LoadedPipeline>, errors: &mut Vec<ConfigError>) -> Vec<Pipeline> {
+    let mut names: HashMap<String, (PathBuf, Location)> = HashMap::new();
+    let mut datasets: HashMap<String, (String, PathBuf, Location)> = HashMap::new();
+    let mut pipelines = Vec::new();
+    for LoadedPipeline {
+        pipeline,
+        name_at,
+        dataset_at,
+    } in loaded
+    {
+        let file = pipeline.file.clone();
+        if let Some((first_file, first_at)) = names.get(&pipeline.name) {
+            let message = format!(
+                "duplicate pipeline name `{}`, already defined at {}",
+                pipeline.name,
+                position(first_file, *first_at)
+            );
+            errors.push(ConfigError::at(&file, name_at, "name", message));
+            continue;
+        }
+        let SinkConfig::Parquet(sink) = &pipeline.sink;
+        if let Some((writer, first_file, first_at)) = datasets.get(&sink.dataset) {
+            let message = format!(
+                "dataset `{}` is already written by pipeline `{writer}` ({}); a dataset has one writer",
+                sink.dataset,
+                position(first_file, *first_at)
+            );
+            errors.push(ConfigError::at(&file, dataset_at, "sink.dataset", message));
+            continue;
+        }
+        names.insert(pipeline.name.clone(), (file.clone(), name_at));
+        datasets.insert(
+            sink.dataset.clone(),
+            (pipeline.name.clone(), file, dataset_at),
+        );
+        pipelines.push(pipeline);
+    }
+    pipelines
+}
+
+fn position(file: &Path, at: Location) -> String {
+    format!("{}:{}:{}", file.display(), at.line(), at.column())
+}
+
+fn load_located(
+    file: &Path,
+    text: &str,
+    opts: &LoadOptions,
+    schemas: &mut SchemaCache,
+) -> Result<LoadedPipeline, Vec<ConfigError>> {
+    if is_blank(text) {
+        let message = "the file is empty; expected a pipeline (name, source, sink, ...)";
+        return Err(vec![ConfigError::file(file, message)]);
+    }
+    let raw: RawPipeline = parse_yaml(file, text).map_err(|err| vec![err])?;
+    let name_at = raw.name.location();
+    let RawSink::Parquet(sink) = &raw.sink;
+    let dataset_at = sink.dataset.location();
+    let mut converter = Converter {
+        errors: Collector::new(file),
+        schemas_dir: opts.schemas_dir_for(file),
+        default_time_zone: opts.default_time_zone,
+        schemas,
+    };
+    let pipeline = converter.pipeline(file, raw);
+    let pipeline = converter.errors.finish(pipeline)?;
+    Ok(LoadedPipeline {
+        pipeline,
+        name_at,
+        dataset_at,
+    })
+}
+
+/// Stage two of one file: raw types to the model, every error collected.
+struct Converter<'a> {
+    errors: Collector<'a>,
+    schemas_dir: PathBuf,
+    default_time_zone: chrono_tz::Tz,
+    schemas: &'a mut SchemaCache,
+}
+
+impl Converter<'_> {
+    fn pipeline(&mut self, file: &Path, raw: RawPipeline) -> Option<Pipeline> {
+        let name = self
+            .errors
+            .check(raw.name.location(), "name", check_ident(raw.name.value()));
+        let source = self.source(raw.source);
+        let transforms: Vec<_> = raw
+            .transforms
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| self.transform(i, t))
+            .collect();
+        let sink = self.sink(raw.sink);
+        let schedule = raw.schedule.map(|schedule| self.schedule(schedule));
+        let tests = self.tests(raw.tests);
+        Some(Pipeline {
+            name: name?,
+            file: file.to_path_buf(),
+            description: raw.description,
+            source: source?,
+            transforms: transforms.into_iter().collect::<Option<_>>()?,
+            sink: sink?,
+            schedule: match schedule {
+                None => None,
+                Some(schedule) => Some(schedule?),
+            },
+            tests: tests?,
+        })
+    }
+
+    // ---- source ----
+
+    fn source(&mut self, raw: RawSource) -> Option<SourceConfig> {
+        match raw {
+            RawSource::ObjectStoreFiles(files) => {
+                self.files_source(files).map(SourceConfig::ObjectStoreFiles)
+            }
+        }
+    }
+
+    fn files_source(&mut self, raw: RawObjectStoreFiles) -> Option<ObjectStoreFilesSource> {
+        let url = self.storage_url(&raw.url, "source.url");
+        let suffixes = self.suffixes(raw.suffixes);
+        let csv = self.csv(raw.csv);
+        let max_files = self.limit(
+            raw.max_files_per_batch,
+            "source.max_files_per_batch",
+            DEFAULT_MAX_FILES_PER_BATCH,
+        );
+        let max_files = max_files.and_then(|n| self.usize_limit(n, "source.max_files_per_batch"));
+        let max_bytes = self.limit(
+            raw.max_bytes_per_batch,
+            "source.max_bytes_per_batch",
+            DEFAULT_MAX_BYTES_PER_BATCH,
+        );
+        Some(ObjectStoreFilesSource {
+            url: url?,
+            format: file_format(raw.format),
+            compression: compression(raw.compression),
+            suffixes: suffixes?,
+            csv: csv?,
+            max_files_per_batch: max_files?,
+            max_bytes_per_batch: max_bytes?.0,
+        })
+    }
+
+    fn storage_url(&mut self, raw: &Located<String>, path: &str) -> Option<StorageUrl> {
+        let parsed = raw
+            .value()
+            .parse::<StorageUrl>()
+            .map_err(|err| err.to_string());
+        self.errors.check(raw.location(), path, parsed)
+    }
+
+    fn suffixes(&mut self, raw: Option<Located<Vec<Located<String>>>>) -> Option<Vec<String>> {
+        let Some(raw) = raw else {
+            return Some(DEFAULT_SUFFIXES.iter().map(|s| (*s).to_string()).collect());
+        };
+        if raw.value().is_empty() {
+            self.errors.push(
+                raw.location(),
+                "source.suffixes",
+                "expected at least one suffix",
+            );
+            return None;
+        }
+        let suffixes: Vec<Option<String>> = raw
+            .into_value()
+            .into_iter()
+            .enumerate()
+            .map(|(i, suffix)| self.non_empty(&suffix, &format!("source.suffixes[{i}]"), "suffix"))
+            .collect();
+        suffixes.into_iter().collect()
+    }
+
+    fn csv(&mut self, raw: Option<RawCsvOptions>) -> Option<CsvOptions> {
+        let defaults = CsvOptions::default();
+        let Some(raw) = raw else {
+            return Some(defaults);
+        };
+        let delimiter = match raw.delimiter {
+            None => Some(defaults.delimiter),
+            Some(delimiter) => {
+                let parsed = match delimiter.value().as_bytes() {
+                    [byte] if byte.is_ascii() => Ok(*byte),
+                    _ => Err(format!(
+                        "expected one ASCII character, found `{}`",
+                        delimiter.value()
+                    )),
+                };
+                self.errors
+                    .check(delimiter.location(), "source.csv.delimiter", parsed)
+            }
+        };
+        Some(CsvOptions {
+            delimiter: delimiter?,
+            has_header: raw.has_header.unwrap_or(defaults.has_header),
+        })
+    }
+
+    /// A positive limit, or its default; `.1` is where it was written.
+    fn limit(
+        &mut self,
+        raw: Option<Located<u64>>,
+        path: &str,
+        default: u64,
+    ) -> Option<(NonZeroU64, Location)> {
+        let (value, at) = match raw {
+            Some(raw) => (*raw.value(), raw.location()),
+            None => (default, Location::UNKNOWN),
+        };
+        let checked = NonZeroU64::new(value)
+            .ok_or_else(|| "expected a number greater than 0, found 0".to_string());
+        self.errors.check(at, path, checked).map(|n| (n, at))
+    }
+
+    fn usize_limit(
+        &mut self,
+        (value, at): (NonZeroU64, Location),
+        path: &str,
+    ) -> Option<NonZeroUsize> {
+        let converted = NonZeroUsize::try_from(value).map_err(|_| format!("{value} is too large"));
+        self.errors.check(at, path, converted)
+    }
+
+    // ---- transforms ----
+
+    fn transform(&mut self, i: usize, raw: RawTransform) -> Option<TransformStep> {
+        let path = format!("transforms[{i}]");
+        match raw {
+            RawTransform::Rename(map) => self
+                .rename(&format!("{path}.rename"), map)
+                .map(TransformStep::Rename),
+            RawTransform::Cast(map) => self
+                .cast(&format!("{path}.cast"), map)
+                .map(TransformStep::Cast),
+            RawTransform::Filter(expr) => self
+                .expr(&expr, &format!("{path}.filter"))
+                .map(TransformStep::Filter),
+            RawTransform::Derive(map) => self
+                .derive(&format!("{path}.derive"), map)
+                .map(TransformStep::Derive),
+            RawTransform::Drop(columns) => self
+                .columns(&format!("{path}.drop"), columns)
+                .map(TransformStep::Drop),
+            RawTransform::Dedup(dedup) => self.dedup(&format!("{path}.dedup"), dedup),
+            RawTransform::Validate(validate) => self
+                .schema(&validate.schema, &format!("{path}.validate.schema"))
+                .map(TransformStep::Validate),
+        }
+    }
+
+    fn rename(
+        &mut self,
+        path: &str,
+        map: OrderedMap<Located<String>>,
+    ) -> Option<Vec<(String, String)>> {
+        let mut targets: HashMap<String, Location> = HashMap::new();
+        let pairs: Vec<Option<(String, String)>> = map
+            .0
+            .into_iter()
+            .map(|(from, to)| {
+                let from = self.non_empty(&from, path, "column name");
+                let to_path = format!("{path}.{}", from.as_deref().unwrap_or_default());
+                let to = self.non_empty(&to, &to_path, "column name").and_then(|name| {
+                    match targets.insert(name.clone(), to.location()) {
+                        Some(first) => {
+                            let message = format!(
+                                "`{name}` is already the target of the rename at line {}, column {}",
+                                first.line(),
+                                first.column()
+                            );
+                            self.errors.push(to.location(), &to_path, message);
+                            None
+                        }
+                        None => Some(name),
+                    }
+                });
+                Some((from?, to?))
+            })
+            .collect();
+        pairs.into_iter().collect()
+    }
+
+    fn cast(
+        &mut self,
+        path: &str,
+        map: OrderedMap<Located<TypeName>>,
+    ) -> Option<Vec<(String, ColumnType)>> {
+        let pairs: Vec<Option<(String, ColumnType)>> = map
+            .0
+            .into_iter()
+            .map(|(column, ty)| {
+                let column = self.non_empty(&column, path, "column name");
+                let ty_path = format!("{path}.{}", column.as_deref().unwrap_or_default());
+                let ty =
+                    self.errors
+                        .check(ty.location(), &ty_path, parse_column_type(&ty.value().0));
+                Some((column?, ty?))
+            })
+            .collect();
+        pairs.into_iter().collect()
+    }
+
+    fn derive(
+        &mut self,
+        path: &str,
+        map: OrderedMap<Located<String>>,
+    ) -> Option<Vec<(String, CompiledExpr)>> {
+        let pairs: Vec<Option<(String, CompiledExpr)>> = map
+            .0
+            .into_iter()
+            .map(|(column, expr)| {
+                let column = self.non_empty(&column, path, "column name");
+                let expr = self.expr(
+                    &expr,
+                    &format!("{path}.{}", column.as_deref().unwrap_or_default()),
+                );
+                Some((column?, expr?))
+            })
+            .collect();
+        pairs.into_iter().collect()
+    }
+
+    fn dedup(&mut self, path: &str, raw: RawDedup) -> Option<TransformStep> {
+        let keys = self.columns(&format!("{path}.keys"), raw.keys)?;
+        let keep = match raw.keep {
+            RawKeep::First => Keep::First,
+            RawKeep::Last => Keep::Last,
+        };
+        Some(TransformStep::Dedup { keys, keep })
+    }
+
+    /// A non-empty list of non-empty column names.
+    fn columns(&mut self, path: &str, raw: Located<Vec<Located<String>>>) -> Option<Vec<String>> {
+        if raw.value().is_empty() {
+            self.errors
+                .push(raw.location(), path, "expected at least one column");
+            return None;
+        }
+        let columns: Vec<Option<String>> = raw
+            .into_value()
+            .iter()
+            .enumerate()
+            .map(|(i, column)| self.non_empty(column, &format!("{path}[{i}]"), "column name"))
+            .collect();
+        columns.into_iter().collect()
+    }
+
+    fn non_empty(&mut self, raw: &Located<String>, path: &str, what: &str) -> Option<String> {
+        let checked = if raw.value().trim().is_empty() {
+            Err(format!("{what} must not be empty"))
+        } else {
+            Ok(raw.value().clone())
+        };
+        self.errors.check(raw.location(), path, checked)
+    }
+
+    fn expr(&mut self, raw: &Located<String>, path: &str) -> Option<CompiledExpr> {
+        let source = raw.value();
+        let compiled = polars::sql::sql_expr(source)
+            .map(|expr| CompiledExpr {
+                source: source.clone(),
+                expr,
+            })
+            .map_err(|err| {
+                format!(
+                    "invalid SQL expression `{source}`: {}",
+                    one_line(&err.to_string())
+                )
+            });
+        self.errors.check(raw.location(), path, compiled)
+    }
+
+    fn schema(&mut self, raw: &Located<String>, path: &str) -> Option<DatasetSchema> {
+        let name = self
+            .errors
+            .check(raw.location(), path, check_ident(raw.value()))?;
+        let file = self.schemas_dir.join(format!("{name}.yaml"));
+        if !file.is_file() {
+            let message = format!("unknown schema `{name}`: {} does not exist", file.display());
+            self.errors.push(raw.location(), path, message);
+            return None;
+        }
+        let schema = match self.schemas.schemas.get(&file) {
+            Some(cached) => cached.clone(),
+            None => {
+                let loaded = load_schema_file(&file)
+                    .map_err(|errors| self.errors.extend(errors))
+                    .ok();
+                self.schemas.schemas.insert(file.clone(), loaded.clone());
+                loaded
+            }
+        };
+        let checked = match schema {
+            None => Err(format!(
+                "schema `{name}` has errors (see {})",
+                file.display()
+            )),
+            Some(schema) if schema.name != name => Err(format!(
+                "{} declares schema name `{}`, expected `{name}`",
+                file.display(),
+                schema.name
+            )),
+            Some(schema) => Ok(schema),
+        };
+        self.errors.check(raw.location(), path, checked)
+    }
+
+    // ---- sink, schedule, tests ----
+
+    fn sink(&mut self, raw: RawSink) -> Option<SinkConfig> {
+        match raw {
+            RawSink::Parquet(parquet) => self.parquet_sink(parquet).map(SinkConfig::Parquet),
+        }
+    }
+
+    fn parquet_sink(&mut self, raw: RawParquetSink) -> Option<ParquetSink> {
+        let dataset = self.errors.check(
+            raw.dataset.location(),
+            "sink.dataset",
+            check_ident(raw.dataset.value()),
+        );
+        let column = self.non_empty(
+            &raw.partition_by.column,
+            "sink.partition_by.column",
+            "column name",
+        );
+        let rows = self.limit(
+            raw.row_group_rows,
+            "sink.row_group_rows",
+            DEFAULT_ROW_GROUP_ROWS,
+        );
+        let rows = rows.and_then(|n| self.usize_limit(n, "sink.row_group_rows"));
+        Some(ParquetSink {
+            dataset: dataset?,
+            partition_column: column?,
+            granularity: match raw.partition_by.granularity {
+                RawGranularity::Day => Granularity::Day,
+                RawGranularity::Hour => Granularity::Hour,
+            },
+            row_group_rows: rows?,
+        })
+    }
+
+    fn schedule(&mut self, raw: RawSchedule) -> Option<Schedule> {
+        let parsed = self.errors.check(
+            raw.cron.location(),
+            "schedule.cron",
+            parse_cron(raw.cron.value()),
+        );
+        let time_zone = match &raw.time_zone {
+            None => Some(self.default_time_zone),
+            Some(tz) => self.errors.check(
+                tz.location(),
+                "schedule.time_zone",
+                parse_time_zone(tz.value()),
+            ),
+        };
+        Some(Schedule {
+            cron: raw.cron.into_value(),
+            parsed: parsed?,
+            time_zone: time_zone?,
+        })
+    }
+
+    fn tests(&mut self, raw: Vec<RawTest>) -> Option<Vec<PipelineTest>> {
+        let mut names: HashMap<String, Location> = HashMap::new();
+        let tests: Vec<Option<PipelineTest>> = raw
+            .into_iter()
+            .enumerate()
+            .map(|(i, test)| {
+                let path = format!("tests[{i}]");
+                let name = self.non_empty(&test.name, &format!("{path}.name"), "test name");
+                if let Some(first) = name
+                    .as_ref()
+                    .and_then(|n| names.insert(n.clone(), test.name.location()))
+                {
+                    let message = format!(
+                        "duplicate test name, first used at line {}, column {}",
+                        first.line(),
+                        first.column()
+                    );
+                    self.errors
+                        .push(test.name.location(), &format!("{path}.name"), message);
+                }
+                let input = self.rows(&format!("{path}.input"), test.input);
+                let expect = self.rows(&format!("{path}.expect"), test.expect);
+                Some(PipelineTest {
+                    name: name?,
+                    input: input?,
+                    expect: expect?,
+                    expect_quarantine: test.expect_quarantine,
+                })
+            })
+            .collect();
+        tests.into_iter().collect()
+    }
+
+    /// Test rows, whose values must be scalars or null.
+    fn rows(&mut self, path: &str, rows: Vec<Located<Row>>) -> Option<Vec<Row>> {
+        let mut valid = true;
+        for (i, row) in rows.iter().enumerate() {
+            for (column, value) in row.value() {
+                let kind = match value {
+                    serde_json::Value::Array(_) => "a sequence",
+                    serde_json::Value::Object(_) => "a mapping",
+                    _ => continue,
+                };
+                let message = format!("expected a scalar or null, found {kind}");
+                self.errors
+                    .push(row.location(), &format!("{path}[{i}].{column}"), message);
+                valid = false;
+            }
+        }
+        valid.then(|| rows.into_iter().map(Located::into_value).collect())
+    }
+}
+
+fn file_format(raw: RawFileFormat) -> FileFormat {
+    match raw {
+        RawFileFormat::Auto => FileFormat::Auto,
+        RawFileFormat::Ndjson => FileFormat::Ndjson,
+        RawFileFormat::Csv => FileFormat::Csv,
+    }
+}
+
+fn compression(raw: RawCompression) -> Compression {
+    match raw {
+        RawCompression::Auto => Compression::Auto,
+        RawCompression::None => Compression::None,
+        RawCompression::Gzip => Compression::Gzip,
+    }
+}
+
+/// Joins a possibly multi-line message into one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name: p\nsource: {type: object_store_files, url: memory://in}\n\
+                           sink: {type: parquet, dataset: d, partition_by: {column: ts}}\n";
+
+    fn load(text: &str) -> Result<Pipeline, Vec<String>> {
+        let opts = LoadOptions {
+            schemas_dir: Some(PathBuf::from("schemas")),
+            ..LoadOptions::default()
+        };
+        load_pipeline_str(Path::new("p.yaml"), text, &opts)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load(text) {
+            Ok(pipeline) => panic!("expected errors, got {pipeline:?}"),
+            Err(errors) => errors,
+        }
+    }
+
+    #[test]
+    fn minimal_pipeline_gets_the_defaults() {
+        let pipeline = load(MINIMAL).unwrap_or_else(|e| panic!("{e:?}"));
+        let SourceConfig::ObjectStoreFiles(source) = &pipeline.source;
+        assert_eq!(source.max_files_per_batch.get(), 100);
+        assert_eq!(source.max_bytes_per_batch.get(), 256 * 1024 * 1024);
+        assert_eq!(source.suffixes.len(), 8);
+        assert_eq!(
+            (source.format, source.compression),
+            (FileFormat::Auto, Compression::Auto)
+        );
+        assert_eq!(source.csv, CsvOptions::default());
+        let SinkConfig::Parquet(sink) = &pipeline.sink;
+        assert_eq!(
+            (sink.granularity, sink.row_group_rows.get()),
+            (Granularity::Hour, 1_000_000)
+        );
+        assert!(
+            pipeline.schedule.is_none()
+                && pipeline.tests.is_empty()
+                && pipeline.transforms.is_empty()
+        );
+    }
+
+    #[test]
+    fn maps_keep_their_written_order() {
+        let text = format!(
+            "{MINIMAL}transforms:\n  - rename: {{z: a, b: y}}\n  - derive: {{c2: c * 2, a1: c2 + 1}}\n  - cast: {{z: int64, b: date}}\n"
+        );
+        let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+        let steps: Vec<String> = pipeline
+            .transforms
+            .iter()
+            .map(|step| match step {
+                TransformStep::Rename(pairs) => format!("{pairs:?}"),
+                TransformStep::Derive(pairs) => format!(
+                    "{:?}",
+                    pairs
+                        .iter()
+                        .map(|(c, e)| (c, &e.source))
+                        .collect::<Vec<_>>()
+                ),
+                TransformStep::Cast(pairs) => format!("{pairs:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                r#"[("z", "a"), ("b", "y")]"#,
+                r#"[("c2", "c * 2"), ("a1", "c2 + 1")]"#,
+                r#"[("z", Int64), ("b", Date)]"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_column_names_and_clashing_renames_are_errors() {
+        let text = format!(
+            "{MINIMAL}transforms:\n  - rename: {{a: x, b: x}}\n  - drop: [a, '']\n  - derive: {{'': '1'}}\n  - cast: {{a: integer}}\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "p.yaml:5:23: transforms[0].rename.b: `x` is already the target of the rename at line 5, column 17",
+                "p.yaml:6:15: transforms[1].drop[1]: column name must not be empty",
+                "p.yaml:7:14: transforms[2].derive: column name must not be empty",
+                "p.yaml:8:15: transforms[3].cast.a: unknown column type `integer`, expected one of string, int64, float64, boolean, timestamp, date",
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_delimiter_is_one_ascii_character() {
+        let text = MINIMAL.replace(
+            "url: memory://in}",
+            "url: memory://in, csv: {delimiter: '；'}}",
+        );
+        assert_eq!(
+            errors(&text),
+            ["p.yaml:2:71: source.csv.delimiter: expected one ASCII character, found `；`"]
+        );
+    }
+
+    #[test]
+    fn test_rows_hold_scalars_only() {
+        let text = format!("{MINIMAL}tests:\n  - name: t\n    input: [{{a: 1, b: [1]}}]\n");
+        assert_eq!(
+            errors(&text),
+            ["p.yaml:6:13: tests[0].input[0].b: expected a scalar or null, found a sequence"]
+        );
+    }
+
+    #[test]
+    fn validate_resolves_the_shipped_schema() {
+        let text = format!("{MINIMAL}transforms:\n  - validate: {{schema: behavior_event}}\n");
+        let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(
+            matches!(&pipeline.transforms[0], TransformStep::Validate(s) if s.name == "behavior_event")
+        );
+    }
+
+    #[test]
+    fn empty_file_says_so() {
+        assert_eq!(
+            errors("# nothing here yet\n"),
+            ["p.yaml: the file is empty; expected a pipeline (name, source, sink, ...)"]
+        );
+    }
+
+    #[test]
+    fn names_are_lower_snake_case() {
+        assert!(check_ident("behavior_events2").is_ok());
+        for bad in ["", "2x", "Behavior", "a-b", "_a", "a b"] {
+            assert!(check_ident(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn five_field_cron_keeps_crontab_weekdays() {
+        use chrono::TimeZone;
+        let after = chrono::Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single();
+        let after = after.unwrap_or_else(|| panic!("valid date"));
+        let next = |expr: &str| {
+            let schedule = parse_cron(expr).unwrap_or_else(|e| panic!("{e}"));
+            schedule.after(&after).next().map(|t| t.to_rfc3339())
+        };
+        // 2024-01-01 is a Monday.
+        assert_eq!(
+            next("30 9 * * 1").as_deref(),
+            Some("2024-01-01T09:30:00+00:00")
+        );
+        assert_eq!(
+            next("0 0 * * 0").as_deref(),
+            Some("2024-01-07T00:00:00+00:00")
+        );
+        assert_eq!(
+            next("0 0 * * 6-7").as_deref(),
+            Some("2024-01-06T00:00:00+00:00")
+        );
+        assert_eq!(
+            next("0 0 * * 2-3").as_deref(),
+            Some("2024-01-02T00:00:00+00:00")
+        );
+        assert_eq!(
+            next("15 0 0 * * *").as_deref(),
+            Some("2024-01-01T00:00:15+00:00")
+        );
+        assert_eq!(
+            next("* * * * *").as_deref(),
+            Some("2024-01-01T00:01:00+00:00")
+        );
+    }
+
+    #[test]
+    fn cron_with_the_wrong_field_count_says_what_is_expected() {
+        let err = parse_cron("* * *").err().unwrap_or_default();
+        assert!(err.contains("expected 5 fields"), "{err}");
+        assert!(parse_cron("0 0 * * 8").is_err());
+    }
+}

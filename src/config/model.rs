@@ -1,0 +1,189 @@
+//! The validated, typed pipeline model: what the runtime consumes.
+//!
+//! Produced from YAML by [`crate::config::load`] (stage one: plain serde types with
+//! `deny_unknown_fields`; stage two: this model, with parsed cron schedules, storage URLs,
+//! compiled expressions and resolved schemas). Nothing here can be invalid once built.
+
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+
+use polars::prelude::Expr;
+
+use crate::storage::StorageUrl;
+
+/// A pipeline definition, fully validated.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Unique name (`[a-z][a-z0-9_]*`), also the key of its catalog state.
+    pub name: String,
+    /// The YAML file it came from.
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub source: SourceConfig,
+    pub transforms: Vec<TransformStep>,
+    pub sink: SinkConfig,
+    pub schedule: Option<Schedule>,
+    pub tests: Vec<PipelineTest>,
+}
+
+/// Where rows come from. One variant per source kind.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    ObjectStoreFiles(ObjectStoreFilesSource),
+}
+
+/// Files dropped under a prefix of an object store (or a local directory).
+#[derive(Debug, Clone)]
+pub struct ObjectStoreFilesSource {
+    pub url: StorageUrl,
+    pub format: FileFormat,
+    pub compression: Compression,
+    /// Only object names ending with one of these suffixes are picked up
+    /// (default: `.ndjson .jsonl .json .csv` each also with `.gz`).
+    pub suffixes: Vec<String>,
+    pub csv: CsvOptions,
+    pub max_files_per_batch: NonZeroUsize,
+    pub max_bytes_per_batch: NonZeroU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Decide by file name: `.csv[.gz]` is CSV, everything else NDJSON.
+    Auto,
+    Ndjson,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Decide by file name: `.gz` is gzip.
+    Auto,
+    None,
+    Gzip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub delimiter: u8,
+    pub has_header: bool,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self {
+            delimiter: b',',
+            has_header: true,
+        }
+    }
+}
+
+/// Column types a `cast` step or a dataset schema can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Int64,
+    Float64,
+    Boolean,
+    /// Instant, stored as `TIMESTAMP(MICROS, UTC)`. Parsed from RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]`,
+    /// `YYYYMMDDHHMMSS`, a date (`YYYY-MM-DD`, `YYYYMMDD`, midnight), or epoch seconds (10 digits)
+    /// / milliseconds (13 digits). Values without an offset are in the workspace time zone.
+    Timestamp,
+    /// Calendar date.
+    Date,
+}
+
+/// One declarative transform step, applied in order.
+#[derive(Debug, Clone)]
+pub enum TransformStep {
+    /// Rename columns: (from, to), in the order written.
+    Rename(Vec<(String, String)>),
+    /// Convert columns to types; a value that does not convert sends its row to quarantine.
+    Cast(Vec<(String, ColumnType)>),
+    /// Keep only rows for which the expression is true.
+    Filter(CompiledExpr),
+    /// Add or replace columns computed from expressions, in the order written.
+    Derive(Vec<(String, CompiledExpr)>),
+    /// Remove columns (missing ones are ignored).
+    Drop(Vec<String>),
+    /// Keep one row per key.
+    Dedup { keys: Vec<String>, keep: Keep },
+    /// Check rows against a dataset schema; failing rows go to quarantine with a reason.
+    Validate(DatasetSchema),
+}
+
+/// An expression in SQL syntax, compiled to a Polars expression.
+#[derive(Debug, Clone)]
+pub struct CompiledExpr {
+    pub source: String,
+    pub expr: Expr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    First,
+    Last,
+}
+
+/// Where rows go.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Parquet(ParquetSink),
+}
+
+/// Hive-partitioned Parquet under `{lake}/{dataset}/`, written exactly once.
+#[derive(Debug, Clone)]
+pub struct ParquetSink {
+    /// Dataset name: the folder under the lake root (`[a-z][a-z0-9_]*`).
+    pub dataset: String,
+    /// Timestamp column the partition is taken from.
+    pub partition_column: String,
+    pub granularity: Granularity,
+    pub row_group_rows: NonZeroUsize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// `dt=YYYY-MM-DD`
+    Day,
+    /// `dt=YYYY-MM-DD/hour=HH`
+    Hour,
+}
+
+/// A parsed cron schedule in a named time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// As written (five fields are accepted and mean seconds = 0).
+    pub cron: String,
+    pub parsed: cron::Schedule,
+    pub time_zone: chrono_tz::Tz,
+}
+
+/// A pipeline's own behaviour test: input rows through the transforms, expected output rows.
+#[derive(Debug, Clone)]
+pub struct PipelineTest {
+    pub name: String,
+    /// Rows as the source would yield them (JSON objects).
+    pub input: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Expected output rows, in order. Timestamps are written as RFC 3339 UTC strings.
+    pub expect: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Expected quarantined rows: each a substring of the quarantine reason, in order.
+    pub expect_quarantine: Vec<String>,
+}
+
+/// A dataset schema (`schemas/{name}.yaml`).
+#[derive(Debug, Clone)]
+pub struct DatasetSchema {
+    pub name: String,
+    pub description: Option<String>,
+    pub fields: Vec<FieldSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FieldSpec {
+    pub name: String,
+    pub ty: ColumnType,
+    pub required: bool,
+    /// If set, a non-null value must be one of these.
+    pub allowed: Option<Vec<String>>,
+    pub description: Option<String>,
+}

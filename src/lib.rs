@@ -1,0 +1,13 @@
+//! backflow: ad media backflow daemon.
+//!
+//! See `DESIGN.md` (shared) and the README for the architecture. Modules are rooms: each owns its
+//! data and exposes a small typed API.
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod daemon;
+pub mod pipeline;
+pub mod schedule;
+pub mod storage;
+pub mod telemetry;

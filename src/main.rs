@@ -1,0 +1,251 @@
+//! The `backflow` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use backflow::catalog::{Catalog, Role};
+use backflow::config::daemon::{DaemonConfig, LogFormat};
+use backflow::config::load::{LoadOptions, LoadReport, load_pipelines};
+use backflow::config::model::Pipeline;
+use backflow::pipeline::{RunOptions, testing};
+use backflow::{daemon, telemetry};
+
+const EXAMPLES: &str = "\
+Examples:
+  backflow serve                                  # daemon on the embedded defaults (./data)
+  backflow validate                               # check every file in ./pipelines
+  backflow validate pipelines/a.yaml other/       # check some files and directories
+  backflow run behavior_events                    # run one pipeline now, until its source is drained
+  backflow run behavior_events --from 2026-11-01 --to 2026-11-07
+  backflow test                                   # run the tests: blocks of every pipeline
+  backflow token create --role analyst --label grafana
+
+Configuration: ./backflow.yaml if present (or --config FILE); every key can be overridden with
+BACKFLOW__SECTION__KEY environment variables, e.g. BACKFLOW__LAKE__URL=s3://bucket/lake.
+S3 credentials and endpoint come from the standard AWS_* variables, never from YAML.";
+
+#[derive(Debug, Parser)]
+#[command(name = "backflow", version, about = "Ad media backflow daemon and pipelines", after_help = EXAMPLES)]
+struct Cli {
+    /// Daemon configuration file (default: ./backflow.yaml if it exists).
+    #[arg(long, global = true, env = "BACKFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: schedules, public and admin listeners.
+    Serve,
+    /// Check pipeline files; reports every error of every file as file:line:column: path: message.
+    Validate {
+        /// Files or directories (default: the configured pipelines_dir).
+        paths: Vec<PathBuf>,
+    },
+    /// Run one pipeline now until its source is drained (replaying an open batch first).
+    Run {
+        /// Pipeline name (from pipelines_dir) or path to its YAML file.
+        pipeline: String,
+        /// Only source files modified on or after this date (YYYY-MM-DD, workspace zone).
+        #[arg(long)]
+        from: Option<NaiveDate>,
+        /// Only source files modified on or before this date (YYYY-MM-DD, workspace zone).
+        #[arg(long)]
+        to: Option<NaiveDate>,
+        /// Stop after this many batches.
+        #[arg(long)]
+        max_batches: Option<usize>,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the `tests:` block of one pipeline, or of all.
+    Test {
+        /// Pipeline name or file (default: all in pipelines_dir).
+        pipeline: Option<String>,
+    },
+    /// Manage admin API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once.
+    Create {
+        /// org_admin, workspace_admin, analyst or read_only.
+        #[arg(long)]
+        role: String,
+        /// Limit the token to one workspace.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// What the token is for.
+        #[arg(long, default_value = "cli")]
+        label: String,
+    },
+    /// Revoke a token by id.
+    Revoke { id: i64 },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<DaemonConfig> {
+    let default = Path::new("backflow.yaml");
+    let file = cli.config.as_deref().or(default.exists().then_some(default));
+    DaemonConfig::load(file, std::env::vars()).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    })
+}
+
+fn load_options(cfg: &DaemonConfig) -> LoadOptions {
+    LoadOptions { schemas_dir: Some(cfg.schemas_dir.clone()), default_time_zone: cfg.time_zone }
+}
+
+fn print_errors(report: &LoadReport) {
+    for error in &report.errors {
+        eprintln!("{error}");
+    }
+}
+
+/// Finds pipelines by name in pipelines_dir, or loads a path.
+fn select_pipelines(cfg: &DaemonConfig, which: Option<&str>) -> anyhow::Result<Vec<Pipeline>> {
+    let opts = load_options(cfg);
+    let report = match which {
+        Some(arg) if arg.ends_with(".yaml") || arg.ends_with(".yml") => load_pipelines(&[PathBuf::from(arg)], &opts),
+        _ => load_pipelines(std::slice::from_ref(&cfg.pipelines_dir), &opts),
+    };
+    if !report.errors.is_empty() {
+        print_errors(&report);
+        bail!("{} configuration error(s); run `backflow validate` for the full list", report.errors.len());
+    }
+    let mut pipelines = report.pipelines;
+    if let Some(name) = which.filter(|a| !(a.ends_with(".yaml") || a.ends_with(".yml"))) {
+        pipelines.retain(|p| p.name == name);
+        if pipelines.is_empty() {
+            bail!("no pipeline named `{name}` in {}", cfg.pipelines_dir.display());
+        }
+    }
+    Ok(pipelines)
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(&cli)?;
+    let json_logs = match cli.log_format {
+        Some(LogFormatArg::Json) => true,
+        Some(LogFormatArg::Text) => false,
+        None => cfg.log_format == LogFormat::Json,
+    };
+    telemetry::init_logging(json_logs, &cfg.log_level);
+    match cli.command {
+        Command::Validate { paths } => {
+            let paths = if paths.is_empty() { vec![cfg.pipelines_dir.clone()] } else { paths };
+            let report = load_pipelines(&paths, &load_options(&cfg));
+            print_errors(&report);
+            if report.errors.is_empty() {
+                let names: Vec<&str> = report.pipelines.iter().map(|p| p.name.as_str()).collect();
+                println!("ok: {} pipeline(s) in {} file(s): {}", names.len(), report.files, names.join(", "));
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{} error(s) in {} file(s)", report.errors.len(), report.files);
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Test { pipeline } => {
+            let pipelines = select_pipelines(&cfg, pipeline.as_deref())?;
+            let (mut passed, mut failed) = (0, 0);
+            for p in &pipelines {
+                for outcome in testing::run_tests(p, cfg.time_zone) {
+                    if outcome.passed() {
+                        passed += 1;
+                        println!("PASS {}: {}", outcome.pipeline, outcome.name);
+                    } else {
+                        failed += 1;
+                        println!("FAIL {}: {}", outcome.pipeline, outcome.name);
+                        for f in &outcome.failures {
+                            println!("    {f}");
+                        }
+                    }
+                }
+            }
+            println!("{passed} passed, {failed} failed");
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Run { pipeline, from, to, max_batches, json } => {
+            let pipelines = select_pipelines(&cfg, Some(&pipeline))?;
+            let runtime = daemon::open_runtime(&cfg)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let mut summaries = Vec::new();
+            for p in &pipelines {
+                let opts = RunOptions { trigger: "cli".into(), window: (from, to), max_batches };
+                let summary = rt.block_on(runtime.run(p, &opts, &CancellationToken::new()))?;
+                if json {
+                    println!("{}", serde_json::to_string(&summary)?);
+                } else {
+                    println!(
+                        "{}: run {} {}: {} batch(es) ({} replayed), {} rows in, {} out, {} quarantined, {} unreadable file(s)",
+                        p.name, summary.run_id, summary.status, summary.batches, summary.replayed_batches,
+                        summary.rows_in, summary.rows_out, summary.rows_quarantined, summary.files_failed
+                    );
+                }
+                summaries.push(summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            let report = load_pipelines(std::slice::from_ref(&cfg.pipelines_dir), &load_options(&cfg));
+            if !report.errors.is_empty() {
+                print_errors(&report);
+                bail!("{} configuration error(s) in {}", report.errors.len(), cfg.pipelines_dir.display());
+            }
+            let runtime = daemon::open_runtime(&cfg)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(daemon::serve(&cfg, runtime, report.pipelines, CancellationToken::new()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command } => {
+            let catalog = Catalog::open(&cfg.catalog_path)?;
+            match command {
+                TokenCommand::Create { role, workspace, label } => {
+                    let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+                    let issued = catalog.create_token(role, workspace.as_deref(), &label)?;
+                    println!("{}", issued.secret);
+                    eprintln!("token {} ({role}) created; it is shown only this once", issued.info.id);
+                }
+                TokenCommand::Revoke { id } => {
+                    if !catalog.revoke_token(id)? {
+                        bail!("no live token with id {id}");
+                    }
+                    eprintln!("token {id} revoked");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

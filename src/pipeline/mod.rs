@@ -1,0 +1,361 @@
+//! The pipeline runtime: source → transforms → sink, in batches, with the exactly-once commit
+//! protocol of DESIGN.md.
+//!
+//! One batch goes through these steps, each durable before the next:
+//! 1. **intent**: the catalog records the batch number and the source positions (file list);
+//! 2. **write**: every output file is encoded deterministically and stored with a create-only put
+//!    (a file already present was written by an earlier attempt of the same batch);
+//! 3. **manifest**: `{dataset}/_commits/{batch}.json` lists the committed files;
+//! 4. **commit**: the catalog marks the batch committed and the files ingested, in one transaction.
+//!
+//! A run first replays an open intent over the same positions, which yields the same names, so a
+//! crash at any point leaves every input row in the lake exactly once after the next run.
+
+pub mod failpoint;
+pub mod frame;
+pub mod sink;
+pub mod source;
+pub mod testing;
+pub mod transform;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono_tz::Tz;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::catalog::{BatchIntent, BatchStats, Catalog, CatalogError, RunStatus, RunTotals};
+use crate::config::model::{Pipeline, SinkConfig, SourceConfig};
+use crate::storage::{Location, StorageError, StoreRegistry};
+use crate::telemetry::{Metrics, RunLabels};
+use failpoint::failpoint;
+use frame::{Quarantine, TextFrameBuilder};
+use sink::parquet::{self as parquet_sink, EncodedFile, Put};
+use source::object_store_files::{self as files_source, Decoded, FilePositions, Window};
+
+/// Why a run or batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("storage {path}: {source}")]
+    Storage { path: String, source: object_store::Error },
+    #[error(transparent)]
+    Open(#[from] StorageError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{stage}: {source}")]
+    Polars { stage: &'static str, source: polars::prelude::PolarsError },
+    #[error(transparent)]
+    Transform(#[from] transform::TransformError),
+    #[error("sink: {0}")]
+    Sink(String),
+    #[error("source file {path} changed after its batch was planned ({detail}); restore it or move it aside")]
+    SourceChanged { path: String, detail: String },
+    #[error("batch positions in the catalog are unreadable: {0}")]
+    Positions(String),
+    #[error("internal task failed: {0}")]
+    Task(String),
+    #[error("pipeline `{0}` is being run by another process (lock {1})")]
+    Busy(String, String),
+    #[error("cannot use lock file {path}: {source}")]
+    Lock { path: String, source: std::io::Error },
+}
+
+impl PipelineError {
+    /// Whether trying again later may succeed without anyone changing anything.
+    pub fn retryable(&self) -> bool {
+        matches!(self, PipelineError::Storage { .. } | PipelineError::Task(_))
+    }
+}
+
+/// What a run is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `schedule`, `manual`, `cli`, `api`…, recorded in run history.
+    pub trigger: String,
+    /// Only source files modified within these dates (inclusive, workspace zone).
+    pub window: Window,
+    /// Stop after this many batches (None: until the source is drained).
+    pub max_batches: Option<usize>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RunSummary {
+    pub run_id: i64,
+    pub status: String,
+    pub batches: u64,
+    pub replayed_batches: u64,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub rows_quarantined: u64,
+    pub files_failed: u64,
+}
+
+/// Everything a run needs, shared by the scheduler, the API and the CLI.
+#[derive(Debug)]
+pub struct Runtime {
+    pub catalog: Arc<Catalog>,
+    pub stores: StoreRegistry,
+    pub lake: Location,
+    pub tz: Tz,
+    pub metrics: Arc<Metrics>,
+    /// Directory of per-pipeline lock files, so that two processes sharing a catalog (the daemon
+    /// and `backflow run`) never run the same pipeline at once. `None` for in-memory catalogs.
+    pub lock_dir: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    pipeline: &'a str,
+    dataset: &'a str,
+    batch: i64,
+    planned_at: &'a str,
+    source: &'a serde_json::Value,
+    files: Vec<ManifestFile>,
+    quarantine: Option<ManifestFile>,
+    rows_in: u64,
+    rows_out: u64,
+    rows_quarantined: u64,
+}
+
+#[derive(Serialize)]
+struct ManifestFile {
+    path: String,
+    rows: u64,
+    bytes: u64,
+}
+
+struct Encoded {
+    files: Vec<EncodedFile>,
+    quarantine: Option<EncodedFile>,
+    rows_in: u64,
+    rows_quarantined: u64,
+    files_failed: u64,
+}
+
+impl Runtime {
+    /// Runs a pipeline until its source is drained (or `max_batches`, or cancellation between
+    /// batches), replaying an open batch first. The run is recorded in the catalog.
+    pub async fn run(
+        &self,
+        pipeline: &Pipeline,
+        opts: &RunOptions,
+        cancel: &CancellationToken,
+    ) -> Result<RunSummary, PipelineError> {
+        let _lock = self.lock(&pipeline.name)?;
+        let run_id = self.catalog.start_run(&pipeline.name, &opts.trigger)?;
+        self.metrics.runs_in_progress.inc();
+        let mut summary = RunSummary { run_id, ..RunSummary::default() };
+        let result = self.run_batches(pipeline, opts, cancel, &mut summary).await;
+        self.metrics.runs_in_progress.dec();
+        let status = match &result {
+            Ok(()) if cancel.is_cancelled() => RunStatus::Cancelled,
+            Ok(()) => RunStatus::Succeeded,
+            Err(_) => RunStatus::Failed,
+        };
+        summary.status = status.to_string();
+        let totals = RunTotals {
+            batches: summary.batches,
+            rows_in: summary.rows_in,
+            rows_out: summary.rows_out,
+            rows_quarantined: summary.rows_quarantined,
+        };
+        let error = result.as_ref().err().map(ToString::to_string);
+        self.catalog.finish_run(run_id, status, totals, error.as_deref())?;
+        self.metrics
+            .runs
+            .get_or_create(&RunLabels { pipeline: pipeline.name.clone(), status: status.to_string() })
+            .inc();
+        result.map(|()| summary)
+    }
+
+    fn lock(&self, name: &str) -> Result<Option<std::fs::File>, PipelineError> {
+        let Some(dir) = &self.lock_dir else { return Ok(None) };
+        let path = dir.join(format!("{name}.lock"));
+        let lock_err = |source| PipelineError::Lock { path: path.display().to_string(), source };
+        std::fs::create_dir_all(dir).map_err(lock_err)?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(lock_err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(PipelineError::Busy(name.to_string(), path.display().to_string()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+        }
+    }
+
+    async fn run_batches(
+        &self,
+        pipeline: &Pipeline,
+        opts: &RunOptions,
+        cancel: &CancellationToken,
+        summary: &mut RunSummary,
+    ) -> Result<(), PipelineError> {
+        let SourceConfig::ObjectStoreFiles(source_cfg) = &pipeline.source;
+        let source = self.stores.open(&source_cfg.url)?;
+        let labels = Metrics::labels(&pipeline.name);
+        loop {
+            if cancel.is_cancelled() || opts.max_batches.is_some_and(|max| summary.batches as usize >= max) {
+                return Ok(());
+            }
+            let intent = match self.catalog.open_intent(&pipeline.name)? {
+                Some(intent) => {
+                    warn!(pipeline = %pipeline.name, batch = intent.seq, "replaying a batch left open by an earlier run");
+                    self.metrics.batches_replayed.get_or_create(&labels).inc();
+                    summary.replayed_batches += 1;
+                    intent
+                }
+                None => {
+                    let ingested = self.catalog.ingested_files(&pipeline.name)?;
+                    let files = files_source::plan(&source, source_cfg, &ingested, opts.window, self.tz).await?;
+                    if files.is_empty() {
+                        return Ok(());
+                    }
+                    let positions = serde_json::to_value(FilePositions { files })
+                        .map_err(|e| PipelineError::Positions(e.to_string()))?;
+                    let planned_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                    self.catalog.create_intent(&pipeline.name, &positions, &planned_at)?
+                }
+            };
+            failpoint("after_intent");
+            let started = Instant::now();
+            match self.execute(pipeline, &source, &intent).await {
+                Ok((stats, files_failed)) => {
+                    summary.batches += 1;
+                    summary.rows_in += stats.rows_in;
+                    summary.rows_out += stats.rows_out;
+                    summary.rows_quarantined += stats.rows_quarantined;
+                    summary.files_failed += files_failed;
+                    self.metrics.batches_committed.get_or_create(&labels).inc();
+                    self.metrics.batch_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                }
+                Err(e) => {
+                    self.metrics.commit_failures.get_or_create(&labels).inc();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Executes (or replays) one planned batch through to its commit.
+    async fn execute(
+        &self,
+        pipeline: &Pipeline,
+        source: &Location,
+        intent: &BatchIntent,
+    ) -> Result<(BatchStats, u64), PipelineError> {
+        let SourceConfig::ObjectStoreFiles(source_cfg) = &pipeline.source;
+        let SinkConfig::Parquet(sink_cfg) = &pipeline.sink;
+        let labels = Metrics::labels(&pipeline.name);
+        let positions: FilePositions =
+            serde_json::from_value(intent.positions.clone()).map_err(|e| PipelineError::Positions(e.to_string()))?;
+        let contents = files_source::fetch(source, &positions.files).await?;
+        self.metrics.files_read.get_or_create(&labels).inc_by(positions.files.len() as u64);
+
+        let planned_at_micros = chrono::DateTime::parse_from_rfc3339(&intent.planned_at)
+            .map(|t| t.timestamp_micros())
+            .map_err(|e| PipelineError::Positions(format!("planned_at: {e}")))?;
+        let (pipeline_owned, files, tz, seq) = (pipeline.clone(), positions.files.clone(), self.tz, intent.seq);
+        let source_cfg = source_cfg.clone();
+        let encoded = tokio::task::spawn_blocking(move || -> Result<Encoded, PipelineError> {
+            let mut rows = TextFrameBuilder::new();
+            let mut quarantine = Quarantine::default();
+            let mut files_failed = 0;
+            for (file, bytes) in files.iter().zip(contents) {
+                if files_source::decode(&source_cfg, file, bytes, &mut rows, &mut quarantine) == Decoded::Failed {
+                    files_failed += 1;
+                }
+            }
+            let rows_in = (rows.rows() + quarantine.len()) as u64;
+            let df = rows.finish().map_err(|source| PipelineError::Polars { stage: "decode", source })?;
+            let df = transform::apply(df, &pipeline_owned.transforms, tz, &mut quarantine)?;
+            let SinkConfig::Parquet(sink_cfg) = &pipeline_owned.sink;
+            let files = parquet_sink::encode(df, sink_cfg, tz, seq, &mut quarantine)?;
+            let quarantine_file =
+                parquet_sink::encode_quarantine(&quarantine, &pipeline_owned.name, seq, planned_at_micros, tz)?;
+            Ok(Encoded {
+                files,
+                quarantine: quarantine_file,
+                rows_in,
+                rows_quarantined: quarantine.len() as u64,
+                files_failed,
+            })
+        })
+        .await
+        .map_err(|e| PipelineError::Task(e.to_string()))??;
+        self.metrics.files_failed.get_or_create(&labels).inc_by(encoded.files_failed);
+
+        let mut manifest_files = Vec::with_capacity(encoded.files.len());
+        let mut bytes_total = 0u64;
+        let outputs = encoded.files.into_iter().map(|f| (f, false)).chain(encoded.quarantine.map(|f| (f, true)));
+        let mut quarantine_entry = None;
+        for (index, (file, is_quarantine)) in outputs.enumerate() {
+            let entry = ManifestFile { path: file.path.clone(), rows: file.rows, bytes: file.bytes.len() as u64 };
+            bytes_total += entry.bytes;
+            match parquet_sink::put_create_only(&self.lake, &file.path, file.bytes).await? {
+                Put::Written => {
+                    self.metrics.files_written.get_or_create(&labels).inc();
+                }
+                Put::AlreadyPresent => {
+                    info!(pipeline = %pipeline.name, batch = seq, path = %file.path, "file already written by an earlier attempt");
+                    self.metrics.files_already_present.get_or_create(&labels).inc();
+                }
+            }
+            self.metrics.bytes_written.get_or_create(&labels).inc_by(entry.bytes);
+            if index == 0 {
+                failpoint("after_first_put");
+            }
+            if is_quarantine {
+                quarantine_entry = Some(entry);
+            } else {
+                manifest_files.push(entry);
+            }
+        }
+        failpoint("before_manifest");
+        let rows_out: u64 = manifest_files.iter().map(|f| f.rows).sum();
+        let stats = BatchStats {
+            rows_in: encoded.rows_in,
+            rows_out,
+            rows_quarantined: encoded.rows_quarantined,
+            files: manifest_files.iter().map(|f| f.path.clone()).collect(),
+            bytes: bytes_total,
+        };
+        let manifest = Manifest {
+            pipeline: &pipeline.name,
+            dataset: &sink_cfg.dataset,
+            batch: seq,
+            planned_at: &intent.planned_at,
+            source: &intent.positions,
+            files: manifest_files,
+            quarantine: quarantine_entry,
+            rows_in: stats.rows_in,
+            rows_out,
+            rows_quarantined: stats.rows_quarantined,
+        };
+        let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| PipelineError::Positions(e.to_string()))?;
+        parquet_sink::put_create_only(&self.lake, &parquet_sink::manifest_path(&sink_cfg.dataset, seq), manifest).await?;
+        failpoint("after_manifest");
+
+        let ingested: Vec<String> = positions.files.iter().map(|f| f.path.clone()).collect();
+        self.catalog.commit_batch(&pipeline.name, seq, &ingested, &stats)?;
+        self.metrics.rows_in.get_or_create(&labels).inc_by(stats.rows_in);
+        self.metrics.rows_out.get_or_create(&labels).inc_by(stats.rows_out);
+        self.metrics.rows_quarantined.get_or_create(&labels).inc_by(stats.rows_quarantined);
+        info!(
+            pipeline = %pipeline.name,
+            batch = seq,
+            files_in = positions.files.len(),
+            rows_in = stats.rows_in,
+            rows_out = stats.rows_out,
+            rows_quarantined = stats.rows_quarantined,
+            files_out = stats.files.len(),
+            bytes = stats.bytes,
+            "batch committed"
+        );
+        failpoint("after_commit");
+        Ok((stats, encoded.files_failed))
+    }
+}

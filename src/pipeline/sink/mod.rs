@@ -1,0 +1,3 @@
+//! Sinks: where committed rows land.
+
+pub mod parquet;

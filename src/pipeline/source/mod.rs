@@ -1,0 +1,3 @@
+//! Sources: where a batch's rows come from and how far a batch reaches (its positions).
+
+pub mod object_store_files;

@@ -1,0 +1,362 @@
+//! The `object_store_files` source: NDJSON and CSV files (plain or gzip) dropped under a prefix.
+//!
+//! Positions are the explicit list of files a batch covers (path, size, e-tag). A file is
+//! ingested exactly once: the catalog marks it in the same transaction that commits its batch,
+//! and an open batch is replayed over the same list. A file that cannot be decoded as a whole
+//! (truncated gzip, unreadable header) is quarantined as one record with the reason and never
+//! half-ingested; a bad line or record is quarantined on its own.
+
+use std::collections::HashSet;
+use std::io::Read;
+
+use bytes::Bytes;
+use chrono::NaiveDate;
+use chrono_tz::Tz;
+use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
+
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use crate::config::model::{Compression, FileFormat, ObjectStoreFilesSource};
+use crate::pipeline::PipelineError;
+use crate::pipeline::frame::{Quarantine, QuarantinedRow, TextFrameBuilder, json_to_text};
+use crate::storage::Location;
+
+/// One source file as planned into a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    /// Object path in the store (the catalog's key for "ingested").
+    pub path: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+}
+
+/// A batch's positions for this source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePositions {
+    pub files: Vec<SourceFile>,
+}
+
+/// Inclusive range of modification dates (in the workspace zone) for `backflow run --from --to`.
+pub type Window = (Option<NaiveDate>, Option<NaiveDate>);
+
+fn matches_suffix(cfg: &ObjectStoreFilesSource, name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    !base.starts_with('.') && !base.starts_with('_') && cfg.suffixes.iter().any(|s| base.ends_with(s.as_str()))
+}
+
+/// Lists not-yet-ingested files in path order and takes the next batch's worth.
+pub async fn plan(
+    location: &Location,
+    cfg: &ObjectStoreFilesSource,
+    ingested: &HashSet<String>,
+    window: Window,
+    tz: Tz,
+) -> Result<Vec<SourceFile>, PipelineError> {
+    let listed: Vec<ObjectMeta> = location
+        .store
+        .list(Some(&location.prefix))
+        .try_collect()
+        .await
+        .map_err(|source| PipelineError::Storage { path: location.url.to_string(), source })?;
+    let mut pending: Vec<ObjectMeta> = listed
+        .into_iter()
+        .filter(|m| matches_suffix(cfg, m.location.as_ref()) && !ingested.contains(m.location.as_ref()))
+        .filter(|m| {
+            let day = m.last_modified.with_timezone(&tz).date_naive();
+            window.0.is_none_or(|from| day >= from) && window.1.is_none_or(|to| day <= to)
+        })
+        .collect();
+    pending.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut batch = Vec::new();
+    let mut bytes = 0u64;
+    for meta in pending {
+        let size = meta.size;
+        if !batch.is_empty()
+            && (batch.len() >= cfg.max_files_per_batch.get() || bytes + size > cfg.max_bytes_per_batch.get())
+        {
+            break;
+        }
+        bytes += size;
+        batch.push(SourceFile { path: meta.location.to_string(), size, e_tag: meta.e_tag });
+    }
+    Ok(batch)
+}
+
+/// Fetches the files of a batch (a few at a time), checking each is still what was planned.
+pub async fn fetch(location: &Location, files: &[SourceFile]) -> Result<Vec<Bytes>, PipelineError> {
+    let fetches = files.iter().cloned().map(|file| {
+        let store = Arc::clone(&location.store);
+        async move { fetch_one(store, file).await }
+    });
+    futures::stream::iter(fetches).buffered(4).try_collect().await
+}
+
+async fn fetch_one(store: Arc<dyn ObjectStore>, file: SourceFile) -> Result<Bytes, PipelineError> {
+    {
+        let path = object_store::path::Path::from(file.path.as_str());
+        let storage = |source| PipelineError::Storage { path: file.path.clone(), source };
+        let bytes = store.get(&path).await.map_err(storage)?.bytes().await.map_err(storage)?;
+        if bytes.len() as u64 != file.size {
+            return Err(PipelineError::SourceChanged {
+                path: file.path.clone(),
+                detail: format!("planned with {} bytes, now {} bytes", file.size, bytes.len()),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+fn is_gzip(cfg: &ObjectStoreFilesSource, path: &str) -> bool {
+    match cfg.compression {
+        Compression::Gzip => true,
+        Compression::None => false,
+        Compression::Auto => path.ends_with(".gz"),
+    }
+}
+
+fn is_csv(cfg: &ObjectStoreFilesSource, path: &str) -> bool {
+    match cfg.format {
+        FileFormat::Csv => true,
+        FileFormat::Ndjson => false,
+        FileFormat::Auto => path.trim_end_matches(".gz").ends_with(".csv"),
+    }
+}
+
+/// Outcome of decoding one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded {
+    /// Rows (and possibly quarantined lines) were taken from the file.
+    Ok,
+    /// The file as a whole could not be decoded and was quarantined as one record.
+    Failed,
+}
+
+/// Decodes one file into `rows`; bad lines and undecodable files go to `quarantine`.
+pub fn decode(
+    cfg: &ObjectStoreFilesSource,
+    file: &SourceFile,
+    bytes: Bytes,
+    rows: &mut TextFrameBuilder,
+    quarantine: &mut Quarantine,
+) -> Decoded {
+    let whole_file = |quarantine: &mut Quarantine, reason: String| {
+        quarantine.push(QuarantinedRow {
+            reason: format!("{}: {reason}", file.path),
+            source_file: Some(file.path.clone()),
+            source_line: None,
+            raw: None,
+        });
+        Decoded::Failed
+    };
+    let data: Bytes = if is_gzip(cfg, &file.path) {
+        let mut out = Vec::with_capacity(bytes.len() * 4);
+        match flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut out) {
+            Ok(_) => Bytes::from(out),
+            Err(e) => return whole_file(quarantine, format!("not a readable gzip file (truncated or corrupt): {e}")),
+        }
+    } else {
+        bytes
+    };
+    if is_csv(cfg, &file.path) {
+        decode_csv(cfg, file, &data, rows, quarantine).unwrap_or_else(|reason| whole_file(quarantine, reason))
+    } else {
+        decode_ndjson(file, &data, rows, quarantine);
+        Decoded::Ok
+    }
+}
+
+fn decode_ndjson(file: &SourceFile, data: &[u8], rows: &mut TextFrameBuilder, quarantine: &mut Quarantine) {
+    for (index, line) in data.split(|&b| b == b'\n').enumerate() {
+        let line_no = index as i64 + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let bad = |reason: String| QuarantinedRow {
+            reason: format!("{}:{line_no}: {reason}", file.path),
+            source_file: Some(file.path.clone()),
+            source_line: Some(line_no),
+            raw: Some(String::from_utf8_lossy(line).into_owned()),
+        };
+        match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(map)) => {
+                rows.push(&file.path, line_no, map.into_iter().map(|(k, v)| (k, json_to_text(v))));
+            }
+            Ok(other) => quarantine.push(bad(format!("expected a JSON object, found {}", json_kind(&other)))),
+            Err(e) => quarantine.push(bad(format!("invalid JSON: {e}"))),
+        }
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn decode_csv(
+    cfg: &ObjectStoreFilesSource,
+    file: &SourceFile,
+    data: &[u8],
+    rows: &mut TextFrameBuilder,
+    quarantine: &mut Quarantine,
+) -> Result<Decoded, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(cfg.csv.delimiter)
+        .has_headers(cfg.csv.has_header)
+        .flexible(true)
+        .from_reader(data);
+    let mut header: Option<Vec<String>> = None;
+    if cfg.csv.has_header {
+        let names = reader.byte_headers().map_err(|e| format!("cannot read the CSV header: {e}"))?;
+        let names = names
+            .iter()
+            .map(|n| String::from_utf8(n.to_vec()).map(|s| s.trim().to_string()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| "the CSV header is not UTF-8".to_string())?;
+        header = Some(names);
+    }
+    // Everything decoded so far goes into a per-file builder first: a file that fails half-way
+    // contributes no rows at all.
+    let mut file_rows = Vec::new();
+    let mut file_bad = Vec::new();
+    let mut record = csv::ByteRecord::new();
+    let mut index = 0i64;
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(format!("CSV is malformed: {e}")),
+        }
+        index += 1;
+        let line = record.position().map_or(index, |p| p.line() as i64);
+        let names = header.get_or_insert_with(|| (1..=record.len()).map(|i| format!("column_{i}")).collect());
+        let raw = || {
+            let fields: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            fields.join(&char::from(cfg.csv.delimiter).to_string())
+        };
+        let bad = |reason: String, raw: String| QuarantinedRow {
+            reason: format!("{}:{line}: {reason}", file.path),
+            source_file: Some(file.path.clone()),
+            source_line: Some(line),
+            raw: Some(raw),
+        };
+        if record.len() != names.len() {
+            file_bad.push(bad(format!("expected {} fields, found {}", names.len(), record.len()), raw()));
+            continue;
+        }
+        let mut fields = Vec::with_capacity(names.len());
+        let mut utf8 = true;
+        for (name, value) in names.iter().zip(record.iter()) {
+            match std::str::from_utf8(value) {
+                Ok("") => fields.push((name.clone(), None)),
+                Ok(v) => fields.push((name.clone(), Some(v.to_string()))),
+                Err(_) => {
+                    utf8 = false;
+                    break;
+                }
+            }
+        }
+        if utf8 {
+            file_rows.push((line, fields));
+        } else {
+            file_bad.push(bad("a field is not valid UTF-8".to_string(), raw()));
+        }
+    }
+    for (line, fields) in file_rows {
+        rows.push(&file.path, line, fields);
+    }
+    for bad in file_bad {
+        quarantine.push(bad);
+    }
+    Ok(Decoded::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::num::{NonZeroU64, NonZeroUsize};
+
+    use super::*;
+    use crate::config::model::CsvOptions;
+    use crate::pipeline::frame::rows_as_json;
+
+    fn cfg() -> ObjectStoreFilesSource {
+        ObjectStoreFilesSource {
+            url: "memory://t".parse().unwrap_or(crate::storage::StorageUrl::File { root: "/tmp".into() }),
+            format: FileFormat::Auto,
+            compression: Compression::Auto,
+            suffixes: vec![".ndjson".into(), ".csv".into(), ".ndjson.gz".into(), ".csv.gz".into()],
+            csv: CsvOptions::default(),
+            max_files_per_batch: NonZeroUsize::MIN,
+            max_bytes_per_batch: NonZeroU64::MIN,
+        }
+    }
+
+    fn file(path: &str, data: &[u8]) -> SourceFile {
+        SourceFile { path: path.into(), size: data.len() as u64, e_tag: None }
+    }
+
+    fn run(path: &str, data: &[u8]) -> (Decoded, usize, Quarantine) {
+        let mut rows = TextFrameBuilder::new();
+        let mut q = Quarantine::default();
+        let outcome = decode(&cfg(), &file(path, data), Bytes::copy_from_slice(data), &mut rows, &mut q);
+        (outcome, rows.rows(), q)
+    }
+
+    #[test]
+    fn ndjson_bad_lines_are_quarantined_with_file_and_line() {
+        let data = b"{\"a\":1}\n[1,2]\n\n{oops\n{\"a\":\"x\",\"b\":{\"c\":true}}\r\n";
+        let (outcome, rows, q) = run("d/x.ndjson", data);
+        assert_eq!(outcome, Decoded::Ok);
+        assert_eq!(rows, 2);
+        assert_eq!(q.rows[0].reason, "d/x.ndjson:2: expected a JSON object, found an array");
+        assert_eq!(q.rows[0].source_line, Some(2));
+        assert!(q.rows[1].reason.starts_with("d/x.ndjson:4: invalid JSON: key must be a string"), "{}", q.rows[1].reason);
+    }
+
+    #[test]
+    fn nested_values_become_json_text() -> polars::prelude::PolarsResult<()> {
+        let mut rows = TextFrameBuilder::new();
+        let mut q = Quarantine::default();
+        let data = b"{\"n\":1.5,\"o\":{\"k\":[1]},\"s\":\"t\",\"z\":null}\n";
+        decode(&cfg(), &file("x.ndjson", data), Bytes::copy_from_slice(data), &mut rows, &mut q);
+        let json = rows_as_json(&rows.finish()?, false)?;
+        assert_eq!(
+            serde_json::Value::Object(json[0].clone()),
+            serde_json::json!({"n": "1.5", "o": "{\"k\":[1]}", "s": "t", "z": null})
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn csv_rows_with_the_wrong_field_count_are_quarantined() {
+        let (outcome, rows, q) = run("x.csv", b"a,b,c\n1,2,3\n4,5\n6,7,8\n");
+        assert_eq!((outcome, rows), (Decoded::Ok, 2));
+        assert_eq!(q.rows[0].reason, "x.csv:3: expected 3 fields, found 2");
+        assert_eq!(q.rows[0].raw.as_deref(), Some("4,5"));
+    }
+
+    #[test]
+    fn a_truncated_gzip_file_is_quarantined_whole() -> std::io::Result<()> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        for i in 0..1000 {
+            writeln!(enc, "{{\"i\":{i}}}")?;
+        }
+        let full = enc.finish()?;
+        let (outcome, rows, _) = run("x.ndjson.gz", &full);
+        assert_eq!((outcome, rows), (Decoded::Ok, 1000));
+        let (outcome, rows, q) = run("x.ndjson.gz", &full[..full.len() / 2]);
+        assert_eq!((outcome, rows), (Decoded::Failed, 0));
+        assert!(q.rows[0].reason.starts_with("x.ndjson.gz: not a readable gzip file"), "{}", q.rows[0].reason);
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Logs and metrics. Every metric name is defined here (`backflow_<what>_<unit>[_total]`), with
+//! bounded labels only: pipeline names come from configuration, never from data.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    pub pipeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub pipeline: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub listener: &'static str,
+    pub route: String,
+    pub status: u16,
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
+}
+
+/// All metrics of the process.
+pub struct Metrics {
+    registry: Registry,
+    pub rows_in: Family<PipelineLabels, Counter>,
+    pub rows_out: Family<PipelineLabels, Counter>,
+    pub rows_quarantined: Family<PipelineLabels, Counter>,
+    pub files_read: Family<PipelineLabels, Counter>,
+    pub files_failed: Family<PipelineLabels, Counter>,
+    pub files_written: Family<PipelineLabels, Counter>,
+    pub bytes_written: Family<PipelineLabels, Counter>,
+    pub files_already_present: Family<PipelineLabels, Counter>,
+    pub batches_committed: Family<PipelineLabels, Counter>,
+    pub batches_replayed: Family<PipelineLabels, Counter>,
+    pub commit_failures: Family<PipelineLabels, Counter>,
+    pub batch_duration: Family<PipelineLabels, Histogram, fn() -> Histogram>,
+    pub runs: Family<RunLabels, Counter>,
+    pub runs_in_progress: Gauge,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub auth_failures: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("backflow");
+        let m = Metrics {
+            rows_in: Family::default(),
+            rows_out: Family::default(),
+            rows_quarantined: Family::default(),
+            files_read: Family::default(),
+            files_failed: Family::default(),
+            files_written: Family::default(),
+            bytes_written: Family::default(),
+            files_already_present: Family::default(),
+            batches_committed: Family::default(),
+            batches_replayed: Family::default(),
+            commit_failures: Family::default(),
+            batch_duration: Family::new_with_constructor(batch_histogram),
+            runs: Family::default(),
+            runs_in_progress: Gauge::default(),
+            http_requests: Family::default(),
+            auth_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("pipeline_rows_in", "Rows read from sources", m.rows_in.clone());
+        r.register("pipeline_rows_out", "Rows written to sinks", m.rows_out.clone());
+        r.register("pipeline_rows_quarantined", "Rows sent to quarantine", m.rows_quarantined.clone());
+        r.register("pipeline_files_read", "Source files read", m.files_read.clone());
+        r.register(
+            "pipeline_files_failed",
+            "Source files that could not be read or decoded (quarantined whole)",
+            m.files_failed.clone(),
+        );
+        r.register("pipeline_files_written", "Parquet files written", m.files_written.clone());
+        r.register_with_unit(
+            "pipeline_written",
+            "Parquet bytes written",
+            prometheus_client::registry::Unit::Bytes,
+            m.bytes_written.clone(),
+        );
+        r.register(
+            "pipeline_files_already_present",
+            "Output files found already written by an earlier attempt of the same batch",
+            m.files_already_present.clone(),
+        );
+        r.register("pipeline_batches_committed", "Batches committed", m.batches_committed.clone());
+        r.register(
+            "pipeline_batches_replayed",
+            "Open batches replayed after a crash or shutdown",
+            m.batches_replayed.clone(),
+        );
+        r.register("pipeline_commit_failures", "Batches that failed before commit", m.commit_failures.clone());
+        r.register_with_unit(
+            "pipeline_batch_duration",
+            "Time from planning a batch to its commit",
+            prometheus_client::registry::Unit::Seconds,
+            m.batch_duration.clone(),
+        );
+        r.register("pipeline_runs", "Pipeline runs by outcome", m.runs.clone());
+        r.register("pipeline_runs_in_progress", "Pipeline runs in progress", m.runs_in_progress.clone());
+        r.register("http_requests", "HTTP requests by listener, route and status", m.http_requests.clone());
+        r.register("auth_failures", "Admin requests rejected for a missing or bad token", m.auth_failures.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn labels(pipeline: &str) -> PipelineLabels {
+        PipelineLabels { pipeline: pipeline.to_string() }
+    }
+}
+
+/// Installs the global tracing subscriber (stderr), text or JSON lines. `RUST_LOG` overrides
+/// `level`.
+pub fn init_logging(json: bool, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,14 @@
+//! The one integration-test binary: everything here talks to real things on 127.0.0.1 (the
+//! `backflow` binary, a moto S3 server, DuckDB), started by `scripts/dev test`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod cli;
+mod config;
+mod crash;
+mod duckdb;
+mod pipeline;
+mod s3;
+mod serve;
