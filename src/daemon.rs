@@ -28,9 +28,16 @@ pub enum DaemonError {
     #[error("lake: {0}")]
     Lake(#[from] StorageError),
     #[error("cannot listen on {addr} ({listener}): {source}")]
-    Listen { listener: &'static str, addr: String, source: std::io::Error },
+    Listen {
+        listener: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{listener} listener failed: {source}")]
-    Serve { listener: &'static str, source: std::io::Error },
+    Serve {
+        listener: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Opens what every command that runs pipelines needs.
@@ -55,7 +62,10 @@ pub fn ensure_admin_token(catalog: &Catalog) -> Result<(), CatalogError> {
     }
     let issued = catalog.create_token(Role::OrgAdmin, None, "initial admin")?;
     // Printed, never logged: logs are shipped and kept, this must not be.
-    println!("Initial admin token (shown once; store it now): {}", issued.secret);
+    println!(
+        "Initial admin token (shown once; store it now): {}",
+        issued.secret
+    );
     Ok(())
 }
 
@@ -70,15 +80,32 @@ pub async fn serve(
     ensure_admin_token(&runtime.catalog)?;
     let abandoned = runtime.catalog.fail_abandoned_runs()?;
     if abandoned > 0 {
-        warn!(runs = abandoned, "runs left running by an earlier process were marked failed; their batches will be replayed");
+        warn!(
+            runs = abandoned,
+            "runs left running by an earlier process were marked failed; their batches will be replayed"
+        );
     }
     let tracker = TaskTracker::new();
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
-    let jobs = Jobs::new(runtime, pipelines, cfg.max_concurrent_runs.get(), shutdown.clone(), tracker.clone());
-    let state = AppState { jobs: Arc::clone(&jobs) };
+    let jobs = Jobs::new(
+        runtime,
+        pipelines,
+        cfg.max_concurrent_runs.get(),
+        shutdown.clone(),
+        tracker.clone(),
+    );
+    let state = AppState {
+        jobs: Arc::clone(&jobs),
+    };
 
     let bind = |listener: &'static str, addr: std::net::SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { listener, addr: addr.to_string(), source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                listener,
+                addr: addr.to_string(),
+                source,
+            })
     };
     let public = bind("public", cfg.public_listen).await?;
     let admin = bind("admin", cfg.admin_listen).await?;
@@ -96,23 +123,34 @@ pub async fn serve(
     });
     let public_server = {
         let stop = shutdown.clone();
-        axum::serve(public, api::public_app(state.clone())).with_graceful_shutdown(async move { stop.cancelled().await })
+        axum::serve(public, api::public_app(state.clone()))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
     };
     let admin_server = {
         let stop = shutdown.clone();
-        axum::serve(admin, api::admin_app(state)).with_graceful_shutdown(async move { stop.cancelled().await })
+        axum::serve(admin, api::admin_app(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
     };
     let (public_result, admin_result) = tokio::join!(public_server, admin_server);
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!(
             grace_seconds = cfg.shutdown_grace.as_secs(),
             "in-flight batches did not finish in time and are abandoned; the next run replays them"
         );
     }
-    public_result.map_err(|source| DaemonError::Serve { listener: "public", source })?;
-    admin_result.map_err(|source| DaemonError::Serve { listener: "admin", source })?;
+    public_result.map_err(|source| DaemonError::Serve {
+        listener: "public",
+        source,
+    })?;
+    admin_result.map_err(|source| DaemonError::Serve {
+        listener: "admin",
+        source,
+    })?;
     info!("backflow stopped");
     Ok(())
 }

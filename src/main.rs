@@ -117,7 +117,10 @@ fn main() -> ExitCode {
 
 fn load_config(cli: &Cli) -> anyhow::Result<DaemonConfig> {
     let default = Path::new("backflow.yaml");
-    let file = cli.config.as_deref().or(default.exists().then_some(default));
+    let file = cli
+        .config
+        .as_deref()
+        .or(default.exists().then_some(default));
     DaemonConfig::load(file, std::env::vars()).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
@@ -125,7 +128,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<DaemonConfig> {
 }
 
 fn load_options(cfg: &DaemonConfig) -> LoadOptions {
-    LoadOptions { schemas_dir: Some(cfg.schemas_dir.clone()), default_time_zone: cfg.time_zone }
+    LoadOptions {
+        schemas_dir: Some(cfg.schemas_dir.clone()),
+        default_time_zone: cfg.time_zone,
+    }
 }
 
 fn print_errors(report: &LoadReport) {
@@ -138,18 +144,26 @@ fn print_errors(report: &LoadReport) {
 fn select_pipelines(cfg: &DaemonConfig, which: Option<&str>) -> anyhow::Result<Vec<Pipeline>> {
     let opts = load_options(cfg);
     let report = match which {
-        Some(arg) if arg.ends_with(".yaml") || arg.ends_with(".yml") => load_pipelines(&[PathBuf::from(arg)], &opts),
+        Some(arg) if arg.ends_with(".yaml") || arg.ends_with(".yml") => {
+            load_pipelines(&[PathBuf::from(arg)], &opts)
+        }
         _ => load_pipelines(std::slice::from_ref(&cfg.pipelines_dir), &opts),
     };
     if !report.errors.is_empty() {
         print_errors(&report);
-        bail!("{} configuration error(s); run `backflow validate` for the full list", report.errors.len());
+        bail!(
+            "{} configuration error(s); run `backflow validate` for the full list",
+            report.errors.len()
+        );
     }
     let mut pipelines = report.pipelines;
     if let Some(name) = which.filter(|a| !(a.ends_with(".yaml") || a.ends_with(".yml"))) {
         pipelines.retain(|p| p.name == name);
         if pipelines.is_empty() {
-            bail!("no pipeline named `{name}` in {}", cfg.pipelines_dir.display());
+            bail!(
+                "no pipeline named `{name}` in {}",
+                cfg.pipelines_dir.display()
+            );
         }
     }
     Ok(pipelines)
@@ -165,15 +179,28 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     telemetry::init_logging(json_logs, &cfg.log_level);
     match cli.command {
         Command::Validate { paths } => {
-            let paths = if paths.is_empty() { vec![cfg.pipelines_dir.clone()] } else { paths };
+            let paths = if paths.is_empty() {
+                vec![cfg.pipelines_dir.clone()]
+            } else {
+                paths
+            };
             let report = load_pipelines(&paths, &load_options(&cfg));
             print_errors(&report);
             if report.errors.is_empty() {
                 let names: Vec<&str> = report.pipelines.iter().map(|p| p.name.as_str()).collect();
-                println!("ok: {} pipeline(s) in {} file(s): {}", names.len(), report.files, names.join(", "));
+                println!(
+                    "ok: {} pipeline(s) in {} file(s): {}",
+                    names.len(),
+                    report.files,
+                    names.join(", ")
+                );
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("{} error(s) in {} file(s)", report.errors.len(), report.files);
+                eprintln!(
+                    "{} error(s) in {} file(s)",
+                    report.errors.len(),
+                    report.files
+                );
                 Ok(ExitCode::from(1))
             }
         }
@@ -195,23 +222,44 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             println!("{passed} passed, {failed} failed");
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Run { pipeline, from, to, max_batches, json } => {
+        Command::Run {
+            pipeline,
+            from,
+            to,
+            max_batches,
+            json,
+        } => {
             let pipelines = select_pipelines(&cfg, Some(&pipeline))?;
             let runtime = daemon::open_runtime(&cfg)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let mut summaries = Vec::new();
             for p in &pipelines {
-                let opts = RunOptions { trigger: "cli".into(), window: (from, to), max_batches };
+                let opts = RunOptions {
+                    trigger: "cli".into(),
+                    window: (from, to),
+                    max_batches,
+                };
                 let summary = rt.block_on(runtime.run(p, &opts, &CancellationToken::new()))?;
                 if json {
                     println!("{}", serde_json::to_string(&summary)?);
                 } else {
                     println!(
                         "{}: run {} {}: {} batch(es) ({} replayed), {} rows in, {} out, {} quarantined, {} unreadable file(s)",
-                        p.name, summary.run_id, summary.status, summary.batches, summary.replayed_batches,
-                        summary.rows_in, summary.rows_out, summary.rows_quarantined, summary.files_failed
+                        p.name,
+                        summary.run_id,
+                        summary.status,
+                        summary.batches,
+                        summary.replayed_batches,
+                        summary.rows_in,
+                        summary.rows_out,
+                        summary.rows_quarantined,
+                        summary.files_failed
                     );
                 }
                 summaries.push(summary);
@@ -219,24 +267,47 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
-            let report = load_pipelines(std::slice::from_ref(&cfg.pipelines_dir), &load_options(&cfg));
+            let report = load_pipelines(
+                std::slice::from_ref(&cfg.pipelines_dir),
+                &load_options(&cfg),
+            );
             if !report.errors.is_empty() {
                 print_errors(&report);
-                bail!("{} configuration error(s) in {}", report.errors.len(), cfg.pipelines_dir.display());
+                bail!(
+                    "{} configuration error(s) in {}",
+                    report.errors.len(),
+                    cfg.pipelines_dir.display()
+                );
             }
             let runtime = daemon::open_runtime(&cfg)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(daemon::serve(&cfg, runtime, report.pipelines, CancellationToken::new()))?;
+            let result = rt.block_on(daemon::serve(
+                &cfg,
+                runtime,
+                report.pipelines,
+                CancellationToken::new(),
+            ));
+            // Work abandoned after the grace period (a Polars step of a batch) must not hold
+            // the exit: its batch stays open in the catalog and is replayed by the next run.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command } => {
             let catalog = Catalog::open(&cfg.catalog_path)?;
             match command {
-                TokenCommand::Create { role, workspace, label } => {
+                TokenCommand::Create {
+                    role,
+                    workspace,
+                    label,
+                } => {
                     let role: Role = role.parse().map_err(anyhow::Error::msg)?;
                     let issued = catalog.create_token(role, workspace.as_deref(), &label)?;
                     println!("{}", issued.secret);
-                    eprintln!("token {} ({role}) created; it is shown only this once", issued.info.id);
+                    eprintln!(
+                        "token {} ({role}) created; it is shown only this once",
+                        issued.info.id
+                    );
                 }
                 TokenCommand::Revoke { id } => {
                     if !catalog.revoke_token(id)? {

@@ -61,7 +61,9 @@ impl FromStr for StorageUrl {
                 if rest.is_empty() {
                     return Err(StorageUrlError::EmptyPath(url.to_string()));
                 }
-                Ok(StorageUrl::File { root: PathBuf::from(rest) })
+                Ok(StorageUrl::File {
+                    root: PathBuf::from(rest),
+                })
             }
             "memory" => {
                 let (name, prefix) = split_host(rest)?;
@@ -109,7 +111,10 @@ impl Location {
 
     /// `relative` of an object path under this location's prefix, or `None` if it is outside.
     pub fn relative(&self, path: &ObjectPath) -> Option<String> {
-        let parts: Vec<_> = path.prefix_match(&self.prefix)?.map(|p| p.as_ref().to_string()).collect();
+        let parts: Vec<_> = path
+            .prefix_match(&self.prefix)?
+            .map(|p| p.as_ref().to_string())
+            .collect();
         Some(parts.join("/"))
     }
 }
@@ -117,9 +122,15 @@ impl Location {
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("cannot create directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open {url}: {source}")]
-    Open { url: String, source: object_store::Error },
+    Open {
+        url: String,
+        source: object_store::Error,
+    },
 }
 
 /// Builds stores from URLs; keeps one in-memory store per name so that a pipeline's source
@@ -133,28 +144,47 @@ impl StoreRegistry {
     pub fn open(&self, url: &StorageUrl) -> Result<Location, StorageError> {
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match url {
             StorageUrl::File { root } => {
-                std::fs::create_dir_all(root)
-                    .map_err(|source| StorageError::CreateDir { path: root.clone(), source })?;
-                let root = std::fs::canonicalize(root)
-                    .map_err(|source| StorageError::CreateDir { path: root.clone(), source })?;
-                let fs = LocalFileSystem::new_with_prefix(&root)
-                    .map_err(|source| StorageError::Open { url: url.to_string(), source })?;
+                std::fs::create_dir_all(root).map_err(|source| StorageError::CreateDir {
+                    path: root.clone(),
+                    source,
+                })?;
+                let root =
+                    std::fs::canonicalize(root).map_err(|source| StorageError::CreateDir {
+                        path: root.clone(),
+                        source,
+                    })?;
+                let fs = LocalFileSystem::new_with_prefix(&root).map_err(|source| {
+                    StorageError::Open {
+                        url: url.to_string(),
+                        source,
+                    }
+                })?;
                 (Arc::new(fs), String::new())
             }
             StorageUrl::Memory { name, prefix } => {
                 let mut map = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-                let store = map.entry(name.clone()).or_insert_with(|| Arc::new(InMemory::new())).clone();
+                let store = map
+                    .entry(name.clone())
+                    .or_insert_with(|| Arc::new(InMemory::new()))
+                    .clone();
                 (store, prefix.clone())
             }
             StorageUrl::S3 { bucket, prefix } => {
                 let s3 = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .build()
-                    .map_err(|source| StorageError::Open { url: url.to_string(), source })?;
+                    .map_err(|source| StorageError::Open {
+                        url: url.to_string(),
+                        source,
+                    })?;
                 (Arc::new(s3), prefix.clone())
             }
         };
-        Ok(Location { store, prefix: ObjectPath::from(prefix.as_str()), url: url.clone() })
+        Ok(Location {
+            store,
+            prefix: ObjectPath::from(prefix.as_str()),
+            url: url.clone(),
+        })
     }
 }
 
@@ -166,15 +196,23 @@ mod tests {
     fn parses_the_three_schemes() {
         assert_eq!(
             "file://./data/lake".parse::<StorageUrl>(),
-            Ok(StorageUrl::File { root: PathBuf::from("./data/lake") })
+            Ok(StorageUrl::File {
+                root: PathBuf::from("./data/lake")
+            })
         );
         assert_eq!(
             "s3://bucket/a/b/".parse::<StorageUrl>(),
-            Ok(StorageUrl::S3 { bucket: "bucket".into(), prefix: "a/b".into() })
+            Ok(StorageUrl::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b".into()
+            })
         );
         assert_eq!(
             "memory://t".parse::<StorageUrl>(),
-            Ok(StorageUrl::Memory { name: "t".into(), prefix: String::new() })
+            Ok(StorageUrl::Memory {
+                name: "t".into(),
+                prefix: String::new()
+            })
         );
     }
 
@@ -184,7 +222,13 @@ mod tests {
             "gs://b/x".parse::<StorageUrl>(),
             Err(StorageUrlError::UnknownScheme { scheme, .. }) if scheme == "gs"
         ));
-        assert!(matches!("s3:///x".parse::<StorageUrl>(), Err(StorageUrlError::MissingHost(_))));
-        assert!(matches!("/tmp/x".parse::<StorageUrl>(), Err(StorageUrlError::NoScheme(_))));
+        assert!(matches!(
+            "s3:///x".parse::<StorageUrl>(),
+            Err(StorageUrlError::MissingHost(_))
+        ));
+        assert!(matches!(
+            "/tmp/x".parse::<StorageUrl>(),
+            Err(StorageUrlError::NoScheme(_))
+        ));
     }
 }

@@ -44,17 +44,29 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "a valid bearer token is required".to_string()),
-            ApiError::Forbidden(role) => (StatusCode::FORBIDDEN, format!("this needs the role {role} or higher")),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required".to_string(),
+            ),
+            ApiError::Forbidden(role) => (
+                StatusCode::FORBIDDEN,
+                format!("this needs the role {role} or higher"),
+            ),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, what),
             ApiError::Internal(detail) => {
                 error!(error = %detail, "internal error answering an admin request");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the daemon log".to_string())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the daemon log".to_string(),
+                )
             }
         };
         let mut response = (status, Json(json!({ "error": message }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }
@@ -65,8 +77,14 @@ pub fn public_app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .layer(middleware::from_fn_with_state((state.clone(), "public"), count_requests))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), "public"),
+            count_requests,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -81,8 +99,14 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/api/v1/pipelines", get(list_pipelines))
         .route("/api/v1/pipelines/{name}/runs", post(trigger_run))
         .route("/api/v1/runs", get(list_runs))
-        .layer(middleware::from_fn_with_state((state.clone(), "admin"), count_requests))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), "admin"),
+            count_requests,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -97,8 +121,18 @@ async fn count_requests(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(request).await;
-    let labels = HttpLabels { listener, route, status: response.status().as_u16() };
-    state.jobs.runtime().metrics.http_requests.get_or_create(&labels).inc();
+    let labels = HttpLabels {
+        listener,
+        route,
+        status: response.status().as_u16(),
+    };
+    state
+        .jobs
+        .runtime()
+        .metrics
+        .http_requests
+        .get_or_create(&labels)
+        .inc();
     response
 }
 
@@ -125,7 +159,10 @@ fn authorize(state: &AppState, headers: &HeaderMap, required: Role) -> Result<To
         .map(str::trim);
     let runtime = state.jobs.runtime();
     let info = match presented {
-        Some(token) => runtime.catalog.verify_token(token).map_err(|e| ApiError::Internal(e.to_string()))?,
+        Some(token) => runtime
+            .catalog
+            .verify_token(token)
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
         None => None,
     };
     let Some(info) = info else {
@@ -141,7 +178,14 @@ fn authorize(state: &AppState, headers: &HeaderMap, required: Role) -> Result<To
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers, Role::ReadOnly)?;
     let body = state.jobs.runtime().metrics.encode();
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -150,7 +194,10 @@ async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
         .into_response())
 }
 
-async fn list_pipelines(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn list_pipelines(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers, Role::ReadOnly)?;
     let catalog = &state.jobs.runtime().catalog;
     let mut out = Vec::new();
@@ -160,7 +207,9 @@ async fn list_pipelines(State(state): State<AppState>, headers: HeaderMap) -> Re
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .into_iter()
             .next();
-        let committed = catalog.committed_batches(&p.name).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let committed = catalog
+            .committed_batches(&p.name)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         out.push(json!({
             "name": p.name,
             "description": p.description,
@@ -180,8 +229,10 @@ async fn trigger_run(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let who = authorize(&state, &headers, Role::WorkspaceAdmin)?;
-    let outcome =
-        state.jobs.trigger(&name, "api").ok_or_else(|| ApiError::NotFound(format!("no pipeline named `{name}`")))?;
+    let outcome = state
+        .jobs
+        .trigger(&name, "api")
+        .ok_or_else(|| ApiError::NotFound(format!("no pipeline named `{name}`")))?;
     let catalog = &state.jobs.runtime().catalog;
     catalog
         .audit(&format!("token:{}", who.id), "pipeline.run", &name)
@@ -190,7 +241,11 @@ async fn trigger_run(
         Triggered::Started => StatusCode::ACCEPTED,
         Triggered::AlreadyRunning => StatusCode::CONFLICT,
     };
-    Ok((status, Json(json!({ "pipeline": name, "outcome": outcome }))).into_response())
+    Ok((
+        status,
+        Json(json!({ "pipeline": name, "outcome": outcome })),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -45,9 +45,15 @@ impl Catalog {
             )
             .optional()?;
         row.map(|(seq, positions, planned_at)| {
-            let positions = serde_json::from_str(&positions)
-                .map_err(|e| CatalogError::Corrupt(format!("batch {pipeline}/{seq} positions: {e}")))?;
-            Ok(BatchIntent { pipeline: pipeline.to_string(), seq, positions, planned_at })
+            let positions = serde_json::from_str(&positions).map_err(|e| {
+                CatalogError::Corrupt(format!("batch {pipeline}/{seq} positions: {e}"))
+            })?;
+            Ok(BatchIntent {
+                pipeline: pipeline.to_string(),
+                seq,
+                positions,
+                planned_at,
+            })
         })
         .transpose()
     }
@@ -62,12 +68,17 @@ impl Catalog {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let open: Option<i64> = tx
-            .query_row("SELECT seq FROM batches WHERE pipeline = ?1 AND state = 'open'", [pipeline], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT seq FROM batches WHERE pipeline = ?1 AND state = 'open'",
+                [pipeline],
+                |r| r.get(0),
+            )
             .optional()?;
         if let Some(seq) = open {
-            return Err(CatalogError::IntentOpen { pipeline: pipeline.to_string(), seq });
+            return Err(CatalogError::IntentOpen {
+                pipeline: pipeline.to_string(),
+                seq,
+            });
         }
         let seq: i64 = tx.query_row(
             "SELECT coalesce(max(seq), 0) + 1 FROM batches WHERE pipeline = ?1",
@@ -95,8 +106,8 @@ impl Catalog {
         ingested_files: &[String],
         stats: &BatchStats,
     ) -> Result<(), CatalogError> {
-        let stats_json =
-            serde_json::to_string(stats).map_err(|e| CatalogError::Corrupt(format!("batch stats: {e}")))?;
+        let stats_json = serde_json::to_string(stats)
+            .map_err(|e| CatalogError::Corrupt(format!("batch stats: {e}")))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let n = tx.execute(
@@ -105,7 +116,10 @@ impl Catalog {
             (now(), stats_json, pipeline, seq),
         )?;
         if n != 1 {
-            return Err(CatalogError::NoSuchIntent { pipeline: pipeline.to_string(), seq });
+            return Err(CatalogError::NoSuchIntent {
+                pipeline: pipeline.to_string(),
+                seq,
+            });
         }
         {
             let mut insert =

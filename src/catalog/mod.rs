@@ -22,12 +22,17 @@ pub use tokens::{IssuedToken, Role, TokenInfo};
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("catalog {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("catalog query failed: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("catalog holds corrupt data: {0}")]
     Corrupt(String),
-    #[error("pipeline `{pipeline}` already has an open batch {seq}; replay it before planning another")]
+    #[error(
+        "pipeline `{pipeline}` already has an open batch {seq}; replay it before planning another"
+    )]
     IntentOpen { pipeline: String, seq: i64 },
     #[error("pipeline `{pipeline}` has no open batch {seq} to commit")]
     NoSuchIntent { pipeline: String, seq: i64 },
@@ -95,7 +100,10 @@ pub struct Catalog {
 impl Catalog {
     /// Opens (creating if needed) the catalog file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
-        let open_err = |source| CatalogError::Open { path: path.display().to_string(), source };
+        let open_err = |source| CatalogError::Open {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 open_err(rusqlite::Error::SqliteFailure(
@@ -105,7 +113,8 @@ impl Catalog {
             })?;
         }
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
         Self::init(conn).map_err(|e| match e {
             CatalogError::Sql(source) => open_err(source),
             other => other,
@@ -124,7 +133,10 @@ impl Catalog {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
-            return Err(CatalogError::TooNew { found: version, supported });
+            return Err(CatalogError::TooNew {
+                found: version,
+                supported,
+            });
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction()?;
@@ -132,7 +144,9 @@ impl Catalog {
             tx.pragma_update(None, "user_version", index as i64 + 1)?;
             tx.commit()?;
         }
-        Ok(Catalog { conn: Mutex::new(conn) })
+        Ok(Catalog {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -151,11 +165,16 @@ impl Catalog {
     }
 
     /// The most recent audit entries, newest first: (at, actor, action, detail).
-    pub fn audit_entries(&self, limit: usize) -> Result<Vec<(String, String, String, String)>, CatalogError> {
+    pub fn audit_entries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String, String)>, CatalogError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
-        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let mut stmt = conn
+            .prepare("SELECT at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

@@ -102,7 +102,11 @@ impl Catalog {
     }
 
     /// The most recent runs, newest first, optionally of one pipeline.
-    pub fn recent_runs(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, CatalogError> {
+    pub fn recent_runs(
+        &self,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, CatalogError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, pipeline, trigger, status, started_at, finished_at, batches, rows_in, rows_out,
@@ -136,15 +140,28 @@ mod tests {
     fn run_history_records_outcome_and_abandoned_runs_fail() -> Result<(), CatalogError> {
         let c = Catalog::open_in_memory()?;
         let a = c.start_run("p", "schedule")?;
-        let totals = RunTotals { batches: 1, rows_in: 5, rows_out: 4, rows_quarantined: 1 };
+        let totals = RunTotals {
+            batches: 1,
+            rows_in: 5,
+            rows_out: 4,
+            rows_quarantined: 1,
+        };
         c.finish_run(a, RunStatus::Succeeded, totals, None)?;
         c.start_run("p", "manual")?;
         assert_eq!(c.fail_abandoned_runs()?, 1);
         let runs = c.recent_runs(Some("p"), 10)?;
         assert_eq!(runs.len(), 2);
         assert_eq!(runs[0].status, "failed");
-        assert!(runs[0].error.as_deref().is_some_and(|e| e.contains("replayed")));
-        assert_eq!((runs[1].status.as_str(), runs[1].rows_out), ("succeeded", 4));
+        assert!(
+            runs[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("replayed"))
+        );
+        assert_eq!(
+            (runs[1].status.as_str(), runs[1].rows_out),
+            ("succeeded", 4)
+        );
         assert!(c.recent_runs(Some("other"), 10)?.is_empty());
         Ok(())
     }

@@ -23,7 +23,12 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::OrgAdmin, Role::WorkspaceAdmin, Role::Analyst, Role::ReadOnly];
+    pub const ALL: [Role; 4] = [
+        Role::OrgAdmin,
+        Role::WorkspaceAdmin,
+        Role::Analyst,
+        Role::ReadOnly,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,10 +54,13 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
-            let names: Vec<_> = Role::ALL.iter().map(|r| r.as_str()).collect();
-            format!("unknown role `{s}`, expected one of {}", names.join(", "))
-        })
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown role `{s}`, expected one of {}", names.join(", "))
+            })
     }
 }
 
@@ -98,10 +106,20 @@ impl Catalog {
         )?;
         let id = conn.last_insert_rowid();
         drop(conn);
-        self.audit("system", "token.create", &format!("id={id} role={role} label={label}"))?;
+        self.audit(
+            "system",
+            "token.create",
+            &format!("id={id} role={role} label={label}"),
+        )?;
         Ok(IssuedToken {
             secret,
-            info: TokenInfo { id, role, workspace: workspace.map(str::to_string), label: label.into(), created_at },
+            info: TokenInfo {
+                id,
+                role,
+                workspace: workspace.map(str::to_string),
+                label: label.into(),
+                created_at,
+            },
         })
     }
 
@@ -129,15 +147,24 @@ impl Catalog {
             .optional()?;
         row.map(|(id, role, workspace, label, created_at)| {
             let role = role.parse::<Role>().map_err(CatalogError::Corrupt)?;
-            Ok(TokenInfo { id, role, workspace, label, created_at })
+            Ok(TokenInfo {
+                id,
+                role,
+                workspace,
+                label,
+                created_at,
+            })
         })
         .transpose()
     }
 
     /// Whether any live token exists (the daemon creates the first admin token when not).
     pub fn has_tokens(&self) -> Result<bool, CatalogError> {
-        let n: i64 =
-            self.conn().query_row("SELECT count(*) FROM tokens WHERE revoked_at IS NULL", [], |r| r.get(0))?;
+        let n: i64 = self.conn().query_row(
+            "SELECT count(*) FROM tokens WHERE revoked_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(n > 0)
     }
 
@@ -167,7 +194,9 @@ mod tests {
         let info = catalog.verify_token(&issued.secret)?;
         assert_eq!(info.as_ref().map(|i| i.role), Some(Role::Analyst));
         assert_eq!(catalog.verify_token("bft_nope")?, None);
-        let stored: String = catalog.conn().query_row("SELECT hash FROM tokens", [], |r| r.get(0))?;
+        let stored: String = catalog
+            .conn()
+            .query_row("SELECT hash FROM tokens", [], |r| r.get(0))?;
         assert_ne!(stored, issued.secret);
         assert!(catalog.revoke_token(issued.info.id)?);
         assert_eq!(catalog.verify_token(&issued.secret)?, None);
@@ -180,6 +209,10 @@ mod tests {
         assert!(Role::Analyst.allows(Role::Analyst));
         assert!(!Role::ReadOnly.allows(Role::Analyst));
         assert_eq!("analyst".parse::<Role>(), Ok(Role::Analyst));
-        assert!("root".parse::<Role>().is_err_and(|e| e.contains("expected one of org_admin")));
+        assert!(
+            "root"
+                .parse::<Role>()
+                .is_err_and(|e| e.contains("expected one of org_admin"))
+        );
     }
 }

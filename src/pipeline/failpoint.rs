@@ -8,7 +8,10 @@
 /// Aborts the process if `BACKFLOW_FAILPOINT` names this point.
 pub fn failpoint(name: &str) {
     if std::env::var_os("BACKFLOW_FAILPOINT").is_some_and(|v| v == name) {
-        tracing::error!(failpoint = name, "BACKFLOW_FAILPOINT reached: aborting the process");
+        tracing::error!(
+            failpoint = name,
+            "BACKFLOW_FAILPOINT reached: aborting the process"
+        );
         std::process::abort();
     }
 }

@@ -19,19 +19,47 @@ pub fn is_lineage(name: &str) -> bool {
     name == SOURCE_FILE || name == SOURCE_LINE
 }
 
-/// Collects text records into columns, keeping first-seen column order.
-#[derive(Debug, Default)]
+/// Collects text records into columns, keeping first-seen column order. Values are appended
+/// straight into Polars string builders (no per-value allocation).
 pub struct TextFrameBuilder {
     index: HashMap<String, usize>,
-    names: Vec<String>,
-    columns: Vec<Vec<Option<String>>>,
-    files: Vec<String>,
+    columns: Vec<TextColumn>,
+    /// Column index last seen at each key position of a record.
+    hints: Vec<usize>,
+    files: StringChunkedBuilder,
     lines: Vec<i64>,
+}
+
+struct TextColumn {
+    builder: StringChunkedBuilder,
+    /// Rows appended so far (a column first seen at row r starts with r nulls).
+    len: usize,
+    name: String,
+}
+
+impl std::fmt::Debug for TextFrameBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextFrameBuilder")
+            .field("rows", &self.lines.len())
+            .finish()
+    }
+}
+
+impl Default for TextFrameBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TextFrameBuilder {
     pub fn new() -> Self {
-        Self::default()
+        TextFrameBuilder {
+            index: HashMap::new(),
+            columns: Vec::new(),
+            hints: Vec::new(),
+            files: StringChunkedBuilder::new(SOURCE_FILE.into(), 1024),
+            lines: Vec::new(),
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -39,45 +67,67 @@ impl TextFrameBuilder {
     }
 
     /// Adds one record. Later duplicates of a key within a record are ignored (first wins).
-    pub fn push<I>(&mut self, file: &str, line: i64, fields: I)
+    pub fn push<K, V, I>(&mut self, file: &str, line: i64, fields: I)
     where
-        I: IntoIterator<Item = (String, Option<String>)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+        I: IntoIterator<Item = (K, Option<V>)>,
     {
         let row = self.lines.len();
-        for (name, value) in fields {
-            let col = match self.index.get(&name) {
-                Some(&col) => col,
+        for (position, (name, value)) in fields.into_iter().enumerate() {
+            let name = name.as_ref();
+            // Records of one file usually list their keys in the same order: try the column
+            // that held this position last time before hashing.
+            let hinted = self
+                .hints
+                .get(position)
+                .copied()
+                .filter(|&c| self.columns[c].name == name);
+            let col = match hinted.or_else(|| self.index.get(name).copied()) {
+                Some(col) => col,
                 None => {
-                    let col = self.names.len();
-                    self.index.insert(name.clone(), col);
-                    self.names.push(name);
-                    self.columns.push(vec![None; row]);
-                    col
+                    let mut builder = StringChunkedBuilder::new(name.into(), row.max(1024));
+                    for _ in 0..row {
+                        builder.append_null();
+                    }
+                    self.index.insert(name.to_string(), self.columns.len());
+                    self.columns.push(TextColumn {
+                        builder,
+                        len: row,
+                        name: name.to_string(),
+                    });
+                    self.columns.len() - 1
                 }
             };
+            match self.hints.get_mut(position) {
+                Some(hint) => *hint = col,
+                None => self.hints.push(col),
+            }
             let column = &mut self.columns[col];
-            if column.len() == row {
-                column.push(value);
+            if column.len == row {
+                column
+                    .builder
+                    .append_option(value.as_ref().map(AsRef::as_ref));
+                column.len += 1;
             }
         }
         for column in &mut self.columns {
-            if column.len() == row {
-                column.push(None);
+            if column.len == row {
+                column.builder.append_null();
+                column.len += 1;
             }
         }
-        self.files.push(file.to_string());
+        self.files.append_value(file);
         self.lines.push(line);
     }
 
     pub fn finish(self) -> PolarsResult<DataFrame> {
         let height = self.lines.len();
-        let mut columns: Vec<Column> = Vec::with_capacity(self.names.len() + 2);
-        for (name, values) in self.names.into_iter().zip(self.columns) {
-            let chunked: StringChunked = values.iter().map(|v| v.as_deref()).collect();
-            columns.push(chunked.with_name(name.as_str().into()).into_series().into());
+        let mut columns: Vec<Column> = Vec::with_capacity(self.columns.len() + 2);
+        for column in self.columns {
+            columns.push(column.builder.finish().into_series().into());
         }
-        let files: StringChunked = self.files.iter().map(|f| Some(f.as_str())).collect();
-        columns.push(files.with_name(SOURCE_FILE.into()).into_series().into());
+        columns.push(self.files.finish().into_series().into());
         columns.push(Series::new(SOURCE_LINE.into(), self.lines).into());
         DataFrame::new(height, columns)
     }
@@ -100,7 +150,13 @@ pub fn frame_from_records(
 ) -> PolarsResult<DataFrame> {
     let mut builder = TextFrameBuilder::new();
     for (i, record) in records.iter().enumerate() {
-        builder.push(file, i as i64 + 1, record.iter().map(|(k, v)| (k.clone(), json_to_text(v.clone()))));
+        builder.push(
+            file,
+            i as i64 + 1,
+            record
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_text(v.clone()))),
+        );
     }
     builder.finish()
 }
@@ -139,7 +195,11 @@ impl Quarantine {
     }
 
     /// Moves the rows of `df` selected by `reasons` (Some = bad) to quarantine; returns the rest.
-    pub fn split_off(&mut self, df: DataFrame, reasons: Vec<Option<String>>) -> PolarsResult<DataFrame> {
+    pub fn split_off(
+        &mut self,
+        df: DataFrame,
+        reasons: Vec<Option<String>>,
+    ) -> PolarsResult<DataFrame> {
         if reasons.iter().all(Option::is_none) {
             return Ok(df);
         }
@@ -147,13 +207,26 @@ impl Quarantine {
         let bad = df.filter(&bad_mask)?;
         let good = df.filter(&!&bad_mask)?;
         let records = rows_as_json(&bad, false)?;
-        let files = bad.column(SOURCE_FILE).ok().and_then(|c| c.str().ok().cloned());
-        let lines = bad.column(SOURCE_LINE).ok().and_then(|c| c.i64().ok().cloned());
+        let files = bad
+            .column(SOURCE_FILE)
+            .ok()
+            .and_then(|c| c.str().ok().cloned());
+        let lines = bad
+            .column(SOURCE_LINE)
+            .ok()
+            .and_then(|c| c.i64().ok().cloned());
         for (i, (reason, record)) in reasons.into_iter().flatten().zip(records).enumerate() {
+            let source_file = files.as_ref().and_then(|f| f.get(i)).map(str::to_string);
+            let source_line = lines.as_ref().and_then(|l| l.get(i));
+            // Every reason names where the row came from, as source-level reasons do.
+            let reason = match (&source_file, source_line) {
+                (Some(file), Some(line)) => format!("{file}:{line}: {reason}"),
+                _ => reason,
+            };
             self.rows.push(QuarantinedRow {
                 reason,
-                source_file: files.as_ref().and_then(|f| f.get(i)).map(str::to_string),
-                source_line: lines.as_ref().and_then(|l| l.get(i)),
+                source_file,
+                source_line,
                 raw: Some(serde_json::Value::Object(record).to_string()),
             });
         }
@@ -169,7 +242,10 @@ impl Quarantine {
         let raw: StringChunked = self.rows.iter().map(|r| r.raw.as_deref()).collect();
         let at = Int64Chunked::full("quarantined_at".into(), quarantined_at_micros, n)
             .into_series()
-            .cast(&DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)))?;
+            .cast(&DataType::Datetime(
+                TimeUnit::Microseconds,
+                Some(TimeZone::UTC),
+            ))?;
         DataFrame::new(
             n,
             vec![
@@ -189,8 +265,11 @@ pub fn rows_as_json(
     df: &DataFrame,
     with_lineage: bool,
 ) -> PolarsResult<Vec<serde_json::Map<String, serde_json::Value>>> {
-    let columns: Vec<&Column> =
-        df.columns().iter().filter(|c| with_lineage || !is_lineage(c.name().as_str())).collect();
+    let columns: Vec<&Column> = df
+        .columns()
+        .iter()
+        .filter(|c| with_lineage || !is_lineage(c.name().as_str()))
+        .collect();
     let mut out = Vec::with_capacity(df.height());
     for row in 0..df.height() {
         let mut record = serde_json::Map::new();
@@ -217,7 +296,9 @@ fn any_to_json(value: AnyValue<'_>) -> serde_json::Value {
         AnyValue::UInt16(v) => v.into(),
         AnyValue::UInt32(v) => v.into(),
         AnyValue::UInt64(v) => v.into(),
-        AnyValue::Float32(v) => serde_json::Number::from_f64(v as f64).map_or(Value::Null, Value::Number),
+        AnyValue::Float32(v) => {
+            serde_json::Number::from_f64(v as f64).map_or(Value::Null, Value::Number)
+        }
         AnyValue::Float64(v) => serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
         AnyValue::Datetime(v, unit, _) | AnyValue::DatetimeOwned(v, unit, _) => {
             let micros = match unit {
@@ -245,26 +326,46 @@ mod tests {
     fn text_frames_keep_first_seen_order_and_fill_gaps_with_null() -> PolarsResult<()> {
         let mut b = TextFrameBuilder::new();
         b.push("f", 1, [("a".to_string(), Some("1".to_string()))]);
-        b.push("f", 2, [("b".to_string(), Some("x".to_string())), ("a".to_string(), None)]);
+        b.push(
+            "f",
+            2,
+            [
+                ("b".to_string(), Some("x".to_string())),
+                ("a".to_string(), None),
+            ],
+        );
         let df = b.finish()?;
-        let names: Vec<_> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+        let names: Vec<_> = df
+            .get_column_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(names, ["a", "b", SOURCE_FILE, SOURCE_LINE]);
         let rows = rows_as_json(&df, false)?;
-        assert_eq!(serde_json::Value::Object(rows[0].clone()), json!({"a": "1", "b": null}));
-        assert_eq!(serde_json::Value::Object(rows[1].clone()), json!({"a": null, "b": "x"}));
+        assert_eq!(
+            serde_json::Value::Object(rows[0].clone()),
+            json!({"a": "1", "b": null})
+        );
+        assert_eq!(
+            serde_json::Value::Object(rows[1].clone()),
+            json!({"a": null, "b": "x"})
+        );
         Ok(())
     }
 
     #[test]
     fn split_off_moves_bad_rows_with_their_lineage() -> PolarsResult<()> {
-        let df = frame_from_records("in.ndjson", &[json!({"v": 1}), json!({"v": 2})].map(|v| match v {
-            serde_json::Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        }))?;
+        let df = frame_from_records(
+            "in.ndjson",
+            &[json!({"v": 1}), json!({"v": 2})].map(|v| match v {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            }),
+        )?;
         let mut q = Quarantine::default();
         let good = q.split_off(df, vec![None, Some("v: bad".into())])?;
         assert_eq!(good.height(), 1);
-        assert_eq!(q.rows[0].reason, "v: bad");
+        assert_eq!(q.rows[0].reason, "in.ndjson:2: v: bad");
         assert_eq!(q.rows[0].source_line, Some(2));
         assert_eq!(q.rows[0].source_file.as_deref(), Some("in.ndjson"));
         assert_eq!(q.rows[0].raw.as_deref(), Some(r#"{"v":"2"}"#));

@@ -40,18 +40,26 @@ use source::object_store_files::{self as files_source, Decoded, FilePositions, W
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("storage {path}: {source}")]
-    Storage { path: String, source: object_store::Error },
+    Storage {
+        path: String,
+        source: object_store::Error,
+    },
     #[error(transparent)]
     Open(#[from] StorageError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error("{stage}: {source}")]
-    Polars { stage: &'static str, source: polars::prelude::PolarsError },
+    Polars {
+        stage: &'static str,
+        source: polars::prelude::PolarsError,
+    },
     #[error(transparent)]
     Transform(#[from] transform::TransformError),
     #[error("sink: {0}")]
     Sink(String),
-    #[error("source file {path} changed after its batch was planned ({detail}); restore it or move it aside")]
+    #[error(
+        "source file {path} changed after its batch was planned ({detail}); restore it or move it aside"
+    )]
     SourceChanged { path: String, detail: String },
     #[error("batch positions in the catalog are unreadable: {0}")]
     Positions(String),
@@ -60,7 +68,10 @@ pub enum PipelineError {
     #[error("pipeline `{0}` is being run by another process (lock {1})")]
     Busy(String, String),
     #[error("cannot use lock file {path}: {source}")]
-    Lock { path: String, source: std::io::Error },
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl PipelineError {
@@ -148,7 +159,10 @@ impl Runtime {
         let _lock = self.lock(&pipeline.name)?;
         let run_id = self.catalog.start_run(&pipeline.name, &opts.trigger)?;
         self.metrics.runs_in_progress.inc();
-        let mut summary = RunSummary { run_id, ..RunSummary::default() };
+        let mut summary = RunSummary {
+            run_id,
+            ..RunSummary::default()
+        };
         let result = self.run_batches(pipeline, opts, cancel, &mut summary).await;
         self.metrics.runs_in_progress.dec();
         let status = match &result {
@@ -164,25 +178,40 @@ impl Runtime {
             rows_quarantined: summary.rows_quarantined,
         };
         let error = result.as_ref().err().map(ToString::to_string);
-        self.catalog.finish_run(run_id, status, totals, error.as_deref())?;
+        self.catalog
+            .finish_run(run_id, status, totals, error.as_deref())?;
         self.metrics
             .runs
-            .get_or_create(&RunLabels { pipeline: pipeline.name.clone(), status: status.to_string() })
+            .get_or_create(&RunLabels {
+                pipeline: pipeline.name.clone(),
+                status: status.to_string(),
+            })
             .inc();
         result.map(|()| summary)
     }
 
     fn lock(&self, name: &str) -> Result<Option<std::fs::File>, PipelineError> {
-        let Some(dir) = &self.lock_dir else { return Ok(None) };
+        let Some(dir) = &self.lock_dir else {
+            return Ok(None);
+        };
         let path = dir.join(format!("{name}.lock"));
-        let lock_err = |source| PipelineError::Lock { path: path.display().to_string(), source };
+        let lock_err = |source| PipelineError::Lock {
+            path: path.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(lock_err)?;
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(lock_err)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_err)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(PipelineError::Busy(name.to_string(), path.display().to_string()))
-            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(PipelineError::Busy(
+                name.to_string(),
+                path.display().to_string(),
+            )),
             Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
         }
     }
@@ -198,7 +227,11 @@ impl Runtime {
         let source = self.stores.open(&source_cfg.url)?;
         let labels = Metrics::labels(&pipeline.name);
         loop {
-            if cancel.is_cancelled() || opts.max_batches.is_some_and(|max| summary.batches as usize >= max) {
+            if cancel.is_cancelled()
+                || opts
+                    .max_batches
+                    .is_some_and(|max| summary.batches as usize >= max)
+            {
                 return Ok(());
             }
             let intent = match self.catalog.open_intent(&pipeline.name)? {
@@ -210,14 +243,18 @@ impl Runtime {
                 }
                 None => {
                     let ingested = self.catalog.ingested_files(&pipeline.name)?;
-                    let files = files_source::plan(&source, source_cfg, &ingested, opts.window, self.tz).await?;
+                    let files =
+                        files_source::plan(&source, source_cfg, &ingested, opts.window, self.tz)
+                            .await?;
                     if files.is_empty() {
                         return Ok(());
                     }
                     let positions = serde_json::to_value(FilePositions { files })
                         .map_err(|e| PipelineError::Positions(e.to_string()))?;
-                    let planned_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-                    self.catalog.create_intent(&pipeline.name, &positions, &planned_at)?
+                    let planned_at =
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                    self.catalog
+                        .create_intent(&pipeline.name, &positions, &planned_at)?
                 }
             };
             failpoint("after_intent");
@@ -230,7 +267,10 @@ impl Runtime {
                     summary.rows_quarantined += stats.rows_quarantined;
                     summary.files_failed += files_failed;
                     self.metrics.batches_committed.get_or_create(&labels).inc();
-                    self.metrics.batch_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .batch_duration
+                        .get_or_create(&labels)
+                        .observe(started.elapsed().as_secs_f64());
                 }
                 Err(e) => {
                     self.metrics.commit_failures.get_or_create(&labels).inc();
@@ -250,32 +290,50 @@ impl Runtime {
         let SourceConfig::ObjectStoreFiles(source_cfg) = &pipeline.source;
         let SinkConfig::Parquet(sink_cfg) = &pipeline.sink;
         let labels = Metrics::labels(&pipeline.name);
-        let positions: FilePositions =
-            serde_json::from_value(intent.positions.clone()).map_err(|e| PipelineError::Positions(e.to_string()))?;
+        let positions: FilePositions = serde_json::from_value(intent.positions.clone())
+            .map_err(|e| PipelineError::Positions(e.to_string()))?;
         let contents = files_source::fetch(source, &positions.files).await?;
-        self.metrics.files_read.get_or_create(&labels).inc_by(positions.files.len() as u64);
+        self.metrics
+            .files_read
+            .get_or_create(&labels)
+            .inc_by(positions.files.len() as u64);
 
         let planned_at_micros = chrono::DateTime::parse_from_rfc3339(&intent.planned_at)
             .map(|t| t.timestamp_micros())
             .map_err(|e| PipelineError::Positions(format!("planned_at: {e}")))?;
-        let (pipeline_owned, files, tz, seq) = (pipeline.clone(), positions.files.clone(), self.tz, intent.seq);
+        let (pipeline_owned, files, tz, seq) = (
+            pipeline.clone(),
+            positions.files.clone(),
+            self.tz,
+            intent.seq,
+        );
         let source_cfg = source_cfg.clone();
         let encoded = tokio::task::spawn_blocking(move || -> Result<Encoded, PipelineError> {
             let mut rows = TextFrameBuilder::new();
             let mut quarantine = Quarantine::default();
             let mut files_failed = 0;
             for (file, bytes) in files.iter().zip(contents) {
-                if files_source::decode(&source_cfg, file, bytes, &mut rows, &mut quarantine) == Decoded::Failed {
+                if files_source::decode(&source_cfg, file, bytes, &mut rows, &mut quarantine)
+                    == Decoded::Failed
+                {
                     files_failed += 1;
                 }
             }
             let rows_in = (rows.rows() + quarantine.len()) as u64;
-            let df = rows.finish().map_err(|source| PipelineError::Polars { stage: "decode", source })?;
+            let df = rows.finish().map_err(|source| PipelineError::Polars {
+                stage: "decode",
+                source,
+            })?;
             let df = transform::apply(df, &pipeline_owned.transforms, tz, &mut quarantine)?;
             let SinkConfig::Parquet(sink_cfg) = &pipeline_owned.sink;
             let files = parquet_sink::encode(df, sink_cfg, tz, seq, &mut quarantine)?;
-            let quarantine_file =
-                parquet_sink::encode_quarantine(&quarantine, &pipeline_owned.name, seq, planned_at_micros, tz)?;
+            let quarantine_file = parquet_sink::encode_quarantine(
+                &quarantine,
+                &pipeline_owned.name,
+                seq,
+                planned_at_micros,
+                tz,
+            )?;
             Ok(Encoded {
                 files,
                 quarantine: quarantine_file,
@@ -286,14 +344,25 @@ impl Runtime {
         })
         .await
         .map_err(|e| PipelineError::Task(e.to_string()))??;
-        self.metrics.files_failed.get_or_create(&labels).inc_by(encoded.files_failed);
+        self.metrics
+            .files_failed
+            .get_or_create(&labels)
+            .inc_by(encoded.files_failed);
 
         let mut manifest_files = Vec::with_capacity(encoded.files.len());
         let mut bytes_total = 0u64;
-        let outputs = encoded.files.into_iter().map(|f| (f, false)).chain(encoded.quarantine.map(|f| (f, true)));
+        let outputs = encoded
+            .files
+            .into_iter()
+            .map(|f| (f, false))
+            .chain(encoded.quarantine.map(|f| (f, true)));
         let mut quarantine_entry = None;
         for (index, (file, is_quarantine)) in outputs.enumerate() {
-            let entry = ManifestFile { path: file.path.clone(), rows: file.rows, bytes: file.bytes.len() as u64 };
+            let entry = ManifestFile {
+                path: file.path.clone(),
+                rows: file.rows,
+                bytes: file.bytes.len() as u64,
+            };
             bytes_total += entry.bytes;
             match parquet_sink::put_create_only(&self.lake, &file.path, file.bytes).await? {
                 Put::Written => {
@@ -301,10 +370,16 @@ impl Runtime {
                 }
                 Put::AlreadyPresent => {
                     info!(pipeline = %pipeline.name, batch = seq, path = %file.path, "file already written by an earlier attempt");
-                    self.metrics.files_already_present.get_or_create(&labels).inc();
+                    self.metrics
+                        .files_already_present
+                        .get_or_create(&labels)
+                        .inc();
                 }
             }
-            self.metrics.bytes_written.get_or_create(&labels).inc_by(entry.bytes);
+            self.metrics
+                .bytes_written
+                .get_or_create(&labels)
+                .inc_by(entry.bytes);
             if index == 0 {
                 failpoint("after_first_put");
             }
@@ -335,15 +410,31 @@ impl Runtime {
             rows_out,
             rows_quarantined: stats.rows_quarantined,
         };
-        let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| PipelineError::Positions(e.to_string()))?;
-        parquet_sink::put_create_only(&self.lake, &parquet_sink::manifest_path(&sink_cfg.dataset, seq), manifest).await?;
+        let manifest = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| PipelineError::Positions(e.to_string()))?;
+        parquet_sink::put_create_only(
+            &self.lake,
+            &parquet_sink::manifest_path(&sink_cfg.dataset, seq),
+            manifest,
+        )
+        .await?;
         failpoint("after_manifest");
 
         let ingested: Vec<String> = positions.files.iter().map(|f| f.path.clone()).collect();
-        self.catalog.commit_batch(&pipeline.name, seq, &ingested, &stats)?;
-        self.metrics.rows_in.get_or_create(&labels).inc_by(stats.rows_in);
-        self.metrics.rows_out.get_or_create(&labels).inc_by(stats.rows_out);
-        self.metrics.rows_quarantined.get_or_create(&labels).inc_by(stats.rows_quarantined);
+        self.catalog
+            .commit_batch(&pipeline.name, seq, &ingested, &stats)?;
+        self.metrics
+            .rows_in
+            .get_or_create(&labels)
+            .inc_by(stats.rows_in);
+        self.metrics
+            .rows_out
+            .get_or_create(&labels)
+            .inc_by(stats.rows_out);
+        self.metrics
+            .rows_quarantined
+            .get_or_create(&labels)
+            .inc_by(stats.rows_quarantined);
         info!(
             pipeline = %pipeline.name,
             batch = seq,

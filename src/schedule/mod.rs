@@ -37,7 +37,9 @@ pub struct Jobs {
 
 impl std::fmt::Debug for Jobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jobs").field("pipelines", &self.pipelines.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Jobs")
+            .field("pipelines", &self.pipelines.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -51,7 +53,10 @@ impl Jobs {
     ) -> Arc<Jobs> {
         Arc::new(Jobs {
             runtime,
-            pipelines: pipelines.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect(),
+            pipelines: pipelines
+                .into_iter()
+                .map(|p| (p.name.clone(), Arc::new(p)))
+                .collect(),
             running: Mutex::new(HashSet::new()),
             slots: Arc::new(Semaphore::new(max_concurrent_runs.max(1))),
             cancel,
@@ -113,7 +118,9 @@ impl Jobs {
     /// up everything pending anyway).
     pub fn start_schedules(self: &Arc<Self>) {
         for pipeline in self.pipelines.values() {
-            let Some(schedule) = pipeline.schedule.clone() else { continue };
+            let Some(schedule) = pipeline.schedule.clone() else {
+                continue;
+            };
             let jobs = Arc::clone(self);
             let name = pipeline.name.clone();
             self.tracker.spawn(async move {

@@ -27,7 +27,9 @@ pub struct HttpLabels {
 }
 
 fn batch_histogram() -> Histogram {
-    Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
+    Histogram::new([
+        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ])
 }
 
 /// All metrics of the process.
@@ -86,16 +88,36 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("pipeline_rows_in", "Rows read from sources", m.rows_in.clone());
-        r.register("pipeline_rows_out", "Rows written to sinks", m.rows_out.clone());
-        r.register("pipeline_rows_quarantined", "Rows sent to quarantine", m.rows_quarantined.clone());
-        r.register("pipeline_files_read", "Source files read", m.files_read.clone());
+        r.register(
+            "pipeline_rows_in",
+            "Rows read from sources",
+            m.rows_in.clone(),
+        );
+        r.register(
+            "pipeline_rows_out",
+            "Rows written to sinks",
+            m.rows_out.clone(),
+        );
+        r.register(
+            "pipeline_rows_quarantined",
+            "Rows sent to quarantine",
+            m.rows_quarantined.clone(),
+        );
+        r.register(
+            "pipeline_files_read",
+            "Source files read",
+            m.files_read.clone(),
+        );
         r.register(
             "pipeline_files_failed",
             "Source files that could not be read or decoded (quarantined whole)",
             m.files_failed.clone(),
         );
-        r.register("pipeline_files_written", "Parquet files written", m.files_written.clone());
+        r.register(
+            "pipeline_files_written",
+            "Parquet files written",
+            m.files_written.clone(),
+        );
         r.register_with_unit(
             "pipeline_written",
             "Parquet bytes written",
@@ -107,13 +129,21 @@ impl Metrics {
             "Output files found already written by an earlier attempt of the same batch",
             m.files_already_present.clone(),
         );
-        r.register("pipeline_batches_committed", "Batches committed", m.batches_committed.clone());
+        r.register(
+            "pipeline_batches_committed",
+            "Batches committed",
+            m.batches_committed.clone(),
+        );
         r.register(
             "pipeline_batches_replayed",
             "Open batches replayed after a crash or shutdown",
             m.batches_replayed.clone(),
         );
-        r.register("pipeline_commit_failures", "Batches that failed before commit", m.commit_failures.clone());
+        r.register(
+            "pipeline_commit_failures",
+            "Batches that failed before commit",
+            m.commit_failures.clone(),
+        );
         r.register_with_unit(
             "pipeline_batch_duration",
             "Time from planning a batch to its commit",
@@ -121,9 +151,21 @@ impl Metrics {
             m.batch_duration.clone(),
         );
         r.register("pipeline_runs", "Pipeline runs by outcome", m.runs.clone());
-        r.register("pipeline_runs_in_progress", "Pipeline runs in progress", m.runs_in_progress.clone());
-        r.register("http_requests", "HTTP requests by listener, route and status", m.http_requests.clone());
-        r.register("auth_failures", "Admin requests rejected for a missing or bad token", m.auth_failures.clone());
+        r.register(
+            "pipeline_runs_in_progress",
+            "Pipeline runs in progress",
+            m.runs_in_progress.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests by listener, route and status",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Admin requests rejected for a missing or bad token",
+            m.auth_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -136,7 +178,9 @@ impl Metrics {
     }
 
     pub fn labels(pipeline: &str) -> PipelineLabels {
-        PipelineLabels { pipeline: pipeline.to_string() }
+        PipelineLabels {
+            pipeline: pipeline.to_string(),
+        }
     }
 }
 
@@ -147,9 +191,15 @@ pub fn init_logging(json: bool, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
     } else {
         builder.try_init()
     };

@@ -13,10 +13,19 @@ fn validate_reports_every_error_of_every_file_with_its_location() {
     let out = p.run(&["validate"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let err = stderr(&out);
-    assert!(err.contains("pipelines/broken.yaml:4:8: source.url:"), "{err}");
+    assert!(
+        err.contains("pipelines/broken.yaml:4:8: source.url:"),
+        "{err}"
+    );
     assert!(err.contains("unknown scheme `gs`"), "{err}");
-    assert!(err.contains("pipelines/broken.yaml:6:13: transforms[0].filter:"), "{err}");
-    assert!(err.contains("pipelines/broken.yaml:12:9: schedule.cron:"), "{err}");
+    assert!(
+        err.contains("pipelines/broken.yaml:6:13: transforms[0].filter:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pipelines/broken.yaml:12:9: schedule.cron:"),
+        "{err}"
+    );
     assert!(err.contains("pipelines/typo.yaml:2:1"), "{err}");
     assert!(err.contains("unknown field `sourc`"), "{err}");
     assert!(err.contains("error(s) in 3 file(s)"), "{err}");
@@ -27,13 +36,23 @@ fn test_runs_the_shipped_pipeline_tests_and_reports_a_failing_expectation() {
     let p = Project::new();
     let out = p.run(&["test"]);
     assert!(out.status.success(), "{}", stdout(&out));
-    assert!(stdout(&out).contains("3 passed, 0 failed"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("3 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
 
-    p.edit_pipeline("expect_quarantine: [id_type]", "expect_quarantine: [user_id]");
+    p.edit_pipeline(
+        "expect_quarantine: [id_type]",
+        "expect_quarantine: [user_id]",
+    );
     let out = p.run(&["test", "behavior_events"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("FAIL behavior_events: an unknown ID type is quarantined"), "{text}");
+    assert!(
+        text.contains("FAIL behavior_events: an unknown ID type is quarantined"),
+        "{text}"
+    );
     assert!(text.contains("does not contain \"user_id\""), "{text}");
 }
 
@@ -42,13 +61,37 @@ fn run_of_an_unknown_pipeline_is_a_clear_error() {
     let p = Project::new();
     let out = p.run(&["run", "nope"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no pipeline named `nope`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no pipeline named `nope`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn a_bad_daemon_setting_in_the_environment_names_the_variable() {
     let p = Project::new();
-    let out = p.command(&["validate"]).env("BACKFLOW__LAKE__URL", "ftp://x").output().expect("spawn");
+    let out = p
+        .command(&["validate"])
+        .env("BACKFLOW__LAKE__URL", "ftp://x")
+        .output()
+        .expect("spawn");
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("BACKFLOW__LAKE__URL"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("BACKFLOW__LAKE__URL"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_shipped_example_daemon_config_is_valid_and_equals_the_defaults() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/backflow.yaml");
+    let loaded = backflow::config::DaemonConfig::load(Some(&example), Vec::new())
+        .expect("example config loads");
+    let defaults = backflow::config::DaemonConfig::load(None, Vec::new()).expect("defaults");
+    assert_eq!(
+        loaded, defaults,
+        "deploy/backflow.yaml documents the defaults; keep them in step"
+    );
 }

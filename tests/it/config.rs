@@ -62,12 +62,12 @@ fn shipped_pipeline_loads() {
             root: PathBuf::from("./data/drops/behavior")
         }
     );
-    assert!(
-        matches!(&pipeline.transforms[0], TransformStep::Dedup { keys, keep: Keep::First } if keys.len() == 5)
-    );
-    let TransformStep::Validate(schema) = &pipeline.transforms[1] else {
-        panic!("second step should validate: {:?}", pipeline.transforms[1]);
+    let TransformStep::Validate(schema) = &pipeline.transforms[0] else {
+        panic!("first step should validate: {:?}", pipeline.transforms[0]);
     };
+    assert!(
+        matches!(&pipeline.transforms[1], TransformStep::Dedup { keys, keep: Keep::First } if keys.len() == 6)
+    );
     assert_eq!(schema.fields.len(), 12);
     let SinkConfig::Parquet(sink) = &pipeline.sink;
     assert_eq!(

@@ -7,13 +7,22 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const POINTS: [&str; 5] = ["after_intent", "after_first_put", "before_manifest", "after_manifest", "after_commit"];
+const POINTS: [&str; 5] = [
+    "after_intent",
+    "after_first_put",
+    "before_manifest",
+    "after_manifest",
+    "after_commit",
+];
 
 /// The lake a clean run produces from the fixtures, with the given batch limit.
 fn reference_rows(max_files: &str) -> (Vec<String>, Vec<String>) {
     let p = Project::new();
     p.drop_fixtures();
-    p.edit_pipeline("  format: auto\n", &format!("  format: auto\n  max_files_per_batch: {max_files}\n"));
+    p.edit_pipeline(
+        "  format: auto\n",
+        &format!("  format: auto\n  max_files_per_batch: {max_files}\n"),
+    );
     p.run_pipeline_ok();
     (
         row_multiset(&read_dataset(&p.lake().join("behavior_events"))),
@@ -34,10 +43,24 @@ fn a_crash_at_every_point_of_a_batch_is_replayed_exactly_once() {
     for point in POINTS {
         let p = Project::new();
         p.drop_fixtures();
-        p.edit_pipeline("  format: auto\n", "  format: auto\n  max_files_per_batch: 1\n");
-        let crashed = p.command(&["run", "behavior_events"]).env("BACKFLOW_FAILPOINT", point).output().expect("spawn");
-        assert!(!crashed.status.success(), "{point}: the failpoint did not stop the process");
-        assert!(stderr(&crashed).contains(point), "{point}: {}", stderr(&crashed));
+        p.edit_pipeline(
+            "  format: auto\n",
+            "  format: auto\n  max_files_per_batch: 1\n",
+        );
+        let crashed = p
+            .command(&["run", "behavior_events"])
+            .env("BACKFLOW_FAILPOINT", point)
+            .output()
+            .expect("spawn");
+        assert!(
+            !crashed.status.success(),
+            "{point}: the failpoint did not stop the process"
+        );
+        assert!(
+            stderr(&crashed).contains(point),
+            "{point}: {}",
+            stderr(&crashed)
+        );
 
         let summary = p.run_pipeline_ok();
         let replayed = summary["replayed_batches"].as_u64();
@@ -45,12 +68,24 @@ fn a_crash_at_every_point_of_a_batch_is_replayed_exactly_once() {
         assert_eq!(replayed, Some(expect_replay), "{point}: {summary}");
 
         let rows = row_multiset(&read_dataset(&p.lake().join("behavior_events")));
-        assert_eq!(rows, want_rows, "{point}: lake rows differ from a clean run");
+        assert_eq!(
+            rows, want_rows,
+            "{point}: lake rows differ from a clean run"
+        );
         let quarantine = quarantine_rows(&p);
-        assert_eq!(quarantine, want_quarantine, "{point}: quarantine differs from a clean run");
-        let manifests = std::fs::read_dir(p.lake().join("behavior_events/_commits")).expect("commits").count();
+        assert_eq!(
+            quarantine, want_quarantine,
+            "{point}: quarantine differs from a clean run"
+        );
+        let manifests = std::fs::read_dir(p.lake().join("behavior_events/_commits"))
+            .expect("commits")
+            .count();
         assert_eq!(manifests, 3, "{point}: one manifest per batch");
-        assert_eq!(p.run_pipeline_ok()["batches"], 0, "{point}: everything was committed");
+        assert_eq!(
+            p.run_pipeline_ok()["batches"],
+            0,
+            "{point}: everything was committed"
+        );
     }
 }
 
@@ -71,7 +106,10 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_a_row() {
         }
         std::fs::write(p.drops().join(format!("f{f:03}.ndjson")), text).expect("write");
     }
-    p.edit_pipeline("  format: auto\n", "  format: auto\n  max_files_per_batch: 2\n");
+    p.edit_pipeline(
+        "  format: auto\n",
+        "  format: auto\n  max_files_per_batch: 2\n",
+    );
 
     // Deterministic pseudo-random kill delays; bounded in count and time.
     let mut seed: u64 = 0x9e3779b97f4a7c15;
@@ -99,12 +137,17 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_a_row() {
         child.wait().expect("reap");
         kills += 1;
     }
-    assert!(kills > 0, "the run finished before any kill; the test did not test anything");
+    assert!(
+        kills > 0,
+        "the run finished before any kill; the test did not test anything"
+    );
     p.run_pipeline_ok();
 
     let lake = read_dataset(&p.lake().join("behavior_events"));
     let ids = sorted_values(&lake, "user_id");
-    let mut want: Vec<String> = (0..FILES).flat_map(|f| (0..ROWS).map(move |r| format!("u{f}-{r}"))).collect();
+    let mut want: Vec<String> = (0..FILES)
+        .flat_map(|f| (0..ROWS).map(move |r| format!("u{f}-{r}")))
+        .collect();
     want.sort();
     assert_eq!(ids.len(), want.len(), "row count after {kills} kills");
     assert_eq!(ids, want, "every row exactly once after {kills} kills");

@@ -15,8 +15,28 @@ fn duckdb_reads_the_lake_with_hive_partitions_and_correct_types() {
     ) else {
         return;
     };
-    assert_eq!(columns, ["user_id", "id_type", "behavior_time", "behavior_count", "behavior_amount", "dt", "hour"]);
-    assert_eq!(types[..5], ["VARCHAR", "VARCHAR", "TIMESTAMP WITH TIME ZONE", "BIGINT", "DOUBLE"]);
+    assert_eq!(
+        columns,
+        [
+            "user_id",
+            "id_type",
+            "behavior_time",
+            "behavior_count",
+            "behavior_amount",
+            "dt",
+            "hour"
+        ]
+    );
+    assert_eq!(
+        types[..5],
+        [
+            "VARCHAR",
+            "VARCHAR",
+            "TIMESTAMP WITH TIME ZONE",
+            "BIGINT",
+            "DOUBLE"
+        ]
+    );
     assert_eq!(types[5], "DATE");
 
     // The same rows Polars reads back, in the same order.
@@ -32,7 +52,10 @@ fn duckdb_reads_the_lake_with_hive_partitions_and_correct_types() {
     assert_eq!(first[6], "00");
     let purchase = rows.iter().find(|r| r[0] == "13800000001").expect("row");
     assert_eq!(purchase[2], "2026-11-24 02:15:00+00:00");
-    assert_eq!((purchase[5].as_str(), purchase[6].as_str()), (Some("2026-11-24"), Some("10")));
+    assert_eq!(
+        (purchase[5].as_str(), purchase[6].as_str()),
+        (Some("2026-11-24"), Some("10"))
+    );
 
     // Every column chunk is zstd-compressed.
     let (_, _, codecs) = duckdb(

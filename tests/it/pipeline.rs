@@ -18,19 +18,55 @@ fn fixture_drops_land_once_with_bad_rows_in_quarantine() {
     let lake = read_dataset(&p.lake().join("behavior_events"));
     assert_eq!(
         sorted_values(&lake, "user_id"),
-        ["13800000001", "a0001", "a0002", "a0003", "a0004", "a0007", "a0009", "a0010", "a0011"]
+        [
+            "13800000001",
+            "a0001",
+            "a0002",
+            "a0003",
+            "a0004",
+            "a0007",
+            "a0009",
+            "a0010",
+            "a0011"
+        ]
     );
     let quarantine = read_dataset(&p.lake().join("quarantine"));
     let reasons = sorted_values(&quarantine, "reason");
     assert_eq!(reasons.len(), 4);
-    assert!(reasons.iter().any(|r| r == "2026-11-24-app.ndjson:5: expected a JSON object, found an array"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "2026-11-24-store.csv:4: expected 11 fields, found 7"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.starts_with("id_type: \"phone\" is not one of")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.starts_with("behavior_time: cannot parse \"yesterday\"")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r == "2026-11-24-app.ndjson:5: expected a JSON object, found an array"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r == "2026-11-24-store.csv:4: expected 11 fields, found 7"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("2026-11-24-app.ndjson:6: id_type: \"phone\" is not one of")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r
+                .starts_with("2026-11-24-app.ndjson:7: behavior_time: cannot parse \"yesterday\"")),
+        "{reasons:?}"
+    );
 
     // Partitions follow behavior_time in Asia/Shanghai: 2026-11-24 10:15 local is hour=10.
     let hour10 = p.lake().join("behavior_events/dt=2026-11-24/hour=10");
-    assert_eq!(parquet_files(&hour10).len(), 1, "{:?}", parquet_files(&p.lake()));
+    assert_eq!(
+        parquet_files(&hour10).len(),
+        1,
+        "{:?}",
+        parquet_files(&p.lake())
+    );
 
     // Nothing new: a second run commits no batch and writes nothing.
     let again = p.run_pipeline_ok();
@@ -44,8 +80,15 @@ fn fixture_drops_land_once_with_bad_rows_in_quarantine() {
     )
     .expect("write");
     let third = p.run_pipeline_ok();
-    assert_eq!((third["batches"].as_u64(), third["rows_out"].as_u64()), (Some(1), Some(1)));
-    assert!(p.lake().join("behavior_events/_commits/000000000002.json").exists());
+    assert_eq!(
+        (third["batches"].as_u64(), third["rows_out"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(
+        p.lake()
+            .join("behavior_events/_commits/000000000002.json")
+            .exists()
+    );
     assert_eq!(read_dataset(&p.lake().join("behavior_events")).height(), 10);
 }
 
@@ -57,8 +100,14 @@ fn output_files_have_deterministic_names_utc_microsecond_timestamps_and_no_linea
     let files = parquet_files(&p.lake().join("behavior_events"));
     assert!(!files.is_empty());
     for file in &files {
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        assert!(name.starts_with("part-000000000001-") && name.ends_with(".parquet"), "{name}");
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        assert!(
+            name.starts_with("part-000000000001-") && name.ends_with(".parquet"),
+            "{name}"
+        );
         let df = read_parquet_bytes(std::fs::read(file).expect("read"));
         assert_eq!(
             df.column("behavior_time").expect("col").dtype(),
@@ -67,7 +116,10 @@ fn output_files_have_deterministic_names_utc_microsecond_timestamps_and_no_linea
                 Some(polars::prelude::TimeZone::UTC)
             )
         );
-        assert!(df.column("_source_file").is_err(), "lineage columns must not reach the lake");
+        assert!(
+            df.column("_source_file").is_err(),
+            "lineage columns must not reach the lake"
+        );
     }
 }
 
@@ -83,7 +135,11 @@ fn a_truncated_gzip_file_is_quarantined_whole_and_the_rest_lands() {
         .expect("gz");
     }
     let full = enc.finish().expect("gz");
-    std::fs::write(p.drops().join("a-broken.ndjson.gz"), &full[..full.len() / 2]).expect("write");
+    std::fs::write(
+        p.drops().join("a-broken.ndjson.gz"),
+        &full[..full.len() / 2],
+    )
+    .expect("write");
     std::fs::write(p.drops().join("b-good.ndjson.gz"), &full).expect("write");
     let summary = p.run_pipeline_ok();
     assert_eq!(summary["files_failed"], 1, "{summary}");
@@ -91,18 +147,28 @@ fn a_truncated_gzip_file_is_quarantined_whole_and_the_rest_lands() {
     let quarantine = read_dataset(&p.lake().join("quarantine"));
     let reasons = sorted_values(&quarantine, "reason");
     assert_eq!(reasons.len(), 1);
-    assert!(reasons[0].starts_with("a-broken.ndjson.gz: not a readable gzip file"), "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("a-broken.ndjson.gz: not a readable gzip file"),
+        "{reasons:?}"
+    );
 }
 
 #[test]
 fn a_batch_limit_splits_the_drop_into_several_committed_batches() {
     let p = Project::new();
     p.drop_fixtures();
-    p.edit_pipeline("  format: auto\n", "  format: auto\n  max_files_per_batch: 1\n");
+    p.edit_pipeline(
+        "  format: auto\n",
+        "  format: auto\n  max_files_per_batch: 1\n",
+    );
     let summary = p.run_pipeline_ok();
     assert_eq!(summary["batches"], 3, "{summary}");
     for seq in 1..=3 {
-        assert!(p.lake().join(format!("behavior_events/_commits/{seq:012}.json")).exists());
+        assert!(
+            p.lake()
+                .join(format!("behavior_events/_commits/{seq:012}.json"))
+                .exists()
+        );
     }
     assert_eq!(read_dataset(&p.lake().join("behavior_events")).height(), 9);
 }

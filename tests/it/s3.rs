@@ -23,7 +23,11 @@ fn bucket(endpoint: String, name: &str) -> Bucket {
         .args(["-fsS", "-X", "PUT", &format!("{endpoint}/{name}")])
         .output()
         .expect("curl");
-    assert!(status.status.success(), "create bucket: {}", stderr(&status));
+    assert!(
+        status.status.success(),
+        "create bucket: {}",
+        stderr(&status)
+    );
     let store = AmazonS3Builder::new()
         .with_endpoint(&endpoint)
         .with_bucket_name(name)
@@ -34,7 +38,11 @@ fn bucket(endpoint: String, name: &str) -> Bucket {
         .with_virtual_hosted_style_request(false)
         .build()
         .expect("s3 store");
-    Bucket { endpoint, name: name.to_string(), store: Arc::new(store) }
+    Bucket {
+        endpoint,
+        name: name.to_string(),
+        store: Arc::new(store),
+    }
 }
 
 impl Bucket {
@@ -63,8 +71,20 @@ impl Bucket {
 
     async fn dataset_rows(&self, prefix: &str) -> Vec<String> {
         let mut rows = Vec::new();
-        for key in self.keys(prefix).await.into_iter().filter(|k| k.ends_with(".parquet")) {
-            let bytes = self.store.get(&ObjectPath::from(key)).await.expect("get").bytes().await.expect("bytes");
+        for key in self
+            .keys(prefix)
+            .await
+            .into_iter()
+            .filter(|k| k.ends_with(".parquet"))
+        {
+            let bytes = self
+                .store
+                .get(&ObjectPath::from(key))
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("bytes");
             rows.extend(row_multiset(&read_parquet_bytes(bytes.to_vec())));
         }
         rows.sort();
@@ -78,14 +98,23 @@ async fn upload_fixtures(b: &Bucket) {
         let entry = entry.expect("entry");
         let key = format!("drops/behavior/{}", entry.file_name().to_string_lossy());
         let bytes = std::fs::read(entry.path()).expect("read");
-        b.store.put(&ObjectPath::from(key), PutPayload::from(bytes)).await.expect("put");
+        b.store
+            .put(&ObjectPath::from(key), PutPayload::from(bytes))
+            .await
+            .expect("put");
     }
 }
 
 fn s3_project(b: &Bucket) -> Project {
     let p = Project::new();
-    p.edit_pipeline("url: file://./data/drops/behavior", &format!("url: s3://{}/drops/behavior", b.name));
-    p.edit_pipeline("  format: auto\n", "  format: auto\n  max_files_per_batch: 1\n");
+    p.edit_pipeline(
+        "url: file://./data/drops/behavior",
+        &format!("url: s3://{}/drops/behavior", b.name),
+    );
+    p.edit_pipeline(
+        "  format: auto\n",
+        "  format: auto\n  max_files_per_batch: 1\n",
+    );
     p
 }
 
@@ -100,12 +129,17 @@ fn run_s3(p: &Project, b: &Bucket, failpoint: Option<&str>) -> std::process::Out
 
 #[tokio::test]
 async fn pipeline_on_s3_lands_the_same_rows_as_on_local_disk_and_survives_a_crash() {
-    let Some(endpoint) = require_env("BACKFLOW_TEST_S3_ENDPOINT") else { return };
+    let Some(endpoint) = require_env("BACKFLOW_TEST_S3_ENDPOINT") else {
+        return;
+    };
 
     // Reference: the same fixtures on the local filesystem.
     let local = Project::new();
     local.drop_fixtures();
-    local.edit_pipeline("  format: auto\n", "  format: auto\n  max_files_per_batch: 1\n");
+    local.edit_pipeline(
+        "  format: auto\n",
+        "  format: auto\n  max_files_per_batch: 1\n",
+    );
     local.run_pipeline_ok();
     let want = row_multiset(&read_dataset(&local.lake().join("behavior_events")));
 

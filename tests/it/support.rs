@@ -14,7 +14,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_backflow");
 pub fn require_env(name: &str) -> Option<String> {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var_os("CI").is_some() => panic!("{name} is not set: run the suite with `scripts/dev test`"),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{name} is not set: run the suite with `scripts/dev test`")
+        }
         _ => {
             eprintln!("skipping: {name} is not set (run the suite with `scripts/dev test`)");
             None
@@ -35,7 +37,8 @@ impl Project {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
             for entry in std::fs::read_dir(repo.join(sub)).expect("read repo dir") {
                 let entry = entry.expect("entry");
-                std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).expect("copy");
+                std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name()))
+                    .expect("copy");
             }
         }
         std::fs::create_dir_all(dir.path().join("data/drops/behavior")).expect("mkdir drops");
@@ -59,7 +62,8 @@ impl Project {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/behavior");
         for entry in std::fs::read_dir(fixtures).expect("fixtures") {
             let entry = entry.expect("entry");
-            std::fs::copy(entry.path(), self.drops().join(entry.file_name())).expect("copy fixture");
+            std::fs::copy(entry.path(), self.drops().join(entry.file_name()))
+                .expect("copy fixture");
         }
     }
 
@@ -79,7 +83,10 @@ impl Project {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args).current_dir(self.path()).env_remove("BACKFLOW_FAILPOINT").env("NO_COLOR", "1");
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("BACKFLOW_FAILPOINT")
+            .env("NO_COLOR", "1");
         for (key, _) in std::env::vars() {
             if key.starts_with("BACKFLOW__") {
                 cmd.env_remove(key);
@@ -95,7 +102,12 @@ impl Project {
     /// `backflow run behavior_events --json`, asserting success; returns the summary.
     pub fn run_pipeline_ok(&self) -> serde_json::Value {
         let out = self.run(&["run", "behavior_events", "--json"]);
-        assert!(out.status.success(), "run failed: {}\n{}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success(),
+            "run failed: {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
         serde_json::from_str(stdout(&out).lines().last().unwrap_or("")).expect("summary JSON")
     }
 }
@@ -113,7 +125,9 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let p = entry.path();
             if p.is_dir() {
@@ -128,13 +142,17 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub fn read_parquet_bytes(bytes: Vec<u8>) -> DataFrame {
-    ParquetReader::new(std::io::Cursor::new(bytes)).finish().expect("read parquet")
+    ParquetReader::new(std::io::Cursor::new(bytes))
+        .finish()
+        .expect("read parquet")
 }
 
 /// All rows of a dataset directory, as one frame (files in path order).
 pub fn read_dataset(dir: &Path) -> DataFrame {
-    let frames: Vec<DataFrame> =
-        parquet_files(dir).into_iter().map(|p| read_parquet_bytes(std::fs::read(p).expect("read"))).collect();
+    let frames: Vec<DataFrame> = parquet_files(dir)
+        .into_iter()
+        .map(|p| read_parquet_bytes(std::fs::read(p).expect("read")))
+        .collect();
     match frames.split_first() {
         None => DataFrame::empty(),
         Some((first, rest)) => {
@@ -152,8 +170,17 @@ pub fn sorted_values(df: &DataFrame, column: &str) -> Vec<String> {
     if df.height() == 0 {
         return Vec::new();
     }
-    let col = df.column(column).expect("column").cast(&DataType::String).expect("cast");
-    let mut values: Vec<String> = col.str().expect("str").iter().map(|v| v.unwrap_or("<null>").to_string()).collect();
+    let col = df
+        .column(column)
+        .expect("column")
+        .cast(&DataType::String)
+        .expect("cast");
+    let mut values: Vec<String> = col
+        .str()
+        .expect("str")
+        .iter()
+        .map(|v| v.unwrap_or("<null>").to_string())
+        .collect();
     values.sort();
     values
 }
@@ -169,8 +196,11 @@ pub fn row_multiset(df: &DataFrame) -> Vec<String> {
     rows
 }
 
+/// A DuckDB result: column names, column types and rows.
+pub type DuckRows = (Vec<String>, Vec<String>, Vec<Vec<serde_json::Value>>);
+
 /// Runs a DuckDB query with the test venv's Python; returns (column names, column types, rows).
-pub fn duckdb(cwd: &Path, sql: &str) -> Option<(Vec<String>, Vec<String>, Vec<Vec<serde_json::Value>>)> {
+pub fn duckdb(cwd: &Path, sql: &str) -> Option<DuckRows> {
     let python = require_env("BACKFLOW_TEST_PYTHON")?;
     let script = r#"
 import json, sys, duckdb
@@ -180,10 +210,25 @@ rel = con.sql(sys.argv[1])
 rows = [[v if v is None or isinstance(v, (int, float, str, bool)) else str(v) for v in r] for r in rel.fetchall()]
 print(json.dumps({"columns": rel.columns, "types": [str(t) for t in rel.types], "rows": rows}))
 "#;
-    let out = Command::new(python).args(["-c", script, sql]).current_dir(cwd).output().expect("run python");
+    let out = Command::new(python)
+        .args(["-c", script, sql])
+        .current_dir(cwd)
+        .output()
+        .expect("run python");
     assert!(out.status.success(), "duckdb failed: {}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("duckdb json");
-    let strings = |k: &str| v[k].as_array().expect(k).iter().map(|s| s.as_str().unwrap_or("").to_string()).collect();
-    let rows = v["rows"].as_array().expect("rows").iter().map(|r| r.as_array().expect("row").clone()).collect();
+    let strings = |k: &str| {
+        v[k].as_array()
+            .expect(k)
+            .iter()
+            .map(|s| s.as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let rows = v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r.as_array().expect("row").clone())
+        .collect();
     Some((strings("columns"), strings("types"), rows))
 }

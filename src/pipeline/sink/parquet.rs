@@ -41,7 +41,11 @@ fn partition_key(micros: i64, granularity: Granularity, tz: Tz) -> Option<String
     let local = DateTime::from_timestamp_micros(micros)?.with_timezone(&tz);
     Some(match granularity {
         Granularity::Day => format!("dt={}", local.format("%Y-%m-%d")),
-        Granularity::Hour => format!("dt={}/hour={}", local.format("%Y-%m-%d"), local.format("%H")),
+        Granularity::Hour => format!(
+            "dt={}/hour={}",
+            local.format("%Y-%m-%d"),
+            local.format("%H")
+        ),
     })
 }
 
@@ -59,7 +63,11 @@ pub fn encode(
     let Ok(ts) = df.column(column) else {
         return Err(PipelineError::Sink(format!(
             "sink.partition_by.column `{column}` is not in the output; columns are: {}",
-            df.get_column_names().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+            df.get_column_names()
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     };
     let DataType::Datetime(unit, _) = ts.dtype() else {
@@ -87,20 +95,35 @@ pub fn encode(
                     .or_insert_with(|| partition_key(micros, sink.granularity, tz))
                     .clone()
             });
-            reasons.push(key.is_none().then(|| format!("{column}: no partition time (null or out of range)")));
+            reasons.push(
+                key.is_none()
+                    .then(|| format!("{column}: no partition time (null or out of range)")),
+            );
             key
         })
         .collect();
     const KEY: &str = "__backflow_partition";
     let mut df = df;
-    df.with_column(keys.with_name(KEY.into()).into_series().into_column()).map_err(polars("partition"))?;
-    let df = quarantine.split_off(df, reasons).map_err(polars("partition"))?;
-    let lineage: Vec<PlSmallStr> =
-        df.get_column_names().into_iter().filter(|c| is_lineage(c.as_str())).cloned().collect();
+    df.with_column(keys.with_name(KEY.into()).into_series().into_column())
+        .map_err(polars("partition"))?;
+    let df = quarantine
+        .split_off(df, reasons)
+        .map_err(polars("partition"))?;
+    let lineage: Vec<PlSmallStr> = df
+        .get_column_names()
+        .into_iter()
+        .filter(|c| is_lineage(c.as_str()))
+        .cloned()
+        .collect();
     let df = df.drop_many(lineage);
-    let mut parts = df.partition_by_stable([KEY], true).map_err(polars("partition"))?;
+    let mut parts = df
+        .partition_by_stable([KEY], true)
+        .map_err(polars("partition"))?;
     let key_of = |part: &DataFrame| -> String {
-        part.column(KEY).ok().and_then(|c| c.str().ok()?.get(0).map(str::to_string)).unwrap_or_default()
+        part.column(KEY)
+            .ok()
+            .and_then(|c| c.str().ok()?.get(0).map(str::to_string))
+            .unwrap_or_default()
     };
     parts.sort_by_cached_key(key_of);
     let mut files = Vec::with_capacity(parts.len());
@@ -129,9 +152,13 @@ pub fn encode_quarantine(
     if quarantine.is_empty() {
         return Ok(None);
     }
-    let polars = |source| PipelineError::Polars { stage: "quarantine", source };
+    let polars = |source| PipelineError::Polars {
+        stage: "quarantine",
+        source,
+    };
     let mut df = quarantine.to_frame(planned_at_micros).map_err(polars)?;
-    let key = partition_key(planned_at_micros, Granularity::Day, tz).unwrap_or_else(|| "dt=unknown".into());
+    let key = partition_key(planned_at_micros, Granularity::Day, tz)
+        .unwrap_or_else(|| "dt=unknown".into());
     let bytes = write_parquet(&mut df, 1_000_000)?;
     Ok(Some(EncodedFile {
         path: format!("quarantine/pipeline={pipeline}/{key}/{}", part_name(seq, 0)),
@@ -147,7 +174,10 @@ fn write_parquet(df: &mut DataFrame, row_group_rows: usize) -> Result<Vec<u8>, P
         .with_statistics(StatisticsOptions::full())
         .with_row_group_size(Some(row_group_rows))
         .finish(df)
-        .map_err(|source| PipelineError::Polars { stage: "parquet encode", source })?;
+        .map_err(|source| PipelineError::Polars {
+            stage: "parquet encode",
+            source,
+        })?;
     Ok(buf)
 }
 
@@ -159,13 +189,26 @@ pub enum Put {
 }
 
 /// Stores `bytes` at `relative` under the lake only if nothing is there yet.
-pub async fn put_create_only(lake: &Location, relative: &str, bytes: Vec<u8>) -> Result<Put, PipelineError> {
+pub async fn put_create_only(
+    lake: &Location,
+    relative: &str,
+    bytes: Vec<u8>,
+) -> Result<Put, PipelineError> {
     let path = lake.child(relative);
-    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-    match lake.store.put_opts(&path, PutPayload::from(bytes), opts).await {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match lake
+        .store
+        .put_opts(&path, PutPayload::from(bytes), opts)
+        .await
+    {
         Ok(_) => Ok(Put::Written),
         Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::AlreadyPresent),
-        Err(source) => Err(PipelineError::Storage { path: path.to_string(), source }),
+        Err(source) => Err(PipelineError::Storage {
+            path: path.to_string(),
+            source,
+        }),
     }
 }
-

@@ -20,7 +20,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::model::{Compression, FileFormat, ObjectStoreFilesSource};
 use crate::pipeline::PipelineError;
-use crate::pipeline::frame::{Quarantine, QuarantinedRow, TextFrameBuilder, json_to_text};
+use std::borrow::Cow;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::pipeline::frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
 use crate::storage::Location;
 
 /// One source file as planned into a batch.
@@ -44,7 +49,9 @@ pub type Window = (Option<NaiveDate>, Option<NaiveDate>);
 
 fn matches_suffix(cfg: &ObjectStoreFilesSource, name: &str) -> bool {
     let base = name.rsplit('/').next().unwrap_or(name);
-    !base.starts_with('.') && !base.starts_with('_') && cfg.suffixes.iter().any(|s| base.ends_with(s.as_str()))
+    !base.starts_with('.')
+        && !base.starts_with('_')
+        && cfg.suffixes.iter().any(|s| base.ends_with(s.as_str()))
 }
 
 /// Lists not-yet-ingested files in path order and takes the next batch's worth.
@@ -60,10 +67,15 @@ pub async fn plan(
         .list(Some(&location.prefix))
         .try_collect()
         .await
-        .map_err(|source| PipelineError::Storage { path: location.url.to_string(), source })?;
+        .map_err(|source| PipelineError::Storage {
+            path: location.url.to_string(),
+            source,
+        })?;
     let mut pending: Vec<ObjectMeta> = listed
         .into_iter()
-        .filter(|m| matches_suffix(cfg, m.location.as_ref()) && !ingested.contains(m.location.as_ref()))
+        .filter(|m| {
+            matches_suffix(cfg, m.location.as_ref()) && !ingested.contains(m.location.as_ref())
+        })
         .filter(|m| {
             let day = m.last_modified.with_timezone(&tz).date_naive();
             window.0.is_none_or(|from| day >= from) && window.1.is_none_or(|to| day <= to)
@@ -75,12 +87,17 @@ pub async fn plan(
     for meta in pending {
         let size = meta.size;
         if !batch.is_empty()
-            && (batch.len() >= cfg.max_files_per_batch.get() || bytes + size > cfg.max_bytes_per_batch.get())
+            && (batch.len() >= cfg.max_files_per_batch.get()
+                || bytes + size > cfg.max_bytes_per_batch.get())
         {
             break;
         }
         bytes += size;
-        batch.push(SourceFile { path: meta.location.to_string(), size, e_tag: meta.e_tag });
+        batch.push(SourceFile {
+            path: meta.location.to_string(),
+            size,
+            e_tag: meta.e_tag,
+        });
     }
     Ok(batch)
 }
@@ -91,18 +108,40 @@ pub async fn fetch(location: &Location, files: &[SourceFile]) -> Result<Vec<Byte
         let store = Arc::clone(&location.store);
         async move { fetch_one(store, file).await }
     });
-    futures::stream::iter(fetches).buffered(4).try_collect().await
+    futures::stream::iter(fetches)
+        .buffered(4)
+        .try_collect()
+        .await
 }
 
 async fn fetch_one(store: Arc<dyn ObjectStore>, file: SourceFile) -> Result<Bytes, PipelineError> {
     {
         let path = object_store::path::Path::from(file.path.as_str());
-        let storage = |source| PipelineError::Storage { path: file.path.clone(), source };
-        let bytes = store.get(&path).await.map_err(storage)?.bytes().await.map_err(storage)?;
+        let storage = |source| match source {
+            object_store::Error::NotFound { .. } => PipelineError::SourceChanged {
+                path: file.path.clone(),
+                detail: "it was deleted".to_string(),
+            },
+            source => PipelineError::Storage {
+                path: file.path.clone(),
+                source,
+            },
+        };
+        let bytes = store
+            .get(&path)
+            .await
+            .map_err(storage)?
+            .bytes()
+            .await
+            .map_err(storage)?;
         if bytes.len() as u64 != file.size {
             return Err(PipelineError::SourceChanged {
                 path: file.path.clone(),
-                detail: format!("planned with {} bytes, now {} bytes", file.size, bytes.len()),
+                detail: format!(
+                    "planned with {} bytes, now {} bytes",
+                    file.size,
+                    bytes.len()
+                ),
             });
         }
         Ok(bytes)
@@ -155,20 +194,31 @@ pub fn decode(
         let mut out = Vec::with_capacity(bytes.len() * 4);
         match flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut out) {
             Ok(_) => Bytes::from(out),
-            Err(e) => return whole_file(quarantine, format!("not a readable gzip file (truncated or corrupt): {e}")),
+            Err(e) => {
+                return whole_file(
+                    quarantine,
+                    format!("not a readable gzip file (truncated or corrupt): {e}"),
+                );
+            }
         }
     } else {
         bytes
     };
     if is_csv(cfg, &file.path) {
-        decode_csv(cfg, file, &data, rows, quarantine).unwrap_or_else(|reason| whole_file(quarantine, reason))
+        decode_csv(cfg, file, &data, rows, quarantine)
+            .unwrap_or_else(|reason| whole_file(quarantine, reason))
     } else {
         decode_ndjson(file, &data, rows, quarantine);
         Decoded::Ok
     }
 }
 
-fn decode_ndjson(file: &SourceFile, data: &[u8], rows: &mut TextFrameBuilder, quarantine: &mut Quarantine) {
+fn decode_ndjson(
+    file: &SourceFile,
+    data: &[u8],
+    rows: &mut TextFrameBuilder,
+    quarantine: &mut Quarantine,
+) {
     for (index, line) in data.split(|&b| b == b'\n').enumerate() {
         let line_no = index as i64 + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -181,13 +231,83 @@ fn decode_ndjson(file: &SourceFile, data: &[u8], rows: &mut TextFrameBuilder, qu
             source_line: Some(line_no),
             raw: Some(String::from_utf8_lossy(line).into_owned()),
         };
-        match serde_json::from_slice::<serde_json::Value>(line) {
-            Ok(serde_json::Value::Object(map)) => {
-                rows.push(&file.path, line_no, map.into_iter().map(|(k, v)| (k, json_to_text(v))));
+        match serde_json::from_slice::<RawObject<'_>>(line) {
+            Ok(RawObject(members)) => {
+                let fields: Result<Vec<_>, serde_json::Error> = members
+                    .iter()
+                    .map(|(k, v)| Ok((k, raw_to_text(v)?)))
+                    .collect();
+                match fields {
+                    Ok(fields) => rows.push(&file.path, line_no, fields),
+                    Err(e) => quarantine.push(bad(format!("invalid JSON: {e}"))),
+                }
             }
-            Ok(other) => quarantine.push(bad(format!("expected a JSON object, found {}", json_kind(&other)))),
-            Err(e) => quarantine.push(bad(format!("invalid JSON: {e}"))),
+            // Not an object (or not JSON): say what it is, from a full parse of this rare line.
+            Err(_) => match serde_json::from_slice::<serde_json::Value>(line) {
+                Ok(other) => quarantine.push(bad(format!(
+                    "expected a JSON object, found {}",
+                    json_kind(&other)
+                ))),
+                Err(e) => quarantine.push(bad(format!("invalid JSON: {e}"))),
+            },
         }
+    }
+}
+
+/// A JSON object's members, borrowed from the line: keys and raw value text, in order.
+struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some((Key(key), value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    members.push((key, value));
+                }
+                Ok(RawObject(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// An object key, borrowed from the line unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A member's value as sources yield it: strings unescaped, null as null, anything else (numbers,
+/// booleans, nested values) as its JSON text as written.
+fn raw_to_text(raw: &RawValue) -> Result<Option<Cow<'_, str>>, serde_json::Error> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') if !text.contains('\\') => Ok(Some(Cow::Borrowed(&text[1..text.len() - 1]))),
+        Some(b'"') => serde_json::from_str::<String>(text).map(|s| Some(Cow::Owned(s))),
+        Some(b'n') => Ok(None),
+        _ => Ok(Some(Cow::Borrowed(text))),
     }
 }
 
@@ -216,7 +336,9 @@ fn decode_csv(
         .from_reader(data);
     let mut header: Option<Vec<String>> = None;
     if cfg.csv.has_header {
-        let names = reader.byte_headers().map_err(|e| format!("cannot read the CSV header: {e}"))?;
+        let names = reader
+            .byte_headers()
+            .map_err(|e| format!("cannot read the CSV header: {e}"))?;
         let names = names
             .iter()
             .map(|n| String::from_utf8(n.to_vec()).map(|s| s.trim().to_string()))
@@ -238,9 +360,13 @@ fn decode_csv(
         }
         index += 1;
         let line = record.position().map_or(index, |p| p.line() as i64);
-        let names = header.get_or_insert_with(|| (1..=record.len()).map(|i| format!("column_{i}")).collect());
+        let names = header
+            .get_or_insert_with(|| (1..=record.len()).map(|i| format!("column_{i}")).collect());
         let raw = || {
-            let fields: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            let fields: Vec<String> = record
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect();
             fields.join(&char::from(cfg.csv.delimiter).to_string())
         };
         let bad = |reason: String, raw: String| QuarantinedRow {
@@ -250,7 +376,10 @@ fn decode_csv(
             raw: Some(raw),
         };
         if record.len() != names.len() {
-            file_bad.push(bad(format!("expected {} fields, found {}", names.len(), record.len()), raw()));
+            file_bad.push(bad(
+                format!("expected {} fields, found {}", names.len(), record.len()),
+                raw(),
+            ));
             continue;
         }
         let mut fields = Vec::with_capacity(names.len());
@@ -291,10 +420,19 @@ mod tests {
 
     fn cfg() -> ObjectStoreFilesSource {
         ObjectStoreFilesSource {
-            url: "memory://t".parse().unwrap_or(crate::storage::StorageUrl::File { root: "/tmp".into() }),
+            url: "memory://t"
+                .parse()
+                .unwrap_or(crate::storage::StorageUrl::File {
+                    root: "/tmp".into(),
+                }),
             format: FileFormat::Auto,
             compression: Compression::Auto,
-            suffixes: vec![".ndjson".into(), ".csv".into(), ".ndjson.gz".into(), ".csv.gz".into()],
+            suffixes: vec![
+                ".ndjson".into(),
+                ".csv".into(),
+                ".ndjson.gz".into(),
+                ".csv.gz".into(),
+            ],
             csv: CsvOptions::default(),
             max_files_per_batch: NonZeroUsize::MIN,
             max_bytes_per_batch: NonZeroU64::MIN,
@@ -302,13 +440,23 @@ mod tests {
     }
 
     fn file(path: &str, data: &[u8]) -> SourceFile {
-        SourceFile { path: path.into(), size: data.len() as u64, e_tag: None }
+        SourceFile {
+            path: path.into(),
+            size: data.len() as u64,
+            e_tag: None,
+        }
     }
 
     fn run(path: &str, data: &[u8]) -> (Decoded, usize, Quarantine) {
         let mut rows = TextFrameBuilder::new();
         let mut q = Quarantine::default();
-        let outcome = decode(&cfg(), &file(path, data), Bytes::copy_from_slice(data), &mut rows, &mut q);
+        let outcome = decode(
+            &cfg(),
+            &file(path, data),
+            Bytes::copy_from_slice(data),
+            &mut rows,
+            &mut q,
+        );
         (outcome, rows.rows(), q)
     }
 
@@ -318,9 +466,18 @@ mod tests {
         let (outcome, rows, q) = run("d/x.ndjson", data);
         assert_eq!(outcome, Decoded::Ok);
         assert_eq!(rows, 2);
-        assert_eq!(q.rows[0].reason, "d/x.ndjson:2: expected a JSON object, found an array");
+        assert_eq!(
+            q.rows[0].reason,
+            "d/x.ndjson:2: expected a JSON object, found an array"
+        );
         assert_eq!(q.rows[0].source_line, Some(2));
-        assert!(q.rows[1].reason.starts_with("d/x.ndjson:4: invalid JSON: key must be a string"), "{}", q.rows[1].reason);
+        assert!(
+            q.rows[1]
+                .reason
+                .starts_with("d/x.ndjson:4: invalid JSON: key must be a string"),
+            "{}",
+            q.rows[1].reason
+        );
     }
 
     #[test]
@@ -328,7 +485,13 @@ mod tests {
         let mut rows = TextFrameBuilder::new();
         let mut q = Quarantine::default();
         let data = b"{\"n\":1.5,\"o\":{\"k\":[1]},\"s\":\"t\",\"z\":null}\n";
-        decode(&cfg(), &file("x.ndjson", data), Bytes::copy_from_slice(data), &mut rows, &mut q);
+        decode(
+            &cfg(),
+            &file("x.ndjson", data),
+            Bytes::copy_from_slice(data),
+            &mut rows,
+            &mut q,
+        );
         let json = rows_as_json(&rows.finish()?, false)?;
         assert_eq!(
             serde_json::Value::Object(json[0].clone()),
@@ -356,7 +519,13 @@ mod tests {
         assert_eq!((outcome, rows), (Decoded::Ok, 1000));
         let (outcome, rows, q) = run("x.ndjson.gz", &full[..full.len() / 2]);
         assert_eq!((outcome, rows), (Decoded::Failed, 0));
-        assert!(q.rows[0].reason.starts_with("x.ndjson.gz: not a readable gzip file"), "{}", q.rows[0].reason);
+        assert!(
+            q.rows[0]
+                .reason
+                .starts_with("x.ndjson.gz: not a readable gzip file"),
+            "{}",
+            q.rows[0].reason
+        );
         Ok(())
     }
 }

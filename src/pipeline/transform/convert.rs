@@ -43,34 +43,50 @@ pub fn convert(column: &Column, ty: ColumnType, tz: Tz) -> PolarsResult<Converte
     let target = dtype(ty);
     let name = column.name().clone();
     if column.dtype() == &target {
-        return Ok(Converted { column: column.clone(), failures: Vec::new() });
+        return Ok(Converted {
+            column: column.clone(),
+            failures: Vec::new(),
+        });
     }
     let text = column.cast(&DataType::String)?;
     let text = text.str()?;
     let mut failures = Vec::new();
     let mut note = |row: usize, value: &str| failures.push((row, value.to_string()));
     let series = match ty {
-        ColumnType::Int64 => parse_each::<Int64Type, _>(text, &mut note, parse_i64).with_name(name).into_series(),
-        ColumnType::Float64 => parse_each::<Float64Type, _>(text, &mut note, parse_f64).with_name(name).into_series(),
+        ColumnType::Int64 => parse_each::<Int64Type, _>(text, &mut note, parse_i64)
+            .with_name(name)
+            .into_series(),
+        ColumnType::Float64 => parse_each::<Float64Type, _>(text, &mut note, parse_f64)
+            .with_name(name)
+            .into_series(),
         ColumnType::Boolean => {
             let values: BooleanChunked = text
                 .iter()
                 .enumerate()
-                .map(|(row, v)| v.and_then(|s| parse_bool(s).or_else(|| note_none(&mut note, row, s))))
+                .map(|(row, v)| {
+                    v.and_then(|s| parse_bool(s).or_else(|| note_none(&mut note, row, s)))
+                })
                 .collect();
             values.with_name(name).into_series()
         }
-        ColumnType::Timestamp => parse_each::<Int64Type, _>(text, &mut note, |s| parse_timestamp_micros(s, tz))
-            .with_name(name)
-            .into_series()
-            .cast(&target)?,
-        ColumnType::Date => parse_each::<Int32Type, _>(text, &mut note, |s| parse_date(s, tz).map(days_since_epoch))
-            .with_name(name)
-            .into_series()
-            .cast(&target)?,
+        ColumnType::Timestamp => {
+            parse_each::<Int64Type, _>(text, &mut note, |s| parse_timestamp_micros(s, tz))
+                .with_name(name)
+                .into_series()
+                .cast(&target)?
+        }
+        ColumnType::Date => {
+            parse_each::<Int32Type, _>(text, &mut note, |s| parse_date(s, tz).map(days_since_epoch))
+                .with_name(name)
+                .into_series()
+                .cast(&target)?
+        }
         ColumnType::String => text.clone().with_name(name).into_series(),
     };
-    Ok(Converted { column: series.into(), failures })
+    Ok(Converted {
+        column: series.into(),
+        failures,
+    })
 }
 
 fn note_none<T>(note: &mut impl FnMut(usize, &str), row: usize, value: &str) -> Option<T> {
@@ -78,7 +94,11 @@ fn note_none<T>(note: &mut impl FnMut(usize, &str), row: usize, value: &str) -> 
     None
 }
 
-fn parse_each<T, F>(text: &StringChunked, note: &mut impl FnMut(usize, &str), parse: F) -> ChunkedArray<T>
+fn parse_each<T, F>(
+    text: &StringChunked,
+    note: &mut impl FnMut(usize, &str),
+    parse: F,
+) -> ChunkedArray<T>
 where
     T: PolarsNumericType,
     F: Fn(&str) -> Option<T::Native>,
@@ -114,10 +134,17 @@ fn days_since_epoch(d: NaiveDate) -> i32 {
 }
 
 fn local_to_micros(naive: NaiveDateTime, tz: Tz) -> Option<i64> {
-    tz.from_local_datetime(&naive).earliest().map(|t| t.timestamp_micros())
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.timestamp_micros())
 }
 
-const NAIVE_FORMATS: [&str; 4] = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y/%m/%d %H:%M:%S%.f", "%Y-%m-%d %H:%M"];
+const NAIVE_FORMATS: [&str; 4] = [
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y/%m/%d %H:%M:%S%.f",
+    "%Y-%m-%d %H:%M",
+];
 const DATE_FORMATS: [&str; 3] = ["%Y-%m-%d", "%Y%m%d", "%Y/%m/%d"];
 
 /// Parses an instant to microseconds since the epoch (UTC). Accepted: epoch seconds (10 digits)
@@ -131,7 +158,9 @@ pub fn parse_timestamp_micros(s: &str, tz: Tz) -> Option<i64> {
             10 => s.parse::<i64>().ok().map(|secs| secs * 1_000_000),
             13 => s.parse::<i64>().ok().map(|ms| ms * 1_000),
             8 => parse_date(s, tz).and_then(|d| local_to_micros(d.and_time(NaiveTime::MIN), tz)),
-            14 => NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok().and_then(|n| local_to_micros(n, tz)),
+            14 => NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S")
+                .ok()
+                .and_then(|n| local_to_micros(n, tz)),
             _ => None,
         };
     }
@@ -152,13 +181,16 @@ pub fn parse_timestamp_micros(s: &str, tz: Tz) -> Option<i64> {
 /// Parses a calendar date; a full timestamp is accepted and taken as its date in `tz`.
 pub fn parse_date(s: &str, tz: Tz) -> Option<NaiveDate> {
     let s = s.trim();
-    DATE_FORMATS.iter().find_map(|f| NaiveDate::parse_from_str(s, f).ok()).or_else(|| {
-        if s.len() == 8 {
-            return None;
-        }
-        let micros = parse_timestamp_micros(s, tz)?;
-        DateTime::from_timestamp_micros(micros).map(|t| t.with_timezone(&tz).date_naive())
-    })
+    DATE_FORMATS
+        .iter()
+        .find_map(|f| NaiveDate::parse_from_str(s, f).ok())
+        .or_else(|| {
+            if s.len() == 8 {
+                return None;
+            }
+            let micros = parse_timestamp_micros(s, tz)?;
+            DateTime::from_timestamp_micros(micros).map(|t| t.with_timezone(&tz).date_naive())
+        })
 }
 
 #[cfg(test)]
@@ -168,7 +200,9 @@ mod tests {
     const SH: Tz = chrono_tz::Asia::Shanghai;
 
     fn iso(micros: Option<i64>) -> Option<String> {
-        micros.and_then(DateTime::from_timestamp_micros).map(|t| t.to_rfc3339())
+        micros
+            .and_then(DateTime::from_timestamp_micros)
+            .map(|t| t.to_rfc3339())
     }
 
     #[test]
@@ -187,13 +221,27 @@ mod tests {
         ] {
             assert_eq!(iso(parse_timestamp_micros(s, SH)), expected, "{s}");
         }
-        assert_eq!(iso(parse_timestamp_micros("20211023", SH)).as_deref(), Some("2021-10-22T16:00:00+00:00"));
-        assert_eq!(iso(parse_timestamp_micros("2021-10-23", SH)).as_deref(), Some("2021-10-22T16:00:00+00:00"));
+        assert_eq!(
+            iso(parse_timestamp_micros("20211023", SH)).as_deref(),
+            Some("2021-10-22T16:00:00+00:00")
+        );
+        assert_eq!(
+            iso(parse_timestamp_micros("2021-10-23", SH)).as_deref(),
+            Some("2021-10-22T16:00:00+00:00")
+        );
     }
 
     #[test]
     fn garbage_and_odd_digit_counts_do_not_parse() {
-        for s in ["yesterday", "", "0", "16349544000000000", "2021-13-01", "2021-10-23 25:00:00", "163495440"] {
+        for s in [
+            "yesterday",
+            "",
+            "0",
+            "16349544000000000",
+            "2021-13-01",
+            "2021-10-23 25:00:00",
+            "163495440",
+        ] {
             assert_eq!(parse_timestamp_micros(s, SH), None, "{s}");
         }
     }

@@ -41,7 +41,11 @@ pub fn apply(
     quarantine: &mut Quarantine,
 ) -> Result<DataFrame, TransformError> {
     for (index, step) in steps.iter().enumerate() {
-        let fail = |e: PolarsError| TransformError { step: index, kind: step_kind(step), message: e.to_string() };
+        let fail = |e: PolarsError| TransformError {
+            step: index,
+            kind: step_kind(step),
+            message: e.to_string(),
+        };
         df = match step {
             TransformStep::Rename(pairs) => rename(df, pairs).map_err(fail)?,
             TransformStep::Cast(columns) => cast(df, columns, tz, quarantine).map_err(fail)?,
@@ -49,7 +53,9 @@ pub fn apply(
             TransformStep::Derive(columns) => derive(df, columns).map_err(fail)?,
             TransformStep::Drop(columns) => df.drop_many(columns.iter().map(String::as_str)),
             TransformStep::Dedup { keys, keep } => dedup(df, keys, *keep).map_err(fail)?,
-            TransformStep::Validate(schema) => validate(df, schema, tz, quarantine).map_err(fail)?,
+            TransformStep::Validate(schema) => {
+                validate(df, schema, tz, quarantine).map_err(fail)?
+            }
         };
     }
     Ok(df)
@@ -77,10 +83,18 @@ fn cast(
     let original = df.clone();
     let mut reasons: Vec<Option<String>> = vec![None; df.height()];
     for (name, ty) in columns {
-        let Ok(column) = df.column(name) else { continue };
+        let Ok(column) = df.column(name) else {
+            continue;
+        };
         let converted = convert::convert(column, *ty, tz)?;
         for (row, value) in converted.failures {
-            add_reason(&mut reasons[row], format!("{name}: cannot parse {value:?} as {}", convert::type_name(*ty)));
+            add_reason(
+                &mut reasons[row],
+                format!(
+                    "{name}: cannot parse {value:?} as {}",
+                    convert::type_name(*ty)
+                ),
+            );
         }
         df.with_column(converted.column)?;
     }
@@ -130,13 +144,18 @@ fn with_referenced_columns(mut df: DataFrame, expr: &Expr) -> PolarsResult<DataF
 fn filter(df: DataFrame, expr: &CompiledExpr) -> PolarsResult<DataFrame> {
     let df = with_referenced_columns(df, &expr.expr)?;
     // Null (unknown) counts as false, as in SQL WHERE.
-    df.lazy().filter(expr.expr.clone().fill_null(lit(false))).collect()
+    df.lazy()
+        .filter(expr.expr.clone().fill_null(lit(false)))
+        .collect()
 }
 
 fn derive(mut df: DataFrame, columns: &[(String, CompiledExpr)]) -> PolarsResult<DataFrame> {
     for (name, expr) in columns {
         df = with_referenced_columns(df, &expr.expr)?;
-        df = df.lazy().with_column(expr.expr.clone().alias(name.as_str())).collect()?;
+        df = df
+            .lazy()
+            .with_column(expr.expr.clone().alias(name.as_str()))
+            .collect()?;
     }
     Ok(df)
 }
@@ -145,7 +164,11 @@ fn dedup(df: DataFrame, keys: &[String], keep: Keep) -> PolarsResult<DataFrame> 
     let mut df = df;
     for key in keys {
         if !df.schema().contains(key) {
-            df.with_column(Column::full_null(key.as_str().into(), df.height(), &DataType::String))?;
+            df.with_column(Column::full_null(
+                key.as_str().into(),
+                df.height(),
+                &DataType::String,
+            ))?;
         }
     }
     let keep = match keep {
@@ -179,7 +202,13 @@ fn validate(
         let mut failed = vec![false; height];
         for (row, value) in converted.failures {
             failed[row] = true;
-            add_reason(&mut reasons[row], format!("{name}: cannot parse {value:?} as {}", convert::type_name(field.ty)));
+            add_reason(
+                &mut reasons[row],
+                format!(
+                    "{name}: cannot parse {value:?} as {}",
+                    convert::type_name(field.ty)
+                ),
+            );
         }
         if field.required {
             for (row, present) in converted.column.is_not_null().iter().enumerate() {

@@ -1,0 +1,179 @@
+use super::*;
+
+const MINIMAL: &str = "name: p\nsource: {type: object_store_files, url: memory://in}\n\
+                       sink: {type: parquet, dataset: d, partition_by: {column: ts}}\n";
+
+fn load(text: &str) -> Result<Pipeline, Vec<String>> {
+    let opts = LoadOptions {
+        schemas_dir: Some(PathBuf::from("schemas")),
+        ..LoadOptions::default()
+    };
+    load_pipeline_str(Path::new("p.yaml"), text, &opts)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match load(text) {
+        Ok(pipeline) => panic!("expected errors, got {pipeline:?}"),
+        Err(errors) => errors,
+    }
+}
+
+#[test]
+fn minimal_pipeline_gets_the_defaults() {
+    let pipeline = load(MINIMAL).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::ObjectStoreFiles(source) = &pipeline.source;
+    assert_eq!(source.max_files_per_batch.get(), 100);
+    assert_eq!(source.max_bytes_per_batch.get(), 256 * 1024 * 1024);
+    assert_eq!(source.suffixes.len(), 8);
+    assert_eq!(
+        (source.format, source.compression),
+        (FileFormat::Auto, Compression::Auto)
+    );
+    assert_eq!(source.csv, CsvOptions::default());
+    let SinkConfig::Parquet(sink) = &pipeline.sink;
+    assert_eq!(
+        (sink.granularity, sink.row_group_rows.get()),
+        (Granularity::Hour, 1_000_000)
+    );
+    assert!(
+        pipeline.schedule.is_none() && pipeline.tests.is_empty() && pipeline.transforms.is_empty()
+    );
+}
+
+#[test]
+fn maps_keep_their_written_order() {
+    let text = format!(
+        "{MINIMAL}transforms:\n  - rename: {{z: a, b: y}}\n  - derive: {{c2: c * 2, a1: c2 + 1}}\n  - cast: {{z: int64, b: date}}\n"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let steps: Vec<String> = pipeline
+        .transforms
+        .iter()
+        .map(|step| match step {
+            TransformStep::Rename(pairs) => format!("{pairs:?}"),
+            TransformStep::Derive(pairs) => format!(
+                "{:?}",
+                pairs
+                    .iter()
+                    .map(|(c, e)| (c, &e.source))
+                    .collect::<Vec<_>>()
+            ),
+            TransformStep::Cast(pairs) => format!("{pairs:?}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            r#"[("z", "a"), ("b", "y")]"#,
+            r#"[("c2", "c * 2"), ("a1", "c2 + 1")]"#,
+            r#"[("z", Int64), ("b", Date)]"#,
+        ]
+    );
+}
+
+#[test]
+fn empty_column_names_and_clashing_renames_are_errors() {
+    let text = format!(
+        "{MINIMAL}transforms:\n  - rename: {{a: x, b: x}}\n  - drop: [a, '']\n  - derive: {{'': '1'}}\n  - cast: {{a: integer}}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "p.yaml:5:23: transforms[0].rename.b: `x` is already the target of the rename at line 5, column 17",
+            "p.yaml:6:15: transforms[1].drop[1]: column name must not be empty",
+            "p.yaml:7:14: transforms[2].derive: column name must not be empty",
+            "p.yaml:8:15: transforms[3].cast.a: unknown column type `integer`, expected one of string, int64, float64, boolean, timestamp, date",
+        ]
+    );
+}
+
+#[test]
+fn csv_delimiter_is_one_ascii_character() {
+    let text = MINIMAL.replace(
+        "url: memory://in}",
+        "url: memory://in, csv: {delimiter: '；'}}",
+    );
+    assert_eq!(
+        errors(&text),
+        ["p.yaml:2:71: source.csv.delimiter: expected one ASCII character, found `；`"]
+    );
+}
+
+#[test]
+fn test_rows_hold_scalars_only() {
+    let text = format!("{MINIMAL}tests:\n  - name: t\n    input: [{{a: 1, b: [1]}}]\n");
+    assert_eq!(
+        errors(&text),
+        ["p.yaml:6:13: tests[0].input[0].b: expected a scalar or null, found a sequence"]
+    );
+}
+
+#[test]
+fn validate_resolves_the_shipped_schema() {
+    let text = format!("{MINIMAL}transforms:\n  - validate: {{schema: behavior_event}}\n");
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(
+        matches!(&pipeline.transforms[0], TransformStep::Validate(s) if s.name == "behavior_event")
+    );
+}
+
+#[test]
+fn empty_file_says_so() {
+    assert_eq!(
+        errors("# nothing here yet\n"),
+        ["p.yaml: the file is empty; expected a pipeline (name, source, sink, ...)"]
+    );
+}
+
+#[test]
+fn names_are_lower_snake_case() {
+    assert!(check_ident("behavior_events2").is_ok());
+    for bad in ["", "2x", "Behavior", "a-b", "_a", "a b"] {
+        assert!(check_ident(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn five_field_cron_keeps_crontab_weekdays() {
+    use chrono::TimeZone;
+    let after = chrono::Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single();
+    let after = after.unwrap_or_else(|| panic!("valid date"));
+    let next = |expr: &str| {
+        let schedule = parse_cron(expr).unwrap_or_else(|e| panic!("{e}"));
+        schedule.after(&after).next().map(|t| t.to_rfc3339())
+    };
+    // 2024-01-01 is a Monday.
+    assert_eq!(
+        next("30 9 * * 1").as_deref(),
+        Some("2024-01-01T09:30:00+00:00")
+    );
+    assert_eq!(
+        next("0 0 * * 0").as_deref(),
+        Some("2024-01-07T00:00:00+00:00")
+    );
+    assert_eq!(
+        next("0 0 * * 6-7").as_deref(),
+        Some("2024-01-06T00:00:00+00:00")
+    );
+    assert_eq!(
+        next("0 0 * * 2-3").as_deref(),
+        Some("2024-01-02T00:00:00+00:00")
+    );
+    assert_eq!(
+        next("15 0 0 * * *").as_deref(),
+        Some("2024-01-01T00:00:15+00:00")
+    );
+    assert_eq!(
+        next("* * * * *").as_deref(),
+        Some("2024-01-01T00:01:00+00:00")
+    );
+}
+
+#[test]
+fn cron_with_the_wrong_field_count_says_what_is_expected() {
+    let err = parse_cron("* * *").err().unwrap_or_default();
+    assert!(err.contains("expected 5 fields"), "{err}");
+    assert!(parse_cron("0 0 * * 8").is_err());
+}
