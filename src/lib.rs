@@ -5,8 +5,10 @@
 
 pub mod api;
 pub mod catalog;
+pub mod collect;
 pub mod config;
 pub mod daemon;
+pub mod journal;
 pub mod pipeline;
 pub mod schedule;
 pub mod storage;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use backflow::catalog::{Catalog, Role};
+use backflow::collect::registry::MediaRegistry;
 use backflow::config::daemon::{DaemonConfig, LogFormat};
 use backflow::config::load::{LoadOptions, LoadReport, load_pipelines};
 use backflow::config::model::Pipeline;
@@ -184,7 +185,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 paths
             };
-            let report = load_pipelines(&paths, &load_options(&cfg));
+            let mut report = load_pipelines(&paths, &load_options(&cfg));
+            // The media registry is configuration too: check it with the pipelines.
+            let registry_path = cfg.schemas_dir.join("media.yaml");
+            let registry = if registry_path.exists() {
+                report.files += 1;
+                match MediaRegistry::load(&registry_path) {
+                    Ok(registry) => Some(registry),
+                    Err(errors) => {
+                        report.errors.extend(errors);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             print_errors(&report);
             if report.errors.is_empty() {
                 let names: Vec<&str> = report.pipelines.iter().map(|p| p.name.as_str()).collect();
@@ -194,6 +209,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     report.files,
                     names.join(", ")
                 );
+                if let Some(registry) = registry {
+                    println!(
+                        "ok: media registry {}: {} media, {} placement rows",
+                        registry_path.display(),
+                        registry.len(),
+                        registry.placement_count()
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!(

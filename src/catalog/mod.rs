@@ -6,6 +6,7 @@
 //! durable before the next step. Every multi-row change is one transaction. Other modules never
 //! see SQL: they call the typed methods here.
 
+mod activities;
 mod batches;
 mod runs;
 mod tokens;
@@ -15,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
+pub use activities::{Activity, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
 pub use runs::{RunRecord, RunStatus, RunTotals};
 pub use tokens::{IssuedToken, Role, TokenInfo};
@@ -36,12 +38,17 @@ pub enum CatalogError {
     IntentOpen { pipeline: String, seq: i64 },
     #[error("pipeline `{pipeline}` has no open batch {seq} to commit")]
     NoSuchIntent { pipeline: String, seq: i64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
     #[error("catalog schema version {found} is newer than this binary understands ({supported})")]
     TooNew { found: i64, supported: i64 },
 }
 
 /// Each entry migrates the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tokens (
     id          INTEGER PRIMARY KEY,
     hash        TEXT NOT NULL UNIQUE,
@@ -89,7 +96,34 @@ CREATE TABLE audit_log (
     action      TEXT NOT NULL,
     detail      TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE activity_groups (
+    id          INTEGER PRIMARY KEY,
+    workspace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    UNIQUE (workspace, name)
+);
+CREATE TABLE activities (
+    id          INTEGER PRIMARY KEY,
+    workspace   TEXT NOT NULL,
+    group_id    INTEGER NOT NULL REFERENCES activity_groups (id),
+    name        TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    ad_format   TEXT NOT NULL,
+    landing_url TEXT,
+    third_party_impression TEXT NOT NULL DEFAULT '[]',
+    third_party_click      TEXT NOT NULL DEFAULT '[]',
+    status      TEXT NOT NULL CHECK (status IN ('on', 'off', 'paused_quota')),
+    impression_link INTEGER NOT NULL UNIQUE,
+    click_link  INTEGER NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    UNIQUE (workspace, name)
+);
+"#,
+];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.
 #[derive(Debug)]

@@ -28,7 +28,7 @@ fn validate_reports_every_error_of_every_file_with_its_location() {
     );
     assert!(err.contains("pipelines/typo.yaml:2:1"), "{err}");
     assert!(err.contains("unknown field `sourc`"), "{err}");
-    assert!(err.contains("error(s) in 3 file(s)"), "{err}");
+    assert!(err.contains("error(s) in 4 file(s)"), "{err}");
 }
 
 #[test]
@@ -93,5 +93,28 @@ fn the_shipped_example_daemon_config_is_valid_and_equals_the_defaults() {
     assert_eq!(
         loaded, defaults,
         "deploy/backflow.yaml documents the defaults; keep them in step"
+    );
+}
+
+#[test]
+fn validate_also_checks_the_media_registry() {
+    let p = Project::new();
+    let out = p.run(&["validate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("37 media, 81 placement rows"),
+        "{}",
+        stdout(&out)
+    );
+
+    let registry = p.path().join("schemas/media.yaml");
+    let text = std::fs::read_to_string(&registry).expect("read");
+    std::fs::write(&registry, text.replacen("media:", "mediaa:", 1)).expect("write");
+    let out = p.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("schemas/media.yaml:"),
+        "{}",
+        stderr(&out)
     );
 }

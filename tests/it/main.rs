@@ -9,6 +9,8 @@ mod cli;
 mod config;
 mod crash;
 mod duckdb;
+mod journal;
 mod pipeline;
+mod registry;
 mod s3;
 mod serve;

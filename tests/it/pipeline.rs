@@ -172,3 +172,73 @@ fn a_batch_limit_splits_the_drop_into_several_committed_batches() {
     }
     assert_eq!(read_dataset(&p.lake().join("behavior_events")).height(), 9);
 }
+
+#[test]
+fn from_and_to_select_source_files_by_modification_date_and_leave_the_rest_pending() {
+    let p = Project::new();
+    let line = |user: &str| {
+        format!(
+            r#"{{"user_id":"{user}","id_type":"oneid","behavior_type":"浏览","behavior_time":"2026-01-01 08:00:00","object_attribute":"商品","object_attribute_value":"X"}}"#
+        )
+    };
+    std::fs::write(p.drops().join("old.ndjson"), line("old")).expect("write");
+    std::fs::write(p.drops().join("new.ndjson"), line("new")).expect("write");
+    // 2026-01-01 12:00 UTC is 20:00 on 2026-01-01 in Asia/Shanghai.
+    let january = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_268_800);
+    std::fs::File::options()
+        .write(true)
+        .open(p.drops().join("old.ndjson"))
+        .and_then(|f| f.set_modified(january))
+        .expect("set mtime");
+
+    let out = p.run(&[
+        "run",
+        "behavior_events",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-01-01",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        sorted_values(&read_dataset(&p.lake().join("behavior_events")), "user_id"),
+        ["old"]
+    );
+
+    let out = p.run(&[
+        "run",
+        "behavior_events",
+        "--from",
+        "2026-01-02",
+        "--to",
+        "2026-01-31",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains(r#""batches":0"#), "{}", stdout(&out));
+
+    p.run_pipeline_ok();
+    assert_eq!(
+        sorted_values(&read_dataset(&p.lake().join("behavior_events")), "user_id"),
+        ["new", "old"]
+    );
+}
+
+#[test]
+fn a_pipeline_locked_by_another_process_is_refused_with_a_clear_error() {
+    let p = Project::new();
+    let lock_dir = p.path().join("data/locks");
+    std::fs::create_dir_all(&lock_dir).expect("mkdir");
+    let lock = std::fs::File::create(lock_dir.join("behavior_events.lock")).expect("lock file");
+    lock.lock().expect("take the lock");
+    let out = p.run(&["run", "behavior_events"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is being run by another process"),
+        "{}",
+        stderr(&out)
+    );
+    drop(lock);
+    p.run_pipeline_ok();
+}
