@@ -14,8 +14,13 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::catalog::{Catalog, CatalogError, Role};
+use crate::collect::endpoint::{self, CollectState};
+use crate::collect::link::{LinkSigner, load_or_create_key};
+use crate::collect::links::LinkCache;
+use crate::collect::registry::MediaRegistry;
 use crate::config::daemon::DaemonConfig;
 use crate::config::model::Pipeline;
+use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::pipeline::Runtime;
 use crate::schedule::Jobs;
 use crate::storage::{StorageError, StoreRegistry};
@@ -38,6 +43,68 @@ pub enum DaemonError {
         listener: &'static str,
         source: std::io::Error,
     },
+    #[error("media registry:\n{0}")]
+    Registry(String),
+    #[error("link signing key {path}: {source}")]
+    Key {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Loads the media registry of `schemas_dir`.
+pub fn load_registry(cfg: &DaemonConfig) -> Result<MediaRegistry, DaemonError> {
+    MediaRegistry::load(&cfg.schemas_dir.join("media.yaml")).map_err(|errors| {
+        DaemonError::Registry(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })
+}
+
+/// The link signer, its key kept at `{data_dir}/secrets/link.key` (created on first use).
+pub fn link_signer(cfg: &DaemonConfig) -> Result<LinkSigner, DaemonError> {
+    let path = cfg.data_dir.join("secrets").join("link.key");
+    let key = load_or_create_key(&path).map_err(|source| DaemonError::Key {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(LinkSigner::new(1, key))
+}
+
+/// Opens what the collection endpoints need: registry, signer, journal, link table.
+async fn open_collect(
+    cfg: &DaemonConfig,
+    runtime: &Runtime,
+) -> Result<Option<(CollectState, Arc<MediaRegistry>)>, DaemonError> {
+    if !cfg.schemas_dir.join("media.yaml").exists() {
+        warn!(schemas_dir = %cfg.schemas_dir.display(), "no media.yaml: monitoring-link endpoints are off");
+        return Ok(None);
+    }
+    let registry = Arc::new(load_registry(cfg)?);
+    let signer = Arc::new(link_signer(cfg)?);
+    let (journal, recovery) =
+        Journal::open(&cfg.data_dir.join("journal"), JournalOptions::default()).await?;
+    if recovery.truncated_bytes > 0 {
+        warn!(bytes = recovery.truncated_bytes, at = ?recovery.truncated_at, "journal: torn tail truncated on recovery");
+    }
+    let links = LinkCache::default();
+    let n = links.reload(&runtime.catalog, &registry)?;
+    info!(links = n, media = registry.len(), next = %recovery.next_position, "monitoring-link endpoints ready");
+    let state = CollectState {
+        signer,
+        links,
+        journal,
+        metrics: Arc::clone(&runtime.metrics),
+        max_url_bytes: cfg.public_max_url_bytes,
+        fallback_dir: cfg.data_dir.join("fallback"),
+    };
+    Ok(Some((state, registry)))
 }
 
 /// Opens what every command that runs pipelines needs.
@@ -76,6 +143,7 @@ pub async fn serve(
     pipelines: Vec<Pipeline>,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    let collect = open_collect(cfg, &runtime).await?;
     let runtime = Arc::new(runtime);
     ensure_admin_token(&runtime.catalog)?;
     let abandoned = runtime.catalog.fail_abandoned_runs()?;
@@ -97,6 +165,27 @@ pub async fn serve(
     let state = AppState {
         jobs: Arc::clone(&jobs),
     };
+    let collect_routes = collect
+        .as_ref()
+        .map(|(state, _)| endpoint::routes(state.clone()));
+    if let Some((collect_state, registry)) = &collect {
+        // Activities change through the CLI and the admin API: keep the link table fresh.
+        let links = collect_state.links.clone();
+        let registry = Arc::clone(registry);
+        let catalog = Arc::clone(&jobs.runtime().catalog);
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    () = stop.cancelled() => return,
+                }
+                if let Err(e) = links.reload(&catalog, &registry) {
+                    warn!(error = %e, "link table refresh failed; keeping the previous table");
+                }
+            }
+        });
+    }
 
     let bind = |listener: &'static str, addr: std::net::SocketAddr| async move {
         TcpListener::bind(addr)
@@ -123,8 +212,12 @@ pub async fn serve(
     });
     let public_server = {
         let stop = shutdown.clone();
-        axum::serve(public, api::public_app(state.clone()))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
+        axum::serve(
+            public,
+            api::public_app(state.clone(), collect_routes)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
     };
     let admin_server = {
         let stop = shutdown.clone();
@@ -142,6 +235,12 @@ pub async fn serve(
             grace_seconds = cfg.shutdown_grace.as_secs(),
             "in-flight batches did not finish in time and are abandoned; the next run replays them"
         );
+    }
+    if let Some((collect_state, _)) = collect {
+        // Every answered hit is already durable; closing only stops the writer cleanly.
+        if let Err(e) = collect_state.journal.close().await {
+            warn!(error = %e, "journal close failed");
+        }
     }
     public_result.map_err(|source| DaemonError::Serve {
         listener: "public",

@@ -8,7 +8,9 @@ use chrono::NaiveDate;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use backflow::catalog::{Catalog, Role};
+use backflow::catalog::{ActivityStatus, Catalog, NewActivity, Role};
+use backflow::collect::link::new_link_id;
+use backflow::collect::links::activity_links;
 use backflow::collect::registry::MediaRegistry;
 use backflow::config::daemon::{DaemonConfig, LogFormat};
 use backflow::config::load::{LoadOptions, LoadReport, load_pipelines};
@@ -36,6 +38,9 @@ struct Cli {
     /// Daemon configuration file (default: ./backflow.yaml if it exists).
     #[arg(long, global = true, env = "BACKFLOW_CONFIG")]
     config: Option<PathBuf>,
+    /// Data directory (overrides data_dir; the catalog and secrets follow it).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     /// Log format (overrides log.format).
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormatArg>,
@@ -85,6 +90,64 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Monitoring activities (监测活动) and their links.
+    Activity {
+        #[command(subcommand)]
+        command: ActivityCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ActivityCommand {
+    /// Create an activity (enabled) with one impression and one click link.
+    Create {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        name: String,
+        /// Activity group; created if new.
+        #[arg(long)]
+        group: String,
+        /// Media id from schemas/media.yaml, e.g. ocean_engine, tencent_ads, kuaishou.
+        #[arg(long)]
+        channel: String,
+        /// Ad format (广告格式).
+        #[arg(long)]
+        format: String,
+        /// Landing URL a click redirects to (http or https).
+        #[arg(long)]
+        landing: Option<String>,
+        /// Third-party impression monitoring URL (up to 3).
+        #[arg(long = "third-party-impression")]
+        third_party_impression: Vec<String>,
+        /// Third-party click monitoring URL (up to 3).
+        #[arg(long = "third-party-click")]
+        third_party_click: Vec<String>,
+        /// Print the created activity as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the activities of a workspace.
+    List {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the links of a workspace's activities.
+    Links {
+        #[arg(long)]
+        workspace: String,
+        /// CSV (the only format today; the flag keeps scripts explicit).
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Switch an activity on or off.
+    Switch {
+        id: i64,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,7 +185,11 @@ fn load_config(cli: &Cli) -> anyhow::Result<DaemonConfig> {
         .config
         .as_deref()
         .or(default.exists().then_some(default));
-    DaemonConfig::load(file, std::env::vars()).map_err(|errors| {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(dir) = &cli.data_dir {
+        env.push(("BACKFLOW__DATA_DIR".into(), dir.display().to_string()));
+    }
+    DaemonConfig::load(file, env).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
     })
@@ -316,6 +383,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Activity { command } => activity_command(&cfg, command),
         Command::Token { command } => {
             let catalog = Catalog::open(&cfg.catalog_path)?;
             match command {
@@ -342,4 +410,117 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn activity_command(cfg: &DaemonConfig, command: ActivityCommand) -> anyhow::Result<ExitCode> {
+    let catalog = Catalog::open(&cfg.catalog_path)?;
+    let registry = daemon::load_registry(cfg)?;
+    let signer = daemon::link_signer(cfg)?;
+    let with_links = |a| activity_links(a, &cfg.public_base_url, &signer, &registry);
+    match command {
+        ActivityCommand::Create {
+            workspace,
+            name,
+            group,
+            channel,
+            format,
+            landing,
+            third_party_impression,
+            third_party_click,
+            json,
+        } => {
+            if registry.get(&channel).is_none() {
+                let known: Vec<&str> = registry.media().map(|m| m.id.as_str()).collect();
+                bail!(
+                    "unknown channel `{channel}`; the media registry has: {}",
+                    known.join(", ")
+                );
+            }
+            let new = NewActivity {
+                workspace,
+                name,
+                group,
+                channel,
+                ad_format: format,
+                landing_url: landing,
+                third_party_impression,
+                third_party_click,
+            };
+            let created = catalog.create_activities(std::slice::from_ref(&new), new_link_id)?;
+            for activity in created {
+                let links = with_links(activity);
+                if json {
+                    println!("{}", serde_json::to_string(&links)?);
+                } else {
+                    println!(
+                        "activity {} `{}` ({})",
+                        links.activity.id,
+                        links.activity.name,
+                        links.activity.status.as_str()
+                    );
+                    println!("  impression: {}", links.impression_url);
+                    println!("  click:      {}", links.click_url);
+                }
+            }
+        }
+        ActivityCommand::List { workspace, json } => {
+            let all: Vec<_> = catalog
+                .activities(&workspace)?
+                .into_iter()
+                .map(with_links)
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string(&all)?);
+            } else {
+                for a in &all {
+                    let a = &a.activity;
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        a.id,
+                        a.status.as_str(),
+                        a.channel,
+                        a.group,
+                        a.name
+                    );
+                }
+            }
+        }
+        ActivityCommand::Links { workspace, csv: _ } => {
+            let mut out = csv::Writer::from_writer(std::io::stdout());
+            out.write_record([
+                "id",
+                "name",
+                "group",
+                "channel",
+                "ad_format",
+                "status",
+                "impression_url",
+                "click_url",
+            ])?;
+            for a in catalog.activities(&workspace)?.into_iter().map(with_links) {
+                let id = a.activity.id.to_string();
+                out.write_record([
+                    id.as_str(),
+                    &a.activity.name,
+                    &a.activity.group,
+                    &a.activity.channel,
+                    &a.activity.ad_format,
+                    a.activity.status.as_str(),
+                    &a.impression_url,
+                    &a.click_url,
+                ])?;
+            }
+            out.flush()?;
+        }
+        ActivityCommand::Switch { id, state } => {
+            let status = if state == "on" {
+                ActivityStatus::On
+            } else {
+                ActivityStatus::Off
+            };
+            let a = catalog.set_activity_status(id, status, "cli")?;
+            println!("activity {} is {}", a.id, a.status.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

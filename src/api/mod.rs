@@ -72,13 +72,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The public listener's routes.
-pub fn public_app(state: AppState) -> Router {
-    Router::new()
+/// The public listener's routes: health, plus the monitoring-link endpoints when collection is on.
+pub fn public_app(state: AppState, collect: Option<Router>) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .with_state(state.clone());
+    if let Some(collect) = collect {
+        router = router.merge(collect);
+    }
+    router
         .layer(middleware::from_fn_with_state(
-            (state.clone(), "public"),
+            (state, "public"),
             count_requests,
         ))
         .layer(TimeoutLayer::with_status_code(
@@ -86,7 +91,6 @@ pub fn public_app(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
 }
 
 /// The admin listener's routes.

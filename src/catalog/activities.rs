@@ -282,6 +282,14 @@ impl Catalog {
         rows.map(|r| finish(r?)).collect()
     }
 
+    /// Every activity of every workspace (the collect endpoints' link table).
+    pub fn all_activities(&self) -> Result<Vec<Activity>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY a.id"))?;
+        let rows = stmt.query_map([], from_row)?;
+        rows.map(|r| finish(r?)).collect()
+    }
+
     /// The activity a link id belongs to, and whether it is its click link.
     pub fn activity_by_link(&self, link: u64) -> Result<Option<(Activity, bool)>, CatalogError> {
         let conn = self.conn();

@@ -1,7 +1,10 @@
 //! Monitoring-link collection: the media registry, canonical fields and hit parsing.
 
+pub mod endpoint;
 pub mod fields;
+pub mod hit;
 pub mod link;
+pub mod links;
 pub mod normalize;
 pub mod query;
 pub mod registry;

@@ -53,6 +53,12 @@ pub struct DaemonConfig {
     pub catalog_path: PathBuf,
     /// `public.listen`: monitoring links, reports; default `127.0.0.1:8080`.
     pub public_listen: SocketAddr,
+    /// `public.base_url`: how media reach the public listener (scheme, host, optional port and
+    /// path prefix), used in minted links; default `http://127.0.0.1:8080`.
+    pub public_base_url: String,
+    /// `public.max_url_bytes`: longest accepted request target (path + query) on the public
+    /// listener; default 16384 (media callbacks reach 10 KB).
+    pub public_max_url_bytes: usize,
     /// `admin.listen`: admin API and metrics; default `127.0.0.1:8081`.
     pub admin_listen: SocketAddr,
     /// `log.format`: `text` or `json`; default `text`.
@@ -77,6 +83,8 @@ impl Default for DaemonConfig {
             },
             catalog_path: data_dir.join("catalog.sqlite"),
             public_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            public_base_url: "http://127.0.0.1:8080".to_string(),
+            public_max_url_bytes: 16 * 1024,
             admin_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
@@ -123,6 +131,8 @@ const KEYS: &[&str] = &[
     "lake.url",
     "catalog.path",
     "public.listen",
+    "public.base_url",
+    "public.max_url_bytes",
     "admin.listen",
     "log.format",
     "log.level",
@@ -147,7 +157,7 @@ struct RawDaemon {
     /// `path`: the catalog database.
     catalog: Option<RawSection<RawPath>>,
     /// `listen`: public listener.
-    public: Option<RawSection<RawListen>>,
+    public: Option<RawSection<RawPublic>>,
     /// `listen`: admin listener.
     admin: Option<RawSection<RawListen>>,
     /// `format`, `level`.
@@ -182,6 +192,17 @@ struct RawPath {
 struct RawListen {
     /// `ip:port`.
     listen: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublic {
+    /// `ip:port`.
+    listen: Option<Located<String>>,
+    /// Base URL of minted links.
+    base_url: Option<Located<String>>,
+    /// Longest accepted request target.
+    max_url_bytes: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,7 +261,18 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
         ("schemas_dir", raw.schemas_dir),
         ("lake.url", raw.lake.and_then(|s| s.0.url)),
         ("catalog.path", raw.catalog.and_then(|s| s.0.path)),
-        ("public.listen", raw.public.and_then(|s| s.0.listen)),
+        (
+            "public.listen",
+            raw.public.as_ref().and_then(|s| s.0.listen.clone()),
+        ),
+        (
+            "public.base_url",
+            raw.public.as_ref().and_then(|s| s.0.base_url.clone()),
+        ),
+        (
+            "public.max_url_bytes",
+            raw.public.and_then(|s| s.0.max_url_bytes),
+        ),
         ("admin.listen", raw.admin.and_then(|s| s.0.listen)),
         (
             "log.format",
@@ -356,6 +388,12 @@ impl Resolver<'_> {
             public_listen: self
                 .get("public.listen", parse_listen)
                 .unwrap_or(d.public_listen),
+            public_base_url: self
+                .get("public.base_url", parse_base_url)
+                .unwrap_or(d.public_base_url),
+            public_max_url_bytes: self
+                .get("public.max_url_bytes", parse_max_url)
+                .unwrap_or(d.public_max_url_bytes),
             admin_listen: self
                 .get("admin.listen", parse_listen)
                 .unwrap_or(d.admin_listen),
@@ -388,6 +426,31 @@ impl Resolver<'_> {
             Origin::File(at) => ConfigError::at(self.file, at, key, message),
             Origin::Env(variable) => ConfigError::new(ENV_ORIGIN, (0, 0), variable, message),
         }
+    }
+}
+
+fn parse_base_url(value: &str) -> Result<String, String> {
+    match url::Url::parse(value) {
+        Ok(u)
+            if (u.scheme() == "http" || u.scheme() == "https")
+                && u.host().is_some()
+                && u.query().is_none() =>
+        {
+            Ok(value.trim_end_matches('/').to_string())
+        }
+        Ok(_) => Err(format!(
+            "expected an http(s) URL with a host and no query, found `{value}`"
+        )),
+        Err(e) => Err(format!("expected an http(s) URL, found `{value}` ({e})")),
+    }
+}
+
+fn parse_max_url(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1024..=1024 * 1024).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a byte count from 1024 to 1048576, found `{value}`"
+        )),
     }
 }
 

@@ -20,6 +20,12 @@ pub struct RunLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HitLabels {
+    pub endpoint: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub listener: &'static str,
     pub route: String,
@@ -51,6 +57,7 @@ pub struct Metrics {
     pub runs_in_progress: Gauge,
     pub http_requests: Family<HttpLabels, Counter>,
     pub auth_failures: Counter,
+    pub hits: Family<HitLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,6 +92,7 @@ impl Metrics {
             runs_in_progress: Gauge::default(),
             http_requests: Family::default(),
             auth_failures: Counter::default(),
+            hits: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -165,6 +173,12 @@ impl Metrics {
             "auth_failures",
             "Admin requests rejected for a missing or bad token",
             m.auth_failures.clone(),
+        );
+        r.register(
+            "collect_hits",
+            "Monitoring-link hits by endpoint and outcome (accepted, fallback, lost, journal_unavailable, \
+             activity_off, unknown_link, malformed, bad_signature, unknown_key, wrong_endpoint, too_long)",
+            m.hits.clone(),
         );
         Metrics { registry, ..m }
     }

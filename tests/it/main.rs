@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod collect;
 mod config;
 mod crash;
 mod duckdb;

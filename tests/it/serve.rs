@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -15,11 +15,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Daemon {
-    child: Child,
-    admin: String,
-    public: String,
-    token: String,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) admin: String,
+    pub(crate) public: String,
+    pub(crate) token: String,
 }
 
 impl Drop for Daemon {
@@ -30,9 +30,18 @@ impl Drop for Daemon {
 }
 
 fn start(p: &Project) -> Daemon {
-    let (public, admin) = (free_port(), free_port());
+    start_with(p, (free_port(), free_port()), &[])
+}
+
+/// Starts `backflow serve` on the given (public, admin) ports with extra environment.
+pub(crate) fn start_with(
+    p: &Project,
+    (public, admin): (u16, u16),
+    env: &[(&str, String)],
+) -> Daemon {
     let mut child = p
         .command(&["serve"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("BACKFLOW__PUBLIC__LISTEN", format!("127.0.0.1:{public}"))
         .env("BACKFLOW__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
         .env("BACKFLOW__SHUTDOWN__GRACE_SECONDS", "10")
@@ -69,7 +78,7 @@ fn start(p: &Project) -> Daemon {
     daemon
 }
 
-mod http {
+pub(crate) mod http {
     //! A tiny blocking HTTP client over the async reqwest, enough for these tests.
     pub use ::reqwest::*;
 

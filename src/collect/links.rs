@@ -1,0 +1,167 @@
+//! What a link id leads to, kept in memory for the request path and refreshed from the catalog;
+//! and minting the copy-paste URLs of an activity.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use crate::catalog::{Activity, ActivityStatus, Catalog, CatalogError};
+use crate::collect::link::{Endpoint, LinkSigner};
+use crate::collect::registry::{ClickAnswer, ImpressionAnswer, LinkKind, MediaRegistry};
+
+/// How to answer a hit on one link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Gif,
+    NoContent,
+    /// `302` to the activity's landing URL (`204` without one).
+    Redirect,
+    Body {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
+}
+
+/// Everything the request path needs about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkTarget {
+    pub activity_id: i64,
+    pub workspace: String,
+    pub channel: String,
+    pub status: ActivityStatus,
+    pub endpoint: Endpoint,
+    pub landing_url: Option<String>,
+    pub answer: Answer,
+}
+
+/// The answer a media expects on an endpoint (defaults where the registry has none: a GIF for
+/// impressions, a redirect for clicks).
+pub fn answer_for(registry: &MediaRegistry, channel: &str, endpoint: Endpoint) -> Answer {
+    let protocol = registry.get(channel).map(|m| &m.protocol);
+    match endpoint {
+        Endpoint::Impression => match protocol.and_then(|p| p.impression_answer.clone()) {
+            Some(ImpressionAnswer::NoContent) => Answer::NoContent,
+            Some(ImpressionAnswer::ServerToServer {
+                status,
+                content_type,
+                body,
+            }) => Answer::Body {
+                status,
+                content_type,
+                body,
+            },
+            Some(ImpressionAnswer::Gif) | None => Answer::Gif,
+        },
+        Endpoint::Click | Endpoint::Feedback => match protocol.and_then(|p| p.click_answer.clone())
+        {
+            Some(ClickAnswer::ServerToServer {
+                status,
+                content_type,
+                body,
+            }) => Answer::Body {
+                status,
+                content_type,
+                body,
+            },
+            Some(ClickAnswer::Redirect) | None => Answer::Redirect,
+        },
+    }
+}
+
+/// The in-memory link table.
+#[derive(Debug, Default, Clone)]
+pub struct LinkCache {
+    inner: Arc<RwLock<HashMap<u64, LinkTarget>>>,
+}
+
+impl LinkCache {
+    pub fn get(&self, link_id: u64) -> Option<LinkTarget> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&link_id)
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rebuilds the table from every activity in the catalog.
+    pub fn reload(
+        &self,
+        catalog: &Catalog,
+        registry: &MediaRegistry,
+    ) -> Result<usize, CatalogError> {
+        let mut table = HashMap::new();
+        for a in catalog.all_activities()? {
+            for (link, endpoint) in [
+                (a.impression_link, Endpoint::Impression),
+                (a.click_link, Endpoint::Click),
+            ] {
+                table.insert(
+                    link,
+                    LinkTarget {
+                        activity_id: a.id,
+                        workspace: a.workspace.clone(),
+                        channel: a.channel.clone(),
+                        status: a.status,
+                        endpoint,
+                        landing_url: a.landing_url.clone(),
+                        answer: answer_for(registry, &a.channel, endpoint),
+                    },
+                );
+            }
+        }
+        let n = table.len();
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = table;
+        Ok(n)
+    }
+}
+
+/// An activity with its copy-paste links.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivityLinks {
+    #[serde(flatten)]
+    pub activity: Activity,
+    pub impression_url: String,
+    pub click_url: String,
+}
+
+/// Mints the impression and click URLs of an activity: `{base}/i/{token}?{media macros}`.
+pub fn activity_links(
+    activity: Activity,
+    base_url: &str,
+    signer: &LinkSigner,
+    registry: &MediaRegistry,
+) -> ActivityLinks {
+    let url = |endpoint: Endpoint, link: u64, kind: LinkKind| {
+        let query = registry
+            .get(&activity.channel)
+            .map(|m| m.query_template(kind))
+            .unwrap_or_default();
+        let token = signer.mint(link, endpoint);
+        let base = base_url.trim_end_matches('/');
+        let path = endpoint.path();
+        if query.is_empty() {
+            format!("{base}{path}{token}")
+        } else {
+            format!("{base}{path}{token}?{query}")
+        }
+    };
+    ActivityLinks {
+        impression_url: url(
+            Endpoint::Impression,
+            activity.impression_link,
+            LinkKind::Impression,
+        ),
+        click_url: url(Endpoint::Click, activity.click_link, LinkKind::Click),
+        activity,
+    }
+}

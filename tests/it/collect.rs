@@ -1,0 +1,334 @@
+//! Monitoring links end to end through the real daemon: activities made with the CLI, hits on the
+//! public listener answered the way each media expects, every accepted hit durable in the journal
+//! before its answer, bad tokens and requests refused, switched-off activities not collected.
+
+use std::time::Duration;
+
+use backflow::collect::hit::HitRecord;
+use backflow::journal::{Journal, JournalOptions, Position};
+
+use crate::serve::{free_port, start_with};
+use crate::support::*;
+
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+fn hit(method: reqwest::Method, url: &str) -> Reply {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let resp = client
+            .request(method, url)
+            .header("user-agent", "Mozilla/5.0 (test)")
+            .send()
+            .await
+            .expect("send");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (location, content_type) = (header("location"), header("content-type"));
+        let status = resp.status().as_u16();
+        Reply {
+            status,
+            location,
+            content_type,
+            body: resp.bytes().await.expect("body").to_vec(),
+        }
+    })
+}
+
+fn create(
+    p: &Project,
+    env: &[(&str, String)],
+    name: &str,
+    channel: &str,
+    landing: Option<&str>,
+) -> serde_json::Value {
+    let mut args = vec![
+        "activity",
+        "create",
+        "--workspace",
+        "ws1",
+        "--name",
+        name,
+        "--group",
+        "双11",
+        "--channel",
+        channel,
+        "--format",
+        "信息流",
+        "--json",
+    ];
+    if let Some(l) = landing {
+        args.extend(["--landing", l]);
+    }
+    let out = p
+        .command(&args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("spawn");
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str(stdout(&out).trim()).expect("activity json")
+}
+
+fn journal_records(p: &Project) -> Vec<HitRecord> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let (journal, _) = Journal::open(&p.path().join("data/journal"), JournalOptions::default())
+            .await
+            .expect("open journal");
+        let records = journal
+            .read(Position(1), 100_000, usize::MAX)
+            .await
+            .expect("read");
+        journal.close().await.expect("close");
+        records
+            .into_iter()
+            .map(|(_, bytes)| serde_json::from_slice(&bytes).expect("record json"))
+            .collect()
+    })
+}
+
+#[test]
+fn hits_are_answered_per_media_and_durable_before_the_answer() {
+    let p = Project::new();
+    p.edit_pipeline(
+        "schedule:\n  cron: \"* * * * *\"\n  time_zone: Asia/Shanghai\n",
+        "",
+    );
+    let (public, admin) = (free_port(), free_port());
+    let env = [(
+        "BACKFLOW__PUBLIC__BASE_URL",
+        format!("http://127.0.0.1:{public}"),
+    )];
+    let redirect = create(
+        &p,
+        &env,
+        "huawei-1",
+        "huawei",
+        Some("https://example.com/landing?from=hw"),
+    );
+    let s2s = create(
+        &p,
+        &env,
+        "oe-1",
+        "ocean_engine",
+        Some("https://example.com/oe"),
+    );
+    let no_landing = create(&p, &env, "huawei-2", "huawei", None);
+    let imp = redirect["impression_url"].as_str().expect("impression_url");
+    let clk = redirect["click_url"].as_str().expect("click_url");
+    assert!(
+        imp.starts_with(&format!("http://127.0.0.1:{public}/i/")),
+        "{imp}"
+    );
+    assert!(
+        clk.contains("/c/") && clk.contains("__OAID__"),
+        "the media's macros are filled in: {clk}"
+    );
+    assert_eq!(redirect["status"], "on");
+
+    let d = start_with(&p, (public, admin), &env);
+    let get = reqwest::Method::GET;
+
+    // Device click: 302 to the activity's own landing URL, never anywhere else.
+    let r = hit(get.clone(), &format!("{clk}&o=https://evil.example.net/"));
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.location.as_deref(),
+        Some("https://example.com/landing?from=hw")
+    );
+    // Impression: the 43-byte GIF.
+    let r = hit(get.clone(), imp);
+    assert_eq!(
+        (r.status, r.content_type.as_deref(), r.body.len()),
+        (200, Some("image/gif"), 43)
+    );
+    let r = hit(reqwest::Method::HEAD, imp);
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    // Server-to-server click (Ocean Engine): 200 with the body the media expects, no redirect.
+    let r = hit(get.clone(), s2s["click_url"].as_str().expect("url"));
+    assert_eq!(r.status, 200);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("\"ret\":0"),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.location, None);
+    // A click without a landing URL: 204.
+    assert_eq!(
+        hit(get.clone(), no_landing["click_url"].as_str().expect("url")).status,
+        204
+    );
+    let accepted = 5;
+
+    // Refused: a tampered token, a token for the other endpoint, another method, an over-long URL.
+    let token = imp
+        .split("/i/")
+        .nth(1)
+        .and_then(|t| t.split('?').next())
+        .expect("token");
+    let mut tampered: Vec<char> = token.chars().collect();
+    tampered[5] = if tampered[5] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    assert_eq!(
+        hit(get.clone(), &format!("{}/i/{tampered}", d.public)).status,
+        404
+    );
+    assert_eq!(
+        hit(get.clone(), &format!("{}/c/{token}", d.public)).status,
+        404
+    );
+    assert_eq!(hit(reqwest::Method::POST, imp).status, 405);
+    assert_eq!(
+        hit(get.clone(), &format!("{imp}&pad={}", "x".repeat(20_000))).status,
+        414
+    );
+
+    // Switched off: users still land, nothing is collected.
+    let id = no_landing["id"].as_i64().expect("id").to_string();
+    let out = p.run(&["activity", "switch", &id, "off"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(2500)); // the link table refreshes every 2 s
+    assert_eq!(
+        hit(get.clone(), no_landing["click_url"].as_str().expect("url")).status,
+        204
+    );
+
+    let m = crate::serve::http::send(get.clone(), &format!("{}/metrics", d.admin), Some(&d.token))
+        .expect("metrics");
+    assert!(
+        m.body.contains(
+            r#"backflow_collect_hits_total{endpoint="impression",outcome="bad_signature"} 1"#
+        ),
+        "{}",
+        m.body
+    );
+    assert!(
+        m.body
+            .contains(r#"backflow_collect_hits_total{endpoint="click",outcome="activity_off"} 1"#),
+        "{}",
+        m.body
+    );
+    assert!(
+        m.body.contains(
+            r#"backflow_collect_hits_total{endpoint="click",outcome="wrong_endpoint"} 1"#
+        ),
+        "{}",
+        m.body
+    );
+
+    // Stop, then read the journal: exactly the accepted hits, each whole.
+    let mut d = d;
+    let pid = d.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    d.child.wait().expect("wait");
+    let records = journal_records(&p);
+    assert_eq!(records.len(), accepted, "{records:#?}");
+    let mut ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), accepted, "event ids are unique");
+    let first = &records[0];
+    assert_eq!(
+        (first.workspace.as_str(), first.channel.as_str()),
+        ("ws1", "huawei")
+    );
+    assert!(
+        first.query.ends_with("&o=https://evil.example.net/"),
+        "raw query kept whole: {}",
+        first.query
+    );
+    assert_eq!(first.peer_ip, "127.0.0.1");
+    assert_eq!(first.user_agent.as_deref(), Some("Mozilla/5.0 (test)"));
+    assert!(records.iter().any(|r| r.method == "HEAD"));
+}
+
+#[test]
+fn activity_cli_validates_input_and_exports_links_as_csv() {
+    let p = Project::new();
+    let out = p.run(&[
+        "activity",
+        "create",
+        "--workspace",
+        "w",
+        "--name",
+        "n",
+        "--group",
+        "g",
+        "--channel",
+        "nope",
+        "--format",
+        "f",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown channel `nope`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.run(&[
+        "activity",
+        "create",
+        "--workspace",
+        "w",
+        "--name",
+        "n",
+        "--group",
+        "g",
+        "--channel",
+        "kuaishou",
+        "--format",
+        "f",
+        "--landing",
+        "ftp://x.com/",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("landing_url: must start with http:// or https://"),
+        "{}",
+        stderr(&out)
+    );
+
+    create(&p, &[], "k1", "kuaishou", Some("https://example.com/k"));
+    create(&p, &[], "b1", "baidu", None);
+    let out = p.run(&["activity", "links", "--workspace", "ws1", "--csv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "id,name,group,channel,ad_format,status,impression_url,click_url"
+    );
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[1].contains(",k1,双11,kuaishou,信息流,on,http://127.0.0.1:8080/i/"),
+        "{}",
+        lines[1]
+    );
+    let out = p.run(&["activity", "list", "--workspace", "ws1", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+}
