@@ -56,7 +56,9 @@ fn bench(c: &mut Criterion) {
     );
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let pipeline = report.pipelines.into_iter().next().unwrap();
-    let SourceConfig::ObjectStoreFiles(source) = &pipeline.source;
+    let SourceConfig::ObjectStoreFiles(source) = &pipeline.source else {
+        panic!("expected an object_store_files source");
+    };
     let SinkConfig::Parquet(sink) = &pipeline.sink;
     let data = ndjson(ROWS);
     let file = SourceFile {

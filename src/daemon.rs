@@ -118,6 +118,8 @@ pub fn open_runtime(cfg: &DaemonConfig) -> Result<Runtime, DaemonError> {
         lake,
         tz: cfg.time_zone,
         metrics: Arc::new(Metrics::new()),
+        journal: std::sync::OnceLock::new(),
+        registry: std::sync::OnceLock::new(),
         lock_dir: Some(cfg.data_dir.join("locks")),
     })
 }
@@ -144,6 +146,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let collect = open_collect(cfg, &runtime).await?;
+    if let Some((state, registry)) = &collect {
+        // `journal` pipelines (ad_events) read what the endpoints append, in this process.
+        let _ = runtime.journal.set(state.journal.clone());
+        let _ = runtime.registry.set(Arc::clone(registry));
+    }
     let runtime = Arc::new(runtime);
     ensure_admin_token(&runtime.catalog)?;
     let abandoned = runtime.catalog.fail_abandoned_runs()?;

@@ -132,6 +132,26 @@ impl Catalog {
         Ok(())
     }
 
+    /// The positions of a pipeline's last committed batch.
+    pub fn last_committed_positions(
+        &self,
+        pipeline: &str,
+    ) -> Result<Option<serde_json::Value>, CatalogError> {
+        let conn = self.conn();
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT positions FROM batches WHERE pipeline = ?1 AND state = 'committed' ORDER BY seq DESC LIMIT 1",
+                [pipeline],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| CatalogError::Corrupt(format!("batch positions: {e}")))
+        })
+        .transpose()
+    }
+
     /// Every source file a pipeline has already ingested.
     pub fn ingested_files(&self, pipeline: &str) -> Result<HashSet<String>, CatalogError> {
         let conn = self.conn();

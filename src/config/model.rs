@@ -30,6 +30,16 @@ pub struct Pipeline {
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     ObjectStoreFiles(ObjectStoreFilesSource),
+    Journal(JournalSource),
+}
+
+/// Monitoring-link hits from the daemon's journal. Positions are `[from, to)` journal positions;
+/// the next batch starts where the last committed one ended (the catalog is the truth, the
+/// journal's consumer cursor only lets old segments go).
+#[derive(Debug, Clone)]
+pub struct JournalSource {
+    pub max_records_per_batch: NonZeroUsize,
+    pub max_bytes_per_batch: NonZeroUsize,
 }
 
 /// Files dropped under a prefix of an object store (or a local directory).

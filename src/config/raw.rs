@@ -153,9 +153,15 @@ pub struct RawPipeline {
 #[derive(Debug, JsonSchema)]
 #[schemars(rename = "Source")]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per pipeline file; size is irrelevant"
+)]
 pub enum RawSource {
     /// Files dropped under a prefix of an object store or a local directory.
     ObjectStoreFiles(RawObjectStoreFiles),
+    /// Monitoring-link hits from the daemon's own journal (runs inside `backflow serve`).
+    Journal(RawJournal),
 }
 
 /// The `type` values of a source.
@@ -163,11 +169,12 @@ pub enum RawSource {
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     ObjectStoreFiles,
+    Journal,
 }
 
 impl<'de> Tagged<'de> for RawSource {
     type Kind = SourceKind;
-    const KINDS: &'static str = "object_store_files";
+    const KINDS: &'static str = "object_store_files, journal";
 
     fn from_kind<A: MapAccess<'de>>(kind: SourceKind, rest: A) -> Result<Self, A::Error> {
         let rest = de::value::MapAccessDeserializer::new(rest);
@@ -175,6 +182,7 @@ impl<'de> Tagged<'de> for RawSource {
             SourceKind::ObjectStoreFiles => {
                 RawObjectStoreFiles::deserialize(rest).map(Self::ObjectStoreFiles)
             }
+            SourceKind::Journal => RawJournal::deserialize(rest).map(Self::Journal),
         }
     }
 }
@@ -212,6 +220,20 @@ pub struct RawObjectStoreFiles {
     pub max_files_per_batch: Option<Located<u64>>,
     /// At most about this many bytes per batch (> 0, default 268435456 = 256 MiB); a single
     /// larger file still makes a batch of its own.
+    #[serde(default)]
+    pub max_bytes_per_batch: Option<Located<u64>>,
+}
+
+/// `type: journal`: the hits the collection endpoints appended, read in position order and
+/// decoded into canonical fields with the media registry.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "Journal")]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    /// At most this many hits per batch (> 0, default 200000).
+    #[serde(default)]
+    pub max_records_per_batch: Option<Located<u64>>,
+    /// At most about this many bytes of records per batch (> 0, default 134217728 = 128 MiB).
     #[serde(default)]
     pub max_bytes_per_batch: Option<Located<u64>>,
 }
@@ -485,7 +507,9 @@ mod tests {
     fn tagged_source_keeps_positions() {
         let source: RawSource =
             parse("type: object_store_files\nurl: memory://x\nmax_files_per_batch: 0\n");
-        let RawSource::ObjectStoreFiles(files) = source;
+        let RawSource::ObjectStoreFiles(files) = source else {
+            panic!("expected object_store_files");
+        };
         assert_eq!(
             (files.url.location().line(), files.url.location().column()),
             (2, 6)

@@ -19,7 +19,7 @@ pub mod testing;
 pub mod transform;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use chrono_tz::Tz;
@@ -28,13 +28,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::catalog::{BatchIntent, BatchStats, Catalog, CatalogError, RunStatus, RunTotals};
-use crate::config::model::{Pipeline, SinkConfig, SourceConfig};
+use crate::collect::decode as hit_decode;
+use crate::collect::registry::MediaRegistry;
+use crate::config::model::{ObjectStoreFilesSource, Pipeline, SinkConfig, SourceConfig};
+use crate::journal::{Journal, JournalError, Position as JournalPosition};
 use crate::storage::{Location, StorageError, StoreRegistry};
 use crate::telemetry::{Metrics, RunLabels};
 use failpoint::failpoint;
-use frame::{Quarantine, TextFrameBuilder};
+use frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
 use sink::parquet::{self as parquet_sink, EncodedFile, Put};
-use source::object_store_files::{self as files_source, Decoded, FilePositions, Window};
+use source::object_store_files::{
+    self as files_source, Decoded, FilePositions, SourceFile, Window,
+};
 
 /// Why a run or batch failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,10 @@ pub enum PipelineError {
     Positions(String),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("this pipeline reads the monitoring-link journal: it runs inside `backflow serve`")]
+    NoJournal,
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
     #[error("pipeline `{0}` is being run by another process (lock {1})")]
     Busy(String, String),
     #[error("cannot use lock file {path}: {source}")]
@@ -113,9 +122,73 @@ pub struct Runtime {
     pub lake: Location,
     pub tz: Tz,
     pub metrics: Arc<Metrics>,
+    /// The daemon's journal, for `journal` sources (set by `backflow serve`).
+    pub journal: OnceLock<Journal>,
+    /// The media registry, for decoding hits (set by `backflow serve`).
+    pub registry: OnceLock<Arc<MediaRegistry>>,
     /// Directory of per-pipeline lock files, so that two processes sharing a catalog (the daemon
     /// and `backflow run`) never run the same pipeline at once. `None` for in-memory catalogs.
     pub lock_dir: Option<PathBuf>,
+}
+
+fn to_positions(value: impl Serialize) -> Result<serde_json::Value, PipelineError> {
+    serde_json::to_value(value).map_err(|e| PipelineError::Positions(e.to_string()))
+}
+
+/// Positions of a journal batch: `[from, to)`.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
+struct JournalPositions {
+    from: u64,
+    to: u64,
+}
+
+/// A batch's input as read, before decoding (which runs on the blocking pool).
+enum Fetched {
+    Files {
+        cfg: ObjectStoreFilesSource,
+        files: Vec<SourceFile>,
+        contents: Vec<bytes::Bytes>,
+    },
+    Hits {
+        records: Vec<(JournalPosition, bytes::Bytes)>,
+        registry: Arc<MediaRegistry>,
+    },
+}
+
+impl Fetched {
+    /// Decodes into text rows; returns how many whole files could not be decoded.
+    fn decode(self, rows: &mut TextFrameBuilder, quarantine: &mut Quarantine) -> u64 {
+        match self {
+            Fetched::Files {
+                cfg,
+                files,
+                contents,
+            } => {
+                let mut failed = 0;
+                for (file, bytes) in files.iter().zip(contents) {
+                    if files_source::decode(&cfg, file, bytes, rows, quarantine) == Decoded::Failed
+                    {
+                        failed += 1;
+                    }
+                }
+                failed
+            }
+            Fetched::Hits { records, registry } => {
+                for (position, bytes) in records {
+                    match hit_decode::decode(&bytes, &registry) {
+                        Ok(row) => rows.push("journal", position.0 as i64, row),
+                        Err(reason) => quarantine.push(QuarantinedRow {
+                            reason: format!("journal:{}: {reason}", position.0),
+                            source_file: Some("journal".to_string()),
+                            source_line: Some(position.0 as i64),
+                            raw: Some(String::from_utf8_lossy(&bytes).into_owned()),
+                        }),
+                    }
+                }
+                0
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -223,8 +296,6 @@ impl Runtime {
         cancel: &CancellationToken,
         summary: &mut RunSummary,
     ) -> Result<(), PipelineError> {
-        let SourceConfig::ObjectStoreFiles(source_cfg) = &pipeline.source;
-        let source = self.stores.open(&source_cfg.url)?;
         let labels = Metrics::labels(&pipeline.name);
         loop {
             if cancel.is_cancelled()
@@ -242,15 +313,9 @@ impl Runtime {
                     intent
                 }
                 None => {
-                    let ingested = self.catalog.ingested_files(&pipeline.name)?;
-                    let files =
-                        files_source::plan(&source, source_cfg, &ingested, opts.window, self.tz)
-                            .await?;
-                    if files.is_empty() {
+                    let Some(positions) = self.plan(pipeline, opts).await? else {
                         return Ok(());
-                    }
-                    let positions = serde_json::to_value(FilePositions { files })
-                        .map_err(|e| PipelineError::Positions(e.to_string()))?;
+                    };
                     let planned_at =
                         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
                     self.catalog
@@ -259,7 +324,7 @@ impl Runtime {
             };
             failpoint("after_intent");
             let started = Instant::now();
-            match self.execute(pipeline, &source, &intent).await {
+            match self.execute(pipeline, &intent).await {
                 Ok((stats, files_failed)) => {
                     summary.batches += 1;
                     summary.rows_in += stats.rows_in;
@@ -280,45 +345,154 @@ impl Runtime {
         }
     }
 
+    fn journal(&self) -> Result<&Journal, PipelineError> {
+        self.journal.get().ok_or(PipelineError::NoJournal)
+    }
+
+    /// The next batch's positions, or `None` when the source has nothing new.
+    async fn plan(
+        &self,
+        pipeline: &Pipeline,
+        opts: &RunOptions,
+    ) -> Result<Option<serde_json::Value>, PipelineError> {
+        match &pipeline.source {
+            SourceConfig::ObjectStoreFiles(cfg) => {
+                let source = self.stores.open(&cfg.url)?;
+                let ingested = self.catalog.ingested_files(&pipeline.name)?;
+                let files =
+                    files_source::plan(&source, cfg, &ingested, opts.window, self.tz).await?;
+                if files.is_empty() {
+                    return Ok(None);
+                }
+                to_positions(FilePositions { files }).map(Some)
+            }
+            SourceConfig::Journal(cfg) => {
+                let journal = self.journal()?;
+                // The catalog is the truth: the next batch starts where the last committed ended.
+                let from = self
+                    .catalog
+                    .last_committed_positions(&pipeline.name)?
+                    .and_then(|v| serde_json::from_value::<JournalPositions>(v).ok())
+                    .map_or(1, |p| p.to);
+                let records = journal
+                    .read(
+                        JournalPosition(from),
+                        cfg.max_records_per_batch.get(),
+                        cfg.max_bytes_per_batch.get(),
+                    )
+                    .await?;
+                match records.last() {
+                    None => Ok(None),
+                    Some((last, _)) => to_positions(JournalPositions {
+                        from,
+                        to: last.0 + 1,
+                    })
+                    .map(Some),
+                }
+            }
+        }
+    }
+
+    /// Reads the input of planned positions (again, on a replay).
+    async fn fetch(
+        &self,
+        pipeline: &Pipeline,
+        positions: &serde_json::Value,
+    ) -> Result<Fetched, PipelineError> {
+        let parse_err = |e: serde_json::Error| PipelineError::Positions(e.to_string());
+        match &pipeline.source {
+            SourceConfig::ObjectStoreFiles(cfg) => {
+                let source = self.stores.open(&cfg.url)?;
+                let positions: FilePositions =
+                    serde_json::from_value(positions.clone()).map_err(parse_err)?;
+                let contents = files_source::fetch(&source, &positions.files).await?;
+                Ok(Fetched::Files {
+                    cfg: cfg.clone(),
+                    files: positions.files,
+                    contents,
+                })
+            }
+            SourceConfig::Journal(_) => {
+                let p: JournalPositions =
+                    serde_json::from_value(positions.clone()).map_err(parse_err)?;
+                let journal = self.journal()?;
+                let want = p.to.saturating_sub(p.from) as usize;
+                let mut records = journal
+                    .read(JournalPosition(p.from), want, usize::MAX)
+                    .await?;
+                records.retain(|(pos, _)| pos.0 < p.to);
+                if records.len() != want {
+                    return Err(PipelineError::Positions(format!(
+                        "journal positions [{}, {}) hold {} records, expected {want}",
+                        p.from,
+                        p.to,
+                        records.len()
+                    )));
+                }
+                let registry = self
+                    .registry
+                    .get()
+                    .cloned()
+                    .ok_or(PipelineError::NoJournal)?;
+                Ok(Fetched::Hits { records, registry })
+            }
+        }
+    }
+
+    /// Lets the source forget what a committed batch consumed (journal: cursor and retention).
+    async fn after_commit(&self, pipeline: &Pipeline, positions: &serde_json::Value) {
+        if let (SourceConfig::Journal(_), Some(journal)) = (&pipeline.source, self.journal.get()) {
+            let Ok(p) = serde_json::from_value::<JournalPositions>(positions.clone()) else {
+                return;
+            };
+            if let Err(e) = journal
+                .commit_cursor(&pipeline.name, JournalPosition(p.to))
+                .await
+            {
+                warn!(pipeline = %pipeline.name, error = %e, "journal cursor not advanced; retention waits");
+                return;
+            }
+            match journal.retain().await {
+                Ok(freed) if freed > 0 => {
+                    info!(pipeline = %pipeline.name, bytes = freed, "journal segments released")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(pipeline = %pipeline.name, error = %e, "journal retention failed"),
+            }
+        }
+    }
+
     /// Executes (or replays) one planned batch through to its commit.
     async fn execute(
         &self,
         pipeline: &Pipeline,
-        source: &Location,
         intent: &BatchIntent,
     ) -> Result<(BatchStats, u64), PipelineError> {
-        let SourceConfig::ObjectStoreFiles(source_cfg) = &pipeline.source;
         let SinkConfig::Parquet(sink_cfg) = &pipeline.sink;
         let labels = Metrics::labels(&pipeline.name);
-        let positions: FilePositions = serde_json::from_value(intent.positions.clone())
-            .map_err(|e| PipelineError::Positions(e.to_string()))?;
-        let contents = files_source::fetch(source, &positions.files).await?;
-        self.metrics
-            .files_read
-            .get_or_create(&labels)
-            .inc_by(positions.files.len() as u64);
+        let fetched = self.fetch(pipeline, &intent.positions).await?;
+        let (ingested, inputs) = match &fetched {
+            Fetched::Files { files, .. } => (
+                files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
+                files.len(),
+            ),
+            Fetched::Hits { records, .. } => (Vec::new(), records.len()),
+        };
+        if let Fetched::Files { files, .. } = &fetched {
+            self.metrics
+                .files_read
+                .get_or_create(&labels)
+                .inc_by(files.len() as u64);
+        }
 
         let planned_at_micros = chrono::DateTime::parse_from_rfc3339(&intent.planned_at)
             .map(|t| t.timestamp_micros())
             .map_err(|e| PipelineError::Positions(format!("planned_at: {e}")))?;
-        let (pipeline_owned, files, tz, seq) = (
-            pipeline.clone(),
-            positions.files.clone(),
-            self.tz,
-            intent.seq,
-        );
-        let source_cfg = source_cfg.clone();
+        let (pipeline_owned, tz, seq) = (pipeline.clone(), self.tz, intent.seq);
         let encoded = tokio::task::spawn_blocking(move || -> Result<Encoded, PipelineError> {
             let mut rows = TextFrameBuilder::new();
             let mut quarantine = Quarantine::default();
-            let mut files_failed = 0;
-            for (file, bytes) in files.iter().zip(contents) {
-                if files_source::decode(&source_cfg, file, bytes, &mut rows, &mut quarantine)
-                    == Decoded::Failed
-                {
-                    files_failed += 1;
-                }
-            }
+            let files_failed = fetched.decode(&mut rows, &mut quarantine);
             let rows_in = (rows.rows() + quarantine.len()) as u64;
             let df = rows.finish().map_err(|source| PipelineError::Polars {
                 stage: "decode",
@@ -420,7 +594,6 @@ impl Runtime {
         .await?;
         failpoint("after_manifest");
 
-        let ingested: Vec<String> = positions.files.iter().map(|f| f.path.clone()).collect();
         self.catalog
             .commit_batch(&pipeline.name, seq, &ingested, &stats)?;
         self.metrics
@@ -438,7 +611,7 @@ impl Runtime {
         info!(
             pipeline = %pipeline.name,
             batch = seq,
-            files_in = positions.files.len(),
+            inputs,
             rows_in = stats.rows_in,
             rows_out = stats.rows_out,
             rows_quarantined = stats.rows_quarantined,
@@ -447,6 +620,7 @@ impl Runtime {
             "batch committed"
         );
         failpoint("after_commit");
+        self.after_commit(pipeline, &intent.positions).await;
         Ok((stats, encoded.files_failed))
     }
 }

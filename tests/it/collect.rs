@@ -234,6 +234,55 @@ fn hits_are_answered_per_media_and_durable_before_the_answer() {
         m.body
     );
 
+    // The ad_events pipeline lands every accepted hit, decoded, exactly once.
+    let run_url = format!("{}/api/v1/pipelines/ad_events/runs", d.admin);
+    let runs_url = format!("{}/api/v1/runs?pipeline=ad_events&limit=1", d.admin);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // A scheduled run may hold the pipeline (409): then wait for the next one.
+        let _ = crate::serve::http::send(reqwest::Method::POST, &run_url, Some(&d.token));
+        std::thread::sleep(Duration::from_millis(500));
+        let runs = crate::serve::http::send(get.clone(), &runs_url, Some(&d.token)).expect("runs");
+        let runs: serde_json::Value = serde_json::from_str(&runs.body).expect("json");
+        let lake = read_dataset(&p.lake().join("ad_events"));
+        if runs["runs"][0]["status"] == "succeeded" && lake.height() == accepted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ad_events did not land the hits: {runs}"
+        );
+    }
+    let lake = read_dataset(&p.lake().join("ad_events"));
+    assert_eq!(
+        sorted_values(&lake, "channel"),
+        ["huawei", "huawei", "huawei", "huawei", "ocean_engine"]
+    );
+    let endpoints = sorted_values(&lake, "endpoint");
+    assert_eq!(
+        endpoints.iter().filter(|e| *e == "click").count(),
+        3,
+        "{endpoints:?}"
+    );
+    let raw = sorted_values(&lake, "raw_query");
+    assert!(
+        raw.iter()
+            .any(|q| q.ends_with("&o=https://evil.example.net/")),
+        "recorded, never followed: {raw:?}"
+    );
+    let unknown = sorted_values(&lake, "unknown_fields");
+    assert!(
+        unknown.iter().any(|u| u.contains("oaid")),
+        "unreplaced __OAID__ is an unknown marker: {unknown:?}"
+    );
+    assert_eq!(
+        lake.column("received_at").expect("received_at").dtype(),
+        &polars::prelude::DataType::Datetime(
+            polars::prelude::TimeUnit::Microseconds,
+            Some(polars::prelude::TimeZone::UTC)
+        )
+    );
+
     // Stop, then read the journal: exactly the accepted hits, each whole.
     let mut d = d;
     let pid = d.child.id().to_string();

@@ -55,7 +55,9 @@ fn shipped_pipeline_loads() {
         .iter()
         .find(|p| p.name == "behavior_events")
         .unwrap_or_else(|| panic!("behavior_events not loaded"));
-    let SourceConfig::ObjectStoreFiles(source) = &pipeline.source;
+    let SourceConfig::ObjectStoreFiles(source) = &pipeline.source else {
+        panic!("expected an object_store_files source");
+    };
     assert_eq!(
         source.url,
         StorageUrl::File {
@@ -183,7 +185,7 @@ fn unknown_source_type_lists_the_known_ones() {
     assert_eq!(
         error_lines("broken/unknown_source_type.yaml"),
         [
-            "tests/fixtures/config/broken/unknown_source_type.yaml:3:9: source.type: unknown variant `kafka`, expected one of object_store_files"
+            "tests/fixtures/config/broken/unknown_source_type.yaml:3:9: source.type: unknown variant `kafka`, expected one of object_store_files, journal"
         ]
     );
 }

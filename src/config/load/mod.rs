@@ -15,8 +15,8 @@ use serde_saphyr::Location;
 use super::error::{Collector, ConfigError, is_blank, parse_yaml};
 use super::model::{
     ColumnType, CompiledExpr, Compression, CsvOptions, DatasetSchema, FileFormat, Granularity,
-    Keep, ObjectStoreFilesSource, ParquetSink, Pipeline, PipelineTest, Schedule, SinkConfig,
-    SourceConfig, TransformStep,
+    JournalSource, Keep, ObjectStoreFilesSource, ParquetSink, Pipeline, PipelineTest, Schedule,
+    SinkConfig, SourceConfig, TransformStep,
 };
 use super::raw::{
     Located, OrderedMap, RawCompression, RawCsvOptions, RawDedup, RawFileFormat, RawGranularity,
@@ -397,6 +397,25 @@ impl Converter<'_> {
         match raw {
             RawSource::ObjectStoreFiles(files) => {
                 self.files_source(files).map(SourceConfig::ObjectStoreFiles)
+            }
+            RawSource::Journal(raw) => {
+                let records = self.limit(
+                    raw.max_records_per_batch,
+                    "source.max_records_per_batch",
+                    200_000,
+                );
+                let records =
+                    records.and_then(|n| self.usize_limit(n, "source.max_records_per_batch"));
+                let bytes = self.limit(
+                    raw.max_bytes_per_batch,
+                    "source.max_bytes_per_batch",
+                    128 * 1024 * 1024,
+                );
+                let bytes = bytes.and_then(|n| self.usize_limit(n, "source.max_bytes_per_batch"));
+                Some(SourceConfig::Journal(JournalSource {
+                    max_records_per_batch: records?,
+                    max_bytes_per_batch: bytes?,
+                }))
             }
         }
     }

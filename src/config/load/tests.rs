@@ -22,7 +22,9 @@ fn errors(text: &str) -> Vec<String> {
 #[test]
 fn minimal_pipeline_gets_the_defaults() {
     let pipeline = load(MINIMAL).unwrap_or_else(|e| panic!("{e:?}"));
-    let SourceConfig::ObjectStoreFiles(source) = &pipeline.source;
+    let SourceConfig::ObjectStoreFiles(source) = &pipeline.source else {
+        panic!("expected an object_store_files source");
+    };
     assert_eq!(source.max_files_per_batch.get(), 100);
     assert_eq!(source.max_bytes_per_batch.get(), 256 * 1024 * 1024);
     assert_eq!(source.suffixes.len(), 8);
