@@ -381,3 +381,120 @@ fn activity_cli_validates_input_and_exports_links_as_csv() {
     let list: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
     assert_eq!(list.as_array().map(Vec::len), Some(2));
 }
+
+/// Starts `backflow serve` without waiting for an initial token (the catalog already has one).
+fn start_again(
+    p: &Project,
+    (public, admin): (u16, u16),
+    env: &[(&str, String)],
+) -> std::process::Child {
+    let child = p
+        .command(&["serve"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("BACKFLOW__PUBLIC__LISTEN", format!("127.0.0.1:{public}"))
+        .env("BACKFLOW__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while crate::serve::http::blocking_get(&format!("http://127.0.0.1:{admin}/healthz")).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+#[test]
+fn a_daemon_killed_mid_batch_lands_every_accepted_hit_exactly_once_after_restart() {
+    let p = Project::new();
+    p.edit_pipeline(
+        "schedule:\n  cron: \"* * * * *\"\n  time_zone: Asia/Shanghai\n",
+        "",
+    );
+    let (public, admin) = (free_port(), free_port());
+    let env = [(
+        "BACKFLOW__PUBLIC__BASE_URL",
+        format!("http://127.0.0.1:{public}"),
+    )];
+    let a = create(&p, &env, "hw", "huawei", Some("https://example.com/l"));
+    let b = create(&p, &env, "oe", "ocean_engine", None);
+    let mut crash_env = env.to_vec();
+    crash_env.push(("BACKFLOW_FAILPOINT", "after_first_put".to_string()));
+    let mut d = start_with(&p, (public, admin), &crash_env);
+
+    let urls = [
+        &a["impression_url"],
+        &a["click_url"],
+        &b["impression_url"],
+        &b["click_url"],
+    ];
+    let mut accepted = 0;
+    for i in 0..40 {
+        let url = urls[i % urls.len()].as_str().expect("url");
+        let r = hit(reqwest::Method::GET, &format!("{url}&n={i}"));
+        assert!(matches!(r.status, 200 | 204 | 302), "{}", r.status);
+        accepted += 1;
+    }
+    // The next ad_events batch dies after its first Parquet file: the daemon is gone.
+    let _ = crate::serve::http::send(
+        reqwest::Method::POST,
+        &format!("{}/api/v1/pipelines/ad_events/runs", d.admin),
+        Some(&d.token),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while d.child.try_wait().expect("wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failpoint did not stop the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !p.lake().join("ad_events/_commits").exists(),
+        "the batch must not have committed"
+    );
+
+    let mut again = start_again(&p, (public, admin), &env);
+    let run_url = format!("http://127.0.0.1:{admin}/api/v1/pipelines/ad_events/runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = crate::serve::http::send(reqwest::Method::POST, &run_url, Some(&d.token));
+        std::thread::sleep(Duration::from_millis(500));
+        if p.lake().join("ad_events/_commits").exists()
+            && read_dataset(&p.lake().join("ad_events")).height() >= accepted
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ad_events did not recover"
+        );
+    }
+    let m = crate::serve::http::send(
+        reqwest::Method::GET,
+        &format!("http://127.0.0.1:{admin}/metrics"),
+        Some(&d.token),
+    )
+    .expect("metrics");
+    let _ = again.kill();
+    let _ = again.wait();
+    assert!(
+        m.body
+            .contains(r#"backflow_pipeline_batches_replayed_total{pipeline="ad_events"} 1"#),
+        "{}",
+        m.body
+    );
+    let lake = read_dataset(&p.lake().join("ad_events"));
+    let ids = sorted_values(&lake, "event_id");
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(
+        (ids.len(), unique.len()),
+        (accepted, accepted),
+        "every accepted hit exactly once"
+    );
+}
