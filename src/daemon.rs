@@ -103,6 +103,10 @@ async fn open_collect(
         metrics: Arc::clone(&runtime.metrics),
         max_url_bytes: cfg.public_max_url_bytes,
         fallback_dir: cfg.data_dir.join("fallback"),
+        limiter: Arc::new(crate::collect::limit::RateLimiter::new(
+            cfg.public_rate_limit_per_ip,
+            cfg.public_rate_limit_global,
+        )),
     };
     Ok(Some((state, registry)))
 }

@@ -23,6 +23,7 @@ use tracing::{error, warn};
 
 use crate::catalog::ActivityStatus;
 use crate::collect::hit::{GIF_1X1, HitRecord, RECORD_VERSION};
+use crate::collect::limit::{Limited, RateLimiter};
 use crate::collect::link::{Endpoint, LinkSigner};
 use crate::collect::links::{Answer, LinkCache, LinkTarget};
 use crate::journal::Journal;
@@ -39,6 +40,8 @@ pub struct CollectState {
     pub max_url_bytes: usize,
     /// Where clicks go when the journal cannot take them.
     pub fallback_dir: PathBuf,
+    /// Per-address and global hit rates.
+    pub limiter: Arc<RateLimiter>,
 }
 
 impl std::fmt::Debug for CollectState {
@@ -119,6 +122,33 @@ async fn handle(
         count(state, endpoint, "unknown_link");
         return not_found();
     };
+    if state.limiter.is_active() {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Err(limited) = state.limiter.check(peer) {
+            count(
+                state,
+                endpoint,
+                if limited == Limited::PerIp {
+                    "rate_limited_ip"
+                } else {
+                    "rate_limited"
+                },
+            );
+            // A user's device following a click is never stranded: it still lands, uncounted.
+            if endpoint == Endpoint::Click && target.answer == Answer::Redirect {
+                return answer(&target);
+            }
+            let mut response =
+                (StatusCode::TOO_MANY_REQUESTS, "too many requests\n").into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    }
     if target.status == ActivityStatus::Off {
         // A switched-off activity collects nothing, but its users still land where they should.
         count(state, endpoint, "activity_off");

@@ -59,6 +59,11 @@ pub struct DaemonConfig {
     /// `public.max_url_bytes`: longest accepted request target (path + query) on the public
     /// listener; default 16384 (media callbacks reach 10 KB).
     pub public_max_url_bytes: usize,
+    /// `public.rate_limit_per_ip`: hits per second one caller address may make (burst of one
+    /// second); 0 = no limit (the default: media servers call from few addresses).
+    pub public_rate_limit_per_ip: u32,
+    /// `public.rate_limit_global`: hits per second over all callers; 0 = no limit (default).
+    pub public_rate_limit_global: u32,
     /// `admin.listen`: admin API and metrics; default `127.0.0.1:8081`.
     pub admin_listen: SocketAddr,
     /// `log.format`: `text` or `json`; default `text`.
@@ -85,6 +90,8 @@ impl Default for DaemonConfig {
             public_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             public_base_url: "http://127.0.0.1:8080".to_string(),
             public_max_url_bytes: 16 * 1024,
+            public_rate_limit_per_ip: 0,
+            public_rate_limit_global: 0,
             admin_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
@@ -133,6 +140,8 @@ const KEYS: &[&str] = &[
     "public.listen",
     "public.base_url",
     "public.max_url_bytes",
+    "public.rate_limit_per_ip",
+    "public.rate_limit_global",
     "admin.listen",
     "log.format",
     "log.level",
@@ -203,6 +212,10 @@ struct RawPublic {
     base_url: Option<Located<String>>,
     /// Longest accepted request target.
     max_url_bytes: Option<Located<String>>,
+    /// Hits per second per caller address (0 = no limit).
+    rate_limit_per_ip: Option<Located<String>>,
+    /// Hits per second in all (0 = no limit).
+    rate_limit_global: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,7 +284,17 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
         ),
         (
             "public.max_url_bytes",
-            raw.public.and_then(|s| s.0.max_url_bytes),
+            raw.public.as_ref().and_then(|s| s.0.max_url_bytes.clone()),
+        ),
+        (
+            "public.rate_limit_per_ip",
+            raw.public
+                .as_ref()
+                .and_then(|s| s.0.rate_limit_per_ip.clone()),
+        ),
+        (
+            "public.rate_limit_global",
+            raw.public.and_then(|s| s.0.rate_limit_global),
         ),
         ("admin.listen", raw.admin.and_then(|s| s.0.listen)),
         (
@@ -394,6 +417,12 @@ impl Resolver<'_> {
             public_max_url_bytes: self
                 .get("public.max_url_bytes", parse_max_url)
                 .unwrap_or(d.public_max_url_bytes),
+            public_rate_limit_per_ip: self
+                .get("public.rate_limit_per_ip", parse_rate)
+                .unwrap_or(d.public_rate_limit_per_ip),
+            public_rate_limit_global: self
+                .get("public.rate_limit_global", parse_rate)
+                .unwrap_or(d.public_rate_limit_global),
             admin_listen: self
                 .get("admin.listen", parse_listen)
                 .unwrap_or(d.admin_listen),
@@ -443,6 +472,12 @@ fn parse_base_url(value: &str) -> Result<String, String> {
         )),
         Err(e) => Err(format!("expected an http(s) URL, found `{value}` ({e})")),
     }
+}
+
+fn parse_rate(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .map_err(|_| format!("expected hits per second (0 = no limit), found `{value}`"))
 }
 
 fn parse_max_url(value: &str) -> Result<usize, String> {

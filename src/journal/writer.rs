@@ -5,10 +5,11 @@
 //! `spawn_blocking` task would pin a blocking-pool thread forever anyway, and a plain thread can
 //! block on `recv_timeout` of a std channel for the group-commit wait.
 //!
-//! Group commit: the writer blocks for the first request, then keeps draining the channel until
-//! the batch holds `max_batch_bytes` or `max_wait` has passed since that first request was
-//! *enqueued* (so an appender waits at most `max_wait` for its commit to start, even when the
-//! previous fsync was slow). It frames the batch into one buffer, issues one `write_all` and one
+//! Group commit: the writer blocks for the first request, then drains what is already queued; if
+//! the previous commit shared its fsync (the journal is busy) it also lingers until the batch holds
+//! `max_batch_bytes` or `max_wait` has passed since that first request was *enqueued* (so an
+//! appender waits at most `max_wait` for its commit to start, even when the previous fsync was
+//! slow). An idle journal commits a lone append at once. It frames the batch into one buffer, issues one `write_all` and one
 //! `sync_data`, publishes the new durable high-water mark and only then completes every appender's
 //! oneshot. A batch that crosses `segment_bytes` is split: the old segment is written and
 //! fsync'd, a new segment is created (header fsync'd, directory fsync'd), and the rest goes there.
@@ -70,6 +71,10 @@ impl Writer {
         let max_batch = self.shared.opts.max_batch_bytes;
         let max_wait = self.shared.opts.max_wait;
         let mut carry: Option<Request> = None;
+        // Linger for more appends only when the last commit shared its fsync: a lone appender
+        // (idle journal) is committed at once instead of waiting `max_wait` for company that
+        // is not coming; under load, requests queue during each fsync and batches form anyway.
+        let mut last_batch = 1usize;
         loop {
             let first = match carry.take() {
                 Some(r) => r,
@@ -92,7 +97,7 @@ impl Writer {
                     Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => {
                         let now = Instant::now();
-                        if now >= deadline {
+                        if last_batch <= 1 || now >= deadline {
                             break;
                         }
                         match self.rx.recv_timeout(deadline - now) {
@@ -119,6 +124,7 @@ impl Writer {
                     }
                 }
             }
+            last_batch = batch.len();
             self.commit(batch, bytes);
             if let Some(done) = close {
                 if let Some(r) = carry.take() {

@@ -177,7 +177,8 @@ impl Metrics {
         r.register(
             "collect_hits",
             "Monitoring-link hits by endpoint and outcome (accepted, fallback, lost, journal_unavailable, \
-             activity_off, unknown_link, malformed, bad_signature, unknown_key, wrong_endpoint, too_long)",
+             activity_off, rate_limited, rate_limited_ip, unknown_link, malformed, bad_signature, unknown_key, \
+             wrong_endpoint, too_long, internal_error)",
             m.hits.clone(),
         );
         Metrics { registry, ..m }

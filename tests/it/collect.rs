@@ -498,3 +498,51 @@ fn a_daemon_killed_mid_batch_lands_every_accepted_hit_exactly_once_after_restart
         "every accepted hit exactly once"
     );
 }
+
+#[test]
+fn over_the_rate_limit_impressions_get_429_and_device_clicks_still_land() {
+    let p = Project::new();
+    p.edit_pipeline(
+        "schedule:\n  cron: \"* * * * *\"\n  time_zone: Asia/Shanghai\n",
+        "",
+    );
+    let (public, admin) = (free_port(), free_port());
+    let env = [
+        (
+            "BACKFLOW__PUBLIC__BASE_URL",
+            format!("http://127.0.0.1:{public}"),
+        ),
+        ("BACKFLOW__PUBLIC__RATE_LIMIT_PER_IP", "5".to_string()),
+    ];
+    let a = create(&p, &env, "hw", "huawei", Some("https://example.com/l"));
+    let d = start_with(&p, (public, admin), &env);
+    let imp = a["impression_url"].as_str().expect("url");
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| hit(reqwest::Method::GET, imp).status)
+        .collect();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        limited >= 10,
+        "burst of 5 per second, then 429: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let r = hit(reqwest::Method::GET, a["click_url"].as_str().expect("url"));
+    assert_eq!(
+        (r.status, r.location.as_deref()),
+        (302, Some("https://example.com/l"))
+    );
+    let m = crate::serve::http::send(
+        reqwest::Method::GET,
+        &format!("{}/metrics", d.admin),
+        Some(&d.token),
+    )
+    .expect("metrics");
+    assert!(
+        m.body.contains(&format!(r#"backflow_collect_hits_total{{endpoint="impression",outcome="rate_limited_ip"}} {limited}"#)),
+        "{}",
+        m.body
+    );
+}
