@@ -227,6 +227,7 @@ pub fn is_non_public(ip: IpAddr) -> bool {
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
                 || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || (v6.segments()[0] == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_non_public(IpAddr::V4(v4)))
         }
     }
@@ -326,6 +327,7 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:10.0.0.1",
+            "2001:db8::1",
         ] {
             assert!(parse_ip(private).is_some_and(is_non_public), "{private}");
         }
