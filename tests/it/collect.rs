@@ -415,6 +415,12 @@ fn a_daemon_killed_mid_batch_lands_every_accepted_hit_exactly_once_after_restart
         "schedule:\n  cron: \"* * * * *\"\n  time_zone: Asia/Shanghai\n",
         "",
     );
+    // Only the run this test triggers may reach the failpoint, not a scheduled one mid-load.
+    p.edit_file(
+        "pipelines/ad_events.yaml",
+        "schedule:\n  cron: \"*/10 * * * * *\"\n  time_zone: Asia/Shanghai\n",
+        "",
+    );
     let (public, admin) = (free_port(), free_port());
     let env = [(
         "BACKFLOW__PUBLIC__BASE_URL",

@@ -73,9 +73,14 @@ impl Project {
         std::fs::write(path, contents).expect("write");
     }
 
-    /// Rewrites a key of the shipped pipeline (simple line substitution).
+    /// Rewrites a key of the shipped behavior pipeline (simple line substitution).
     pub fn edit_pipeline(&self, from: &str, to: &str) {
-        let path = self.path().join("pipelines/behavior_events.yaml");
+        self.edit_file("pipelines/behavior_events.yaml", from, to);
+    }
+
+    /// Replaces the first `from` with `to` in a project file.
+    pub fn edit_file(&self, relative: &str, from: &str, to: &str) {
+        let path = self.path().join(relative);
         let text = std::fs::read_to_string(&path).expect("read pipeline");
         assert!(text.contains(from), "pipeline has no `{from}`");
         std::fs::write(&path, text.replacen(from, to, 1)).expect("write pipeline");
