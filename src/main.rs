@@ -123,6 +123,10 @@ enum ActivityCommand {
         /// Third-party click monitoring URL (up to 3).
         #[arg(long = "third-party-click")]
         third_party_click: Vec<String>,
+        /// One of the media's alternative link templates (see schemas/media.yaml), e.g.
+        /// tencent_feedback, miaozhen, oppo_store; default: the media's own.
+        #[arg(long)]
+        template: Option<String>,
         /// Print the created activity as JSON.
         #[arg(long)]
         json: bool,
@@ -427,12 +431,22 @@ fn activity_command(cfg: &DaemonConfig, command: ActivityCommand) -> anyhow::Res
             landing,
             third_party_impression,
             third_party_click,
+            template,
             json,
         } => {
-            if registry.get(&channel).is_none() {
+            let Some(media) = registry.get(&channel) else {
                 let known: Vec<&str> = registry.media().map(|m| m.id.as_str()).collect();
                 bail!(
                     "unknown channel `{channel}`; the media registry has: {}",
+                    known.join(", ")
+                );
+            };
+            if let Some(t) = &template
+                && media.protocol_by_id(t).is_none()
+            {
+                let known: Vec<&str> = media.protocols().map(|p| p.id.as_str()).collect();
+                bail!(
+                    "channel `{channel}` has no link template `{t}`; it has: {}",
                     known.join(", ")
                 );
             }
@@ -445,6 +459,7 @@ fn activity_command(cfg: &DaemonConfig, command: ActivityCommand) -> anyhow::Res
                 landing_url: landing,
                 third_party_impression,
                 third_party_click,
+                template,
             };
             let created = catalog.create_activities(std::slice::from_ref(&new), new_link_id)?;
             for activity in created {

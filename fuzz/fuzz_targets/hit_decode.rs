@@ -104,6 +104,7 @@ fuzz_target!(|data: &[u8]| {
         activity_id: 1,
         workspace: "fuzz".into(),
         channel,
+        template: None,
         activity_status: "on".into(),
         method: "GET".into(),
         query: String::from_utf8_lossy(query).into_owned(),

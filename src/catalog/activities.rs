@@ -55,6 +55,9 @@ pub struct NewActivity {
     pub third_party_impression: Vec<String>,
     #[serde(default)]
     pub third_party_click: Vec<String>,
+    /// One of the media's alternative link templates (`schemas/media.yaml`), if not the default.
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 /// An activity as stored.
@@ -70,6 +73,8 @@ pub struct Activity {
     pub third_party_impression: Vec<String>,
     pub third_party_click: Vec<String>,
     pub status: ActivityStatus,
+    /// The link template, when not the media's default.
+    pub template: Option<String>,
     /// Link ids (the tokens are minted from these by the collect module).
     pub impression_link: u64,
     pub click_link: u64,
@@ -159,7 +164,7 @@ fn group_id(tx: &Transaction<'_>, workspace: &str, group: &str) -> Result<i64, C
 const SELECT: &str =
     "SELECT a.id, a.workspace, g.name, a.name, a.channel, a.ad_format, a.landing_url,
         a.third_party_impression, a.third_party_click, a.status, a.impression_link, a.click_link,
-        a.created_at, a.updated_at
+        a.created_at, a.updated_at, a.template
      FROM activities a JOIN activity_groups g ON g.id = a.group_id";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(Activity, String)> {
@@ -176,6 +181,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Activity, String)> {
             third_party_impression: json_list(r.get(7)?),
             third_party_click: json_list(r.get(8)?),
             status: ActivityStatus::On,
+            template: r.get(14)?,
             impression_link: r.get::<_, i64>(10)? as u64,
             click_link: r.get::<_, i64>(11)? as u64,
             created_at: r.get(12)?,
@@ -229,8 +235,8 @@ impl Catalog {
             tx.execute(
                 "INSERT INTO activities (workspace, group_id, name, channel, ad_format, landing_url,
                     third_party_impression, third_party_click, status, impression_link, click_link,
-                    created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'on', ?9, ?10, ?11, ?11)",
+                    created_at, updated_at, template)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'on', ?9, ?10, ?11, ?11, ?12)",
                 rusqlite::params![
                     new.workspace,
                     group,
@@ -243,6 +249,7 @@ impl Catalog {
                     link_ids() as i64,
                     link_ids() as i64,
                     at,
+                    new.template,
                 ],
             )?;
             ids.push(tx.last_insert_rowid());
@@ -346,6 +353,7 @@ mod tests {
             landing_url: Some("https://example.com/landing?a=1".into()),
             third_party_impression: vec![],
             third_party_click: vec!["https://e.cn.miaozhen.com/r/k=1".into()],
+            template: None,
         }
     }
 

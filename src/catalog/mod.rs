@@ -123,6 +123,9 @@ CREATE TABLE activities (
     UNIQUE (workspace, name)
 );
 "#,
+    r#"
+ALTER TABLE activities ADD COLUMN template TEXT;
+"#,
 ];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.

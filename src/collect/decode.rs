@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::collect::fields::CanonicalField;
 use crate::collect::hit::HitRecord;
 use crate::collect::link::Endpoint;
+use crate::collect::links::protocol_of;
 use crate::collect::normalize::{CanonicalValues, Dropped, is_non_public, parse_ip};
 use crate::collect::query::{decode_query, split_trailing_param};
 use crate::collect::registry::{ClickAnswer, ImpressionAnswer, LinkKind, MediaRegistry};
@@ -60,8 +61,7 @@ pub fn decode(record: &[u8], registry: &MediaRegistry) -> Result<Row, String> {
     if hit.v != crate::collect::hit::RECORD_VERSION {
         return Err(format!("hit record version {} is not supported", hit.v));
     }
-    let media = registry.get(&hit.channel);
-    let protocol = media.map(|m| &m.protocol);
+    let protocol = protocol_of(registry, &hit.channel, hit.template.as_deref());
     let kind = if hit.endpoint == Endpoint::Impression {
         LinkKind::Impression
     } else {
@@ -210,6 +210,7 @@ mod tests {
             activity_id: 3,
             workspace: "ws".into(),
             channel: channel.into(),
+            template: None,
             activity_status: "on".into(),
             method: "GET".into(),
             query: query.into(),

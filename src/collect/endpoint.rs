@@ -218,6 +218,7 @@ fn record_of(
         activity_id: target.activity_id,
         workspace: target.workspace.clone(),
         channel: target.channel.clone(),
+        template: target.template.clone(),
         activity_status: target.status.as_str().to_string(),
         method: request.method().as_str().to_string(),
         query: request.uri().query().unwrap_or("").to_string(),

@@ -31,6 +31,9 @@ pub struct HitRecord {
     pub workspace: String,
     /// Media id (registry) of the activity's channel.
     pub channel: String,
+    /// The link template (protocol id) when not the media's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     /// Status of the activity when the hit arrived (`on` or `paused_quota`).
     pub activity_status: String,
     /// `GET` or `HEAD`.

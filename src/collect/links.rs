@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::catalog::{Activity, ActivityStatus, Catalog, CatalogError};
 use crate::collect::link::{Endpoint, LinkSigner};
-use crate::collect::registry::{ClickAnswer, ImpressionAnswer, LinkKind, MediaRegistry};
+use crate::collect::registry::{ClickAnswer, ImpressionAnswer, LinkKind, MediaRegistry, Protocol};
 
 /// How to answer a hit on one link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,7 @@ pub struct LinkTarget {
     pub activity_id: i64,
     pub workspace: String,
     pub channel: String,
+    pub template: Option<String>,
     pub status: ActivityStatus,
     pub endpoint: Endpoint,
     pub landing_url: Option<String>,
@@ -38,8 +39,13 @@ pub struct LinkTarget {
 
 /// The answer a media expects on an endpoint (defaults where the registry has none: a GIF for
 /// impressions, a redirect for clicks).
-pub fn answer_for(registry: &MediaRegistry, channel: &str, endpoint: Endpoint) -> Answer {
-    let protocol = registry.get(channel).map(|m| &m.protocol);
+pub fn answer_for(
+    registry: &MediaRegistry,
+    channel: &str,
+    template: Option<&str>,
+    endpoint: Endpoint,
+) -> Answer {
+    let protocol = protocol_of(registry, channel, template);
     match endpoint {
         Endpoint::Impression => match protocol.and_then(|p| p.impression_answer.clone()) {
             Some(ImpressionAnswer::NoContent) => Answer::NoContent,
@@ -68,6 +74,21 @@ pub fn answer_for(registry: &MediaRegistry, channel: &str, endpoint: Endpoint) -
             Some(ClickAnswer::Redirect) | None => Answer::Redirect,
         },
     }
+}
+
+/// The protocol of a link: the activity's template if it names one of the media's protocols,
+/// else the media's default.
+pub fn protocol_of<'r>(
+    registry: &'r MediaRegistry,
+    channel: &str,
+    template: Option<&str>,
+) -> Option<&'r Protocol> {
+    let media = registry.get(channel)?;
+    Some(
+        template
+            .and_then(|t| media.protocol_by_id(t))
+            .unwrap_or(&media.protocol),
+    )
 }
 
 /// The in-memory link table.
@@ -111,10 +132,11 @@ impl LinkCache {
                         activity_id: a.id,
                         workspace: a.workspace.clone(),
                         channel: a.channel.clone(),
+                        template: a.template.clone(),
                         status: a.status,
                         endpoint,
                         landing_url: a.landing_url.clone(),
-                        answer: answer_for(registry, &a.channel, endpoint),
+                        answer: answer_for(registry, &a.channel, a.template.as_deref(), endpoint),
                     },
                 );
             }
@@ -142,9 +164,8 @@ pub fn activity_links(
     registry: &MediaRegistry,
 ) -> ActivityLinks {
     let url = |endpoint: Endpoint, link: u64, kind: LinkKind| {
-        let query = registry
-            .get(&activity.channel)
-            .map(|m| m.query_template(kind))
+        let query = protocol_of(registry, &activity.channel, activity.template.as_deref())
+            .map(|p| p.query_template(kind))
             .unwrap_or_default();
         let token = signer.mint(link, endpoint);
         let base = base_url.trim_end_matches('/');

@@ -552,3 +552,88 @@ fn over_the_rate_limit_impressions_get_429_and_device_clicks_still_land() {
         m.body
     );
 }
+
+#[test]
+fn an_activity_on_an_alternative_template_mints_its_macros_and_answers_its_way() {
+    let p = Project::new();
+    let out = p.run(&[
+        "activity",
+        "create",
+        "--workspace",
+        "w",
+        "--name",
+        "t",
+        "--group",
+        "g",
+        "--channel",
+        "tencent_ads",
+        "--format",
+        "f",
+        "--template",
+        "no_such_template",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("has no link template `no_such_template`"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Ocean Engine's alternative `ocean_engine_client_send` is a device (redirect) template.
+    let (public, admin) = (free_port(), free_port());
+    let env = [(
+        "BACKFLOW__PUBLIC__BASE_URL",
+        format!("http://127.0.0.1:{public}"),
+    )];
+    let mut args = vec![
+        "activity",
+        "create",
+        "--workspace",
+        "w",
+        "--name",
+        "cs",
+        "--group",
+        "g",
+        "--channel",
+        "ocean_engine",
+        "--format",
+        "f",
+        "--landing",
+        "https://example.com/cs",
+        "--template",
+        "ocean_engine_client_send",
+        "--json",
+    ];
+    let out = p
+        .command(&args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("spawn");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(a["template"], "ocean_engine_client_send");
+    args[5] = "default";
+    args.truncate(args.len() - 3);
+    args.push("--json");
+    let out = p
+        .command(&args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("spawn");
+    let default: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+
+    let _d = start_with(&p, (public, admin), &env);
+    let r = hit(reqwest::Method::GET, a["click_url"].as_str().expect("url"));
+    assert_eq!(
+        (r.status, r.location.as_deref()),
+        (302, Some("https://example.com/cs"))
+    );
+    let r = hit(
+        reqwest::Method::GET,
+        default["click_url"].as_str().expect("url"),
+    );
+    assert_eq!(
+        r.status, 200,
+        "the default Ocean Engine template is server-to-server"
+    );
+}

@@ -39,6 +39,9 @@ struct Example {
     received_at: String,
     /// Column → expected value (`null` = the column must be null).
     expect: BTreeMap<String, Option<String>>,
+    /// The activity's link template when not the media's default.
+    #[serde(default)]
+    template: Option<String>,
     /// Why the example cannot run yet (it needs a link template `decode` does not select).
     #[serde(default)]
     skip: Option<String>,
@@ -86,6 +89,7 @@ fn hit(
         activity_id: 3,
         workspace: "ws".into(),
         channel: channel.into(),
+        template: None,
         activity_status: "on".into(),
         method: "GET".into(),
         query: query.into(),
@@ -144,13 +148,9 @@ fn the_twenty_spec_examples_decode_as_the_spec_expects() {
             continue;
         }
         ran += 1;
-        let record = record_bytes(&hit(
-            &ex.channel,
-            ex.endpoint,
-            &ex.query,
-            &ex.received_at,
-            None,
-        ));
+        let mut record = hit(&ex.channel, ex.endpoint, &ex.query, &ex.received_at, None);
+        record.template = ex.template.clone();
+        let record = record_bytes(&record);
         let row = match decode(&record, &registry) {
             Ok(row) => row,
             Err(e) => {
