@@ -153,6 +153,7 @@ pub async fn serve(
     if let Some((state, registry)) = &collect {
         // `journal` pipelines (ad_events) read what the endpoints append, in this process.
         let _ = runtime.journal.set(state.journal.clone());
+        runtime.metrics.journal.attach(state.journal.clone());
         let _ = runtime.registry.set(Arc::clone(registry));
     }
     let runtime = Arc::new(runtime);

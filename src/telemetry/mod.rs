@@ -38,9 +38,108 @@ fn batch_histogram() -> Histogram {
     ])
 }
 
+/// The journal's counters, read from its live statistics on every scrape.
+#[derive(Debug, Default)]
+pub struct JournalCollector {
+    journal: std::sync::OnceLock<crate::journal::Journal>,
+}
+
+impl JournalCollector {
+    /// Starts exporting a journal's statistics (once; later calls are ignored).
+    pub fn attach(&self, journal: crate::journal::Journal) {
+        let _ = self.journal.set(journal);
+    }
+}
+
+impl prometheus_client::collector::Collector for JournalCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(journal) = self.journal.get() else {
+            return Ok(());
+        };
+        let s = journal.stats();
+        let counters: [(&str, &str, u64); 8] = [
+            ("journal_appends", "Records appended and fsync'd", s.appends),
+            (
+                "journal_appended_bytes",
+                "Payload bytes appended",
+                s.append_bytes,
+            ),
+            (
+                "journal_group_commits",
+                "Group commits (one write + fsync each)",
+                s.group_commits,
+            ),
+            (
+                "journal_fsyncs",
+                "fsync calls, group commits and segment starts",
+                s.fsyncs,
+            ),
+            (
+                "journal_torn_tails_truncated",
+                "Torn or corrupt tails cut at recovery",
+                s.torn_tails_truncated,
+            ),
+            (
+                "journal_refused_full",
+                "Appends refused because the pending queue was full",
+                s.refused_full,
+            ),
+            (
+                "journal_refused_too_large",
+                "Appends refused for exceeding the record limit",
+                s.refused_too_large,
+            ),
+            (
+                "journal_failed_appends",
+                "Appends that failed with an IO error",
+                s.failed_appends,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauges: [(&str, &str, i64); 3] = [
+            (
+                "journal_segments",
+                "Segment files on disk",
+                s.segments as i64,
+            ),
+            (
+                "journal_segment_bytes",
+                "Bytes in segment files on disk",
+                s.segment_bytes as i64,
+            ),
+            (
+                "journal_pending_bytes",
+                "Bytes queued for the writer",
+                s.pending_bytes as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// All metrics of the process.
 pub struct Metrics {
     registry: Registry,
+    /// The journal's statistics, exported once the daemon opened it.
+    pub journal: std::sync::Arc<JournalCollector>,
     pub rows_in: Family<PipelineLabels, Counter>,
     pub rows_out: Family<PipelineLabels, Counter>,
     pub rows_quarantined: Family<PipelineLabels, Counter>,
@@ -93,6 +192,7 @@ impl Metrics {
             http_requests: Family::default(),
             auth_failures: Counter::default(),
             hits: Family::default(),
+            journal: std::sync::Arc::new(JournalCollector::default()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -181,6 +281,7 @@ impl Metrics {
              wrong_endpoint, too_long, internal_error)",
             m.hits.clone(),
         );
+        r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));
         Metrics { registry, ..m }
     }
 

@@ -233,6 +233,12 @@ fn hits_are_answered_per_media_and_durable_before_the_answer() {
         "{}",
         m.body
     );
+    assert!(
+        m.body
+            .contains(&format!("backflow_journal_appends_total {accepted}")),
+        "{}",
+        m.body
+    );
 
     // The ad_events pipeline lands every accepted hit, decoded, exactly once.
     let run_url = format!("{}/api/v1/pipelines/ad_events/runs", d.admin);
