@@ -94,11 +94,12 @@ pub fn protocol_of<'r>(
 /// The in-memory link table.
 #[derive(Debug, Default, Clone)]
 pub struct LinkCache {
-    inner: Arc<RwLock<HashMap<u64, LinkTarget>>>,
+    /// Shared targets: a hit clones an `Arc`, not the strings.
+    inner: Arc<RwLock<HashMap<u64, Arc<LinkTarget>>>>,
 }
 
 impl LinkCache {
-    pub fn get(&self, link_id: u64) -> Option<LinkTarget> {
+    pub fn get(&self, link_id: u64) -> Option<Arc<LinkTarget>> {
         self.inner
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -128,7 +129,7 @@ impl LinkCache {
             ] {
                 table.insert(
                     link,
-                    LinkTarget {
+                    Arc::new(LinkTarget {
                         activity_id: a.id,
                         workspace: a.workspace.clone(),
                         channel: a.channel.clone(),
@@ -137,7 +138,7 @@ impl LinkCache {
                         endpoint,
                         landing_url: a.landing_url.clone(),
                         answer: answer_for(registry, &a.channel, a.template.as_deref(), endpoint),
-                    },
+                    }),
                 );
             }
         }
