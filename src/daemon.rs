@@ -19,7 +19,7 @@ use crate::collect::link::{LinkSigner, load_or_create_key};
 use crate::collect::links::LinkCache;
 use crate::collect::registry::MediaRegistry;
 use crate::config::daemon::DaemonConfig;
-use crate::config::model::Pipeline;
+use crate::config::model::{Pipeline, SourceConfig};
 use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::pipeline::Runtime;
 use crate::schedule::Jobs;
@@ -166,6 +166,17 @@ pub async fn serve(
         );
     }
     let tracker = TaskTracker::new();
+    let mut pipelines = pipelines;
+    if collect.is_none() {
+        // Without the endpoints there is no journal to read: such pipelines would only fail.
+        pipelines.retain(|p| {
+            let reads_journal = matches!(p.source, SourceConfig::Journal(_));
+            if reads_journal {
+                warn!(pipeline = %p.name, "not scheduled: it reads the journal and collection is off (no media.yaml)");
+            }
+            !reads_journal
+        });
+    }
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
     let jobs = Jobs::new(
         runtime,
