@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 use crate::collect::fields::CanonicalField;
 use crate::collect::hit::HitRecord;
 use crate::collect::link::Endpoint;
-use crate::collect::links::protocol_of;
+use crate::collect::links::{Answer, answer_for, protocol_of};
 use crate::collect::normalize::{CanonicalValues, Dropped, is_non_public, parse_ip};
 use crate::collect::query::{decode_query, split_trailing_param};
-use crate::collect::registry::{ClickAnswer, ImpressionAnswer, LinkKind, MediaRegistry};
+use crate::collect::registry::{LinkKind, MediaRegistry};
 
 /// How far the media's own timestamp may be from the receive time and still be the event time.
 const PLAUSIBLE_MS: i64 = 24 * 3600 * 1000;
@@ -67,14 +67,14 @@ pub fn decode(record: &[u8], registry: &MediaRegistry) -> Result<Row, String> {
     } else {
         LinkKind::Click
     };
-    let server_to_server = match (hit.endpoint, protocol) {
-        (Endpoint::Impression, Some(p)) => matches!(
-            p.impression_answer,
-            Some(ImpressionAnswer::ServerToServer { .. })
-        ),
-        (_, Some(p)) => matches!(p.click_answer, Some(ClickAnswer::ServerToServer { .. })),
-        (_, None) => false,
-    };
+    // The answer the media expects tells who calls: a body means its server does.
+    let answer = answer_for(
+        registry,
+        &hit.channel,
+        hit.template.as_deref(),
+        hit.endpoint,
+    );
+    let server_to_server = matches!(answer, Answer::Body { .. });
 
     // A landing parameter (Miaozhen `o=`) runs to the end of the query, unsplit.
     let landing_param = protocol.and_then(|p| p.landing_param.as_deref());
