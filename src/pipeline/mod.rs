@@ -305,26 +305,28 @@ impl Runtime {
             {
                 return Ok(());
             }
-            let intent = match self.catalog.open_intent(&pipeline.name)? {
+            let (intent, prefetched) = match self.catalog.open_intent(&pipeline.name)? {
                 Some(intent) => {
                     warn!(pipeline = %pipeline.name, batch = intent.seq, "replaying a batch left open by an earlier run");
                     self.metrics.batches_replayed.get_or_create(&labels).inc();
                     summary.replayed_batches += 1;
-                    intent
+                    (intent, None)
                 }
                 None => {
-                    let Some(positions) = self.plan(pipeline, opts).await? else {
+                    let Some((positions, prefetched)) = self.plan(pipeline, opts).await? else {
                         return Ok(());
                     };
                     let planned_at =
                         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-                    self.catalog
-                        .create_intent(&pipeline.name, &positions, &planned_at)?
+                    let intent =
+                        self.catalog
+                            .create_intent(&pipeline.name, &positions, &planned_at)?;
+                    (intent, prefetched)
                 }
             };
             failpoint("after_intent");
             let started = Instant::now();
-            match self.execute(pipeline, &intent).await {
+            match self.execute(pipeline, &intent, prefetched).await {
                 Ok((stats, files_failed)) => {
                     summary.batches += 1;
                     summary.rows_in += stats.rows_in;
@@ -349,12 +351,13 @@ impl Runtime {
         self.journal.get().ok_or(PipelineError::NoJournal)
     }
 
-    /// The next batch's positions, or `None` when the source has nothing new.
+    /// The next batch's positions, or `None` when the source has nothing new; with the batch's
+    /// input when planning had to read it anyway (the journal), so it is not read twice.
     async fn plan(
         &self,
         pipeline: &Pipeline,
         opts: &RunOptions,
-    ) -> Result<Option<serde_json::Value>, PipelineError> {
+    ) -> Result<Option<(serde_json::Value, Option<Fetched>)>, PipelineError> {
         match &pipeline.source {
             SourceConfig::ObjectStoreFiles(cfg) => {
                 let source = self.stores.open(&cfg.url)?;
@@ -364,7 +367,7 @@ impl Runtime {
                 if files.is_empty() {
                     return Ok(None);
                 }
-                to_positions(FilePositions { files }).map(Some)
+                to_positions(FilePositions { files }).map(|p| Some((p, None)))
             }
             SourceConfig::Journal(cfg) => {
                 let journal = self.journal()?;
@@ -381,14 +384,16 @@ impl Runtime {
                         cfg.max_bytes_per_batch.get(),
                     )
                     .await?;
-                match records.last() {
-                    None => Ok(None),
-                    Some((last, _)) => to_positions(JournalPositions {
-                        from,
-                        to: last.0 + 1,
-                    })
-                    .map(Some),
-                }
+                let Some(to) = records.last().map(|(last, _)| last.0 + 1) else {
+                    return Ok(None);
+                };
+                let registry = self
+                    .registry
+                    .get()
+                    .cloned()
+                    .ok_or(PipelineError::NoJournal)?;
+                let positions = to_positions(JournalPositions { from, to })?;
+                Ok(Some((positions, Some(Fetched::Hits { records, registry }))))
             }
         }
     }
@@ -467,10 +472,15 @@ impl Runtime {
         &self,
         pipeline: &Pipeline,
         intent: &BatchIntent,
+        prefetched: Option<Fetched>,
     ) -> Result<(BatchStats, u64), PipelineError> {
         let SinkConfig::Parquet(sink_cfg) = &pipeline.sink;
         let labels = Metrics::labels(&pipeline.name);
-        let fetched = self.fetch(pipeline, &intent.positions).await?;
+        // A replay (or a source that planned without reading) reads its positions now.
+        let fetched = match prefetched {
+            Some(fetched) => fetched,
+            None => self.fetch(pipeline, &intent.positions).await?,
+        };
         let (ingested, inputs) = match &fetched {
             Fetched::Files { files, .. } => (
                 files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
