@@ -282,9 +282,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 if let Some(registry) = registry {
                     println!(
-                        "ok: media registry {}: {} media, {} placement rows",
+                        "ok: media registry {}: {} media ({} of the manual), {} placement rows",
                         registry_path.display(),
                         registry.len(),
+                        registry.media().filter(|m| m.in_manual).count(),
                         registry.placement_count()
                     );
                 }

@@ -10,7 +10,7 @@ use crate::collect::hit::HitRecord;
 use crate::collect::link::Endpoint;
 use crate::collect::links::{Answer, answer_for, protocol_of};
 use crate::collect::normalize::{CanonicalValues, Dropped, is_non_public, parse_ip};
-use crate::collect::query::{decode_query, split_trailing_param};
+use crate::collect::query::{decode_query, decode_tokens, split_trailing};
 use crate::collect::registry::{LinkKind, MediaRegistry};
 
 /// How far the media's own timestamp may be from the receive time and still be the event time.
@@ -76,13 +76,22 @@ pub fn decode(record: &[u8], registry: &MediaRegistry) -> Result<Row, String> {
     );
     let server_to_server = matches!(answer, Answer::Body { .. });
 
-    // A landing parameter (Miaozhen `o=`) runs to the end of the query, unsplit.
+    // A landing parameter (Miaozhen `o=`, AdMaster `,u`) runs to the end of the query, unsplit.
+    let separator = protocol.map_or("&", |p| p.separator.as_str());
+    let equalizer = protocol.map_or("=", |p| p.equalizer.as_str());
     let landing_param = protocol.and_then(|p| p.landing_param.as_deref());
     let (query, landing) = match landing_param {
-        Some(name) => split_trailing_param(&hit.query, name),
+        Some(name) => split_trailing(&hit.query, separator, equalizer, name),
         None => (hit.query.as_str(), None),
     };
-    let (decoded, _issues) = decode_query(query);
+    let (decoded, _issues) = match protocol {
+        // AdMaster-style `<code><value>` tokens: codes are the template's parameter names.
+        Some(p) if p.equalizer.is_empty() => {
+            let codes: Vec<&str> = p.param_fields(kind).map(|(name, _, _)| name).collect();
+            decode_tokens(query, separator, &codes)
+        }
+        _ => decode_query(query),
+    };
     let params: Vec<(String, String)> = decoded
         .into_iter()
         .map(|p| (p.name.into_owned(), p.value.into_owned()))

@@ -57,15 +57,60 @@ pub fn first<'p>(params: &'p [Param<'_>], name: &str) -> Option<&'p str> {
 /// Miaozhen's `o=` does: the part from the first `&{name}=` (or a leading `{name}=`) to the end
 /// is that parameter's value, verbatim and never split on `&`. Returns (the rest, the value).
 pub fn split_trailing_param<'a>(raw: &'a str, name: &str) -> (&'a str, Option<&'a str>) {
-    let leading = format!("{name}=");
+    split_trailing(raw, "&", "=", name)
+}
+
+/// [`split_trailing_param`] for any link syntax: the landing part starts at the first
+/// `{separator}{name}{equalizer}` (or a leading `{name}{equalizer}`) — AdMaster's `,u` — and
+/// runs to the end, verbatim.
+pub fn split_trailing<'a>(
+    raw: &'a str,
+    separator: &str,
+    equalizer: &str,
+    name: &str,
+) -> (&'a str, Option<&'a str>) {
+    let leading = format!("{name}{equalizer}");
     if let Some(rest) = raw.strip_prefix(&leading) {
         return ("", Some(rest));
     }
-    let marker = format!("&{name}=");
+    let marker = format!("{separator}{name}{equalizer}");
     match raw.find(&marker) {
         Some(at) => (&raw[..at], Some(&raw[at + marker.len()..])),
         None => (raw, None),
     }
+}
+
+/// Decodes a link written in a token syntax without `=`: AdMaster's comma-separated
+/// `<code><value>` tokens (`0a1,z6D92…,f203.0.113.200`). Each token's code is the longest of
+/// `codes` it starts with (`0a` before `a`, `spec/media-protocols.md` §6.2 item 10), the rest
+/// is the value, decoded once. A token no code matches (`h`, `i0`) is kept whole as a name
+/// without a value: it maps to nothing, and the raw query keeps it anyway.
+pub fn decode_tokens<'a>(
+    raw: &'a str,
+    separator: &str,
+    codes: &[&str],
+) -> (Vec<Param<'a>>, QueryIssues) {
+    let mut issues = QueryIssues::default();
+    let mut params: Vec<Param<'a>> = Vec::new();
+    for token in raw.split(separator).filter(|t| !t.is_empty()) {
+        let code = codes
+            .iter()
+            .filter(|c| !c.is_empty() && token.starts_with(**c))
+            .max_by_key(|c| c.len());
+        let (name, value) = match code {
+            Some(code) => token.split_at(code.len()),
+            None => (token, ""),
+        };
+        let value = decode_component(value, &mut issues);
+        params.push(Param {
+            name: Cow::Borrowed(name),
+            value,
+        });
+    }
+    let mut names: Vec<&str> = params.iter().map(|p| p.name.as_ref()).collect();
+    names.sort_unstable();
+    issues.duplicate_params = names.windows(2).any(|w| w[0] == w[1]);
+    (params, issues)
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -161,6 +206,36 @@ mod tests {
         assert_eq!(first(&params, "devicetype"), Some("iPhone7,2"));
         assert_eq!(first(&params, "x"), Some(""));
         assert_eq!(params.len(), 3);
+    }
+
+    #[test]
+    fn admaster_tokens_take_the_longest_code_and_the_landing_runs_to_the_end() {
+        let raw =
+            "a82981,b1587357,0a1,n__MAC__,riPhone15%2C2,h,uhttps%3A%2F%2Fx.example%2Fp%2Cq,z1";
+        let (rest, landing) = split_trailing(raw, ",", "", "u");
+        assert_eq!(landing, Some("https%3A%2F%2Fx.example%2Fp%2Cq,z1"));
+        let (params, issues) = decode_tokens(rest, ",", &["a", "b", "0a", "n", "r", "z"]);
+        let pairs: Vec<(&str, &str)> = params
+            .iter()
+            .map(|p| (p.name.as_ref(), p.value.as_ref()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("a", "82981"),
+                ("b", "1587357"),
+                ("0a", "1"),
+                ("n", "__MAC__"),
+                ("r", "iPhone15,2"),
+                ("h", "")
+            ]
+        );
+        assert!(!issues.duplicate_params && !issues.invalid_percent_encoding);
+        // A leading landing token takes the whole link.
+        assert_eq!(
+            split_trailing("uhttp://x", ",", "", "u"),
+            ("", Some("http://x"))
+        );
     }
 
     #[test]

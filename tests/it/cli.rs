@@ -102,7 +102,7 @@ fn validate_also_checks_the_media_registry() {
     let out = p.run(&["validate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("37 media, 81 placement rows"),
+        stdout(&out).contains("38 media (37 of the manual), 81 placement rows"),
         "{}",
         stdout(&out)
     );

@@ -10,14 +10,14 @@ use backflow::journal::{Journal, JournalOptions, Position};
 use crate::serve::{free_port, start_with};
 use crate::support::*;
 
-struct Reply {
-    status: u16,
-    location: Option<String>,
-    content_type: Option<String>,
-    body: Vec<u8>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) location: Option<String>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: Vec<u8>,
 }
 
-fn hit(method: reqwest::Method, url: &str) -> Reply {
+pub(crate) fn hit(method: reqwest::Method, url: &str) -> Reply {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -19,8 +19,8 @@ use backflow::collect::registry::MediaRegistry;
 const PEER_IP: &str = "198.51.100.250";
 /// The caller's own `User-Agent` header (never the user's on server-to-server calls).
 const PEER_UA: &str = "MediaServer/1.0";
-/// How many of the twenty examples must run (the rest need link-template selection).
-const MIN_RUN: usize = 12;
+/// How many of the twenty examples must run: all of them.
+const MIN_RUN: usize = 20;
 
 /// One §7 example as stored in the fixture.
 #[derive(Debug, serde::Deserialize)]

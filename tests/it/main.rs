@@ -12,6 +12,7 @@ mod crash;
 mod duckdb;
 mod hits;
 mod journal;
+mod media_e2e;
 mod pipeline;
 mod registry;
 mod s3;

@@ -122,10 +122,12 @@ fn media(
             }
             alt_protocols.push(alt);
         }
+        let id_at = raw.id.location();
         let mut media = Media {
             id,
             name: raw.name.into_value(),
             name_en: raw.name_en,
+            in_manual: raw.in_manual,
             protocol,
             alt_protocols,
             placements: Vec::new(),
@@ -136,8 +138,21 @@ fn media(
             field_sets,
             resolved,
         };
-        let placements = placements(errors, &ctx, raw.placements, &mut rows);
-        media.placements = placements;
+        media.placements = match (raw.in_manual, raw.placements) {
+            (true, Some(rows_raw)) => placements(errors, &ctx, rows_raw, &mut rows),
+            (true, None) => {
+                let message = "expected the manual's placement rows (or `in_manual: false`)";
+                errors.push(id_at, &format!("{path}.placements"), message);
+                Vec::new()
+            }
+            (false, Some(rows_raw)) => {
+                let message =
+                    "a media beyond the manual (`in_manual: false`) has no placement rows";
+                errors.push(rows_raw.location(), &format!("{path}.placements"), message);
+                Vec::new()
+            }
+            (false, None) => Vec::new(),
+        };
         out.push(media);
     }
     out

@@ -142,6 +142,9 @@ pub struct Media {
     pub name: String,
     /// English name.
     pub name_en: String,
+    /// One of the manual's 37 media; `false` for media we serve beyond its list (Xiaohongshu),
+    /// which have no placement rows.
+    pub in_manual: bool,
     /// The protocol links are issued with unless an activity picks an alternative.
     pub protocol: Protocol,
     /// Alternative protocols (ids unique within the media, distinct from the default's).
@@ -180,6 +183,13 @@ impl Media {
 
     /// Whether any placement row of the media supports this kind of backflow.
     pub fn supports(&self, kind: LinkKind) -> bool {
+        if !self.in_manual {
+            // No manual rows: what its protocols answer is what it supports.
+            return self.protocols().any(|p| match kind {
+                LinkKind::Impression => p.impression_answer.is_some(),
+                LinkKind::Click => p.click_answer.is_some(),
+            });
+        }
         self.placements.iter().any(|p| p.supports(kind))
     }
 }

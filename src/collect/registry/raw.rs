@@ -144,8 +144,17 @@ pub(super) struct RawMedia {
     /// Alternative protocols.
     #[serde(default)]
     pub(super) alt_protocols: Vec<Located<RawProtocol>>,
-    /// Placement rows.
-    pub(super) placements: Located<Vec<RawPlacement>>,
+    /// Whether the media is one of the manual's 37 (default); a media beyond the manual's
+    /// list (Xiaohongshu) has no placement rows.
+    #[serde(default = "yes")]
+    pub(super) in_manual: bool,
+    /// Placement rows (required for the manual's media, absent for others).
+    #[serde(default)]
+    pub(super) placements: Option<Located<Vec<RawPlacement>>>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One placement row.
