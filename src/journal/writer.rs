@@ -6,10 +6,12 @@
 //! block on `recv_timeout` of a std channel for the group-commit wait.
 //!
 //! Group commit: the writer blocks for the first request, then drains what is already queued; if
-//! the previous commit shared its fsync (the journal is busy) it also lingers until the batch holds
+//! the previous commit shared its fsync (the journal is busy) it also lingers while appends keep
+//! arriving — each within the time the last write + fsync took — until the batch holds
 //! `max_batch_bytes` or `max_wait` has passed since that first request was *enqueued* (so an
 //! appender waits at most `max_wait` for its commit to start, even when the previous fsync was
-//! slow). An idle journal commits a lone append at once. It frames the batch into one buffer, issues one `write_all` and one
+//! slow). A silence longer than one commit means every appender in flight is already in the
+//! batch: it is committed then. An idle journal commits a lone append at once. It frames the batch into one buffer, issues one `write_all` and one
 //! `sync_data`, publishes the new durable high-water mark and only then completes every appender's
 //! oneshot. A batch that crosses `segment_bytes` is split: the old segment is written and
 //! fsync'd, a new segment is created (header fsync'd, directory fsync'd), and the rest goes there.
@@ -75,6 +77,11 @@ impl Writer {
         // (idle journal) is committed at once instead of waiting `max_wait` for company that
         // is not coming; under load, requests queue during each fsync and batches form anyway.
         let mut last_batch = 1usize;
+        // How long the last write + fsync took: the longest silence worth waiting through for
+        // company. All appenders may already be in the batch (a client with N connections has
+        // at most N hits in flight); lingering the full `max_wait` for requests that cannot
+        // come would add `max_wait` to every hit's latency and cap throughput at N / max_wait.
+        let mut last_commit = std::time::Duration::ZERO;
         loop {
             let first = match carry.take() {
                 Some(r) => r,
@@ -100,7 +107,7 @@ impl Writer {
                         if last_batch <= 1 || now >= deadline {
                             break;
                         }
-                        match self.rx.recv_timeout(deadline - now) {
+                        match self.rx.recv_timeout((deadline - now).min(last_commit)) {
                             Ok(m) => m,
                             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                                 break;
@@ -125,7 +132,9 @@ impl Writer {
                 }
             }
             last_batch = batch.len();
+            let started = Instant::now();
             self.commit(batch, bytes);
+            last_commit = started.elapsed();
             if let Some(done) = close {
                 if let Some(r) = carry.take() {
                     let len = segment::frame_len(r.payload.len());
