@@ -389,7 +389,7 @@ fn activity_cli_validates_input_and_exports_links_as_csv() {
 }
 
 /// Starts `backflow serve` without waiting for an initial token (the catalog already has one).
-fn start_again(
+pub(crate) fn start_again(
     p: &Project,
     (public, admin): (u16, u16),
     env: &[(&str, String)],

@@ -13,6 +13,7 @@ mod duckdb;
 mod hits;
 mod journal;
 mod pipeline;
+mod quota;
 mod registry;
 mod s3;
 mod serve;
