@@ -55,6 +55,7 @@ CREATE TABLE quota_staged (
 );
 CREATE INDEX quota_staged_by_workspace ON quota_staged (pipeline, workspace, billable, id);
 CREATE INDEX quota_staged_by_age ON quota_staged (received_at);
+CREATE INDEX quota_staged_status ON quota_staged (workspace, billable, received_at);
 CREATE TABLE activity_day_counts (
     activity_id  INTEGER NOT NULL,
     day          TEXT NOT NULL,
