@@ -380,6 +380,7 @@ impl Runtime {
                 let journal = self.journal()?;
                 // No batch is open here: the one safe moment to forget expired staged records.
                 self.purge_staged(&pipeline.name);
+                // The catalog is the truth: the next batch starts where the last committed ended.
                 let from = self
                     .catalog
                     .last_committed_positions(&pipeline.name)?
