@@ -22,6 +22,7 @@ use crate::config::daemon::DaemonConfig;
 use crate::config::model::{Pipeline, SourceConfig};
 use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::pipeline::Runtime;
+use crate::pipeline::quota::QuotaSettings;
 use crate::schedule::Jobs;
 use crate::storage::{StorageError, StoreRegistry};
 use crate::telemetry::Metrics;
@@ -125,6 +126,9 @@ pub fn open_runtime(cfg: &DaemonConfig) -> Result<Runtime, DaemonError> {
         journal: std::sync::OnceLock::new(),
         registry: std::sync::OnceLock::new(),
         lock_dir: Some(cfg.data_dir.join("locks")),
+        quota: QuotaSettings {
+            staging_retention: chrono::Duration::days(i64::from(cfg.quota_staging_retention_days)),
+        },
     })
 }
 

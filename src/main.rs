@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use backflow::catalog::{ActivityStatus, Catalog, NewActivity, Role};
+use backflow::catalog::{ActivityStatus, Catalog, NewActivity, QuotaStatus, Role};
 use backflow::collect::link::new_link_id;
 use backflow::collect::links::activity_links;
 use backflow::collect::registry::MediaRegistry;
@@ -94,6 +94,48 @@ enum Command {
     Activity {
         #[command(subcommand)]
         command: ActivityCommand,
+    },
+    /// Purchased click records (quota) per workspace, usage and staged records.
+    Quota {
+        #[command(subcommand)]
+        command: QuotaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuotaCommand {
+    /// Record a purchase of click records for a workspace (its first purchase starts metering).
+    Add {
+        #[arg(long)]
+        workspace: String,
+        /// Click records bought.
+        #[arg(long)]
+        clicks: u64,
+        /// Order number or other note, kept in the ledger and the audit log.
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Purchased, used, remaining and staged records of a workspace.
+    Show {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Billable clicks per day (default: the last 7 days including today).
+    Usage {
+        #[arg(long)]
+        workspace: String,
+        /// First day (YYYY-MM-DD, pipeline time zone).
+        #[arg(long)]
+        from: Option<NaiveDate>,
+        /// Last day (YYYY-MM-DD, pipeline time zone).
+        #[arg(long)]
+        to: Option<NaiveDate>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -389,6 +431,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Activity { command } => activity_command(&cfg, command),
+        Command::Quota { command } => quota_command(&cfg, command),
         Command::Token { command } => {
             let catalog = Catalog::open(&cfg.catalog_path)?;
             match command {
@@ -536,6 +579,83 @@ fn activity_command(cfg: &DaemonConfig, command: ActivityCommand) -> anyhow::Res
             };
             let a = catalog.set_activity_status(id, status, "cli")?;
             println!("activity {} is {}", a.id, a.status.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_quota(q: &QuotaStatus) {
+    println!("workspace {}", q.workspace);
+    match q.remaining {
+        Some(remaining) => {
+            println!("  purchased  {}", q.purchased);
+            println!("  used       {}", q.used);
+            println!("  remaining  {remaining}");
+        }
+        None => {
+            println!("  remaining  unlimited (no purchase yet: clicks are counted, not charged)")
+        }
+    }
+    println!("  staged     {} ({} clicks)", q.staged, q.staged_clicks);
+    if let Some(oldest) = &q.oldest_staged {
+        println!("  oldest staged record received at {oldest}");
+    }
+    if q.remaining == Some(0) {
+        println!(
+            "  quota exhausted: new records are staged; after a top-up they land and paused activities need `backflow activity switch ID on`"
+        );
+    }
+}
+
+fn quota_command(cfg: &DaemonConfig, command: QuotaCommand) -> anyhow::Result<ExitCode> {
+    let catalog = Catalog::open(&cfg.catalog_path)?;
+    match command {
+        QuotaCommand::Add {
+            workspace,
+            clicks,
+            note,
+            json,
+        } => {
+            let q = catalog.add_quota(&workspace, clicks, "cli", note.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string(&q)?);
+            } else {
+                println!("added {clicks} click records");
+                print_quota(&q);
+            }
+        }
+        QuotaCommand::Show { workspace, json } => {
+            let q = catalog.quota(&workspace)?;
+            if json {
+                println!("{}", serde_json::to_string(&q)?);
+            } else {
+                print_quota(&q);
+            }
+        }
+        QuotaCommand::Usage {
+            workspace,
+            from,
+            to,
+            json,
+        } => {
+            let today = chrono::Utc::now()
+                .with_timezone(&cfg.time_zone)
+                .date_naive();
+            let to = to.unwrap_or(today);
+            let from = from.unwrap_or(to - chrono::Days::new(6));
+            if from > to {
+                bail!("--from {from} is after --to {to}");
+            }
+            let days = catalog.usage_by_day(&workspace, from, to)?;
+            if json {
+                println!("{}", serde_json::to_string(&days)?);
+            } else {
+                println!("day\tclicks");
+                for d in &days {
+                    println!("{}\t{}", d.day, d.clicks);
+                }
+                println!("total\t{}", days.iter().map(|d| d.clicks).sum::<u64>());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::OptionalExtension;
+use rusqlite::{OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
 use super::{Catalog, CatalogError, now};
@@ -106,28 +106,9 @@ impl Catalog {
         ingested_files: &[String],
         stats: &BatchStats,
     ) -> Result<(), CatalogError> {
-        let stats_json = serde_json::to_string(stats)
-            .map_err(|e| CatalogError::Corrupt(format!("batch stats: {e}")))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE batches SET state = 'committed', committed_at = ?1, stats = ?2
-             WHERE pipeline = ?3 AND seq = ?4 AND state = 'open'",
-            (now(), stats_json, pipeline, seq),
-        )?;
-        if n != 1 {
-            return Err(CatalogError::NoSuchIntent {
-                pipeline: pipeline.to_string(),
-                seq,
-            });
-        }
-        {
-            let mut insert =
-                tx.prepare("INSERT INTO ingested_files (pipeline, path, seq) VALUES (?1, ?2, ?3)")?;
-            for path in ingested_files {
-                insert.execute((pipeline, path, seq))?;
-            }
-        }
+        mark_committed(&tx, pipeline, seq, ingested_files, stats)?;
         tx.commit()?;
         Ok(())
     }
@@ -168,6 +149,36 @@ impl Catalog {
             |r| r.get(0),
         )?)
     }
+}
+
+/// Marks an open batch committed and records its ingested files, inside the caller's
+/// transaction (the commit of a metered batch adds its quota effects to the same transaction).
+pub(super) fn mark_committed(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    seq: i64,
+    ingested_files: &[String],
+    stats: &BatchStats,
+) -> Result<(), CatalogError> {
+    let stats_json = serde_json::to_string(stats)
+        .map_err(|e| CatalogError::Corrupt(format!("batch stats: {e}")))?;
+    let n = tx.execute(
+        "UPDATE batches SET state = 'committed', committed_at = ?1, stats = ?2
+         WHERE pipeline = ?3 AND seq = ?4 AND state = 'open'",
+        (now(), stats_json, pipeline, seq),
+    )?;
+    if n != 1 {
+        return Err(CatalogError::NoSuchIntent {
+            pipeline: pipeline.to_string(),
+            seq,
+        });
+    }
+    let mut insert =
+        tx.prepare("INSERT INTO ingested_files (pipeline, path, seq) VALUES (?1, ?2, ?3)")?;
+    for path in ingested_files {
+        insert.execute((pipeline, path, seq))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 mod activities;
 mod batches;
+mod quota;
 mod runs;
 mod tokens;
 
@@ -18,6 +19,10 @@ use rusqlite::Connection;
 
 pub use activities::{Activity, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
+pub use quota::{
+    ActivityDay, ActivityDayDelta, ActivityTotals, DayUsage, MeterEffects, MeterOutcome, NewStaged,
+    Purchase, Purged, QuotaStatus, Release, ReleasePlan, StagedRecord,
+};
 pub use runs::{RunRecord, RunStatus, RunTotals};
 pub use tokens::{IssuedToken, Role, TokenInfo};
 
@@ -126,6 +131,7 @@ CREATE TABLE activities (
     r#"
 ALTER TABLE activities ADD COLUMN template TEXT;
 "#,
+    quota::MIGRATION,
 ];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.
@@ -194,11 +200,7 @@ impl Catalog {
 
     /// Appends to the audit log.
     pub fn audit(&self, actor: &str, action: &str, detail: &str) -> Result<(), CatalogError> {
-        self.conn().execute(
-            "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
-            (now(), actor, action, detail),
-        )?;
-        Ok(())
+        audit_in(&self.conn(), actor, action, detail)
     }
 
     /// The most recent audit entries, newest first: (at, actor, action, detail).
@@ -214,6 +216,20 @@ impl Catalog {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Appends to the audit log inside a caller's transaction (so the entry commits with the change).
+fn audit_in(
+    conn: &Connection,
+    actor: &str,
+    action: &str,
+    detail: &str,
+) -> Result<(), CatalogError> {
+    conn.execute(
+        "INSERT INTO audit_log (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+        (now(), actor, action, detail),
+    )?;
+    Ok(())
 }
 
 fn now() -> String {

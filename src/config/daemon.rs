@@ -74,6 +74,9 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// `scheduler.max_concurrent_runs`: pipeline runs at once, 1 to 10; default 3.
     pub max_concurrent_runs: NonZeroUsize,
+    /// `quota.staging_retention_days`: how long records staged for lack of quota wait for a
+    /// top-up before they are purged (audited and counted), 1 to 365; default 30 (R63).
+    pub quota_staging_retention_days: u32,
 }
 
 impl Default for DaemonConfig {
@@ -97,6 +100,7 @@ impl Default for DaemonConfig {
             log_level: "info".to_string(),
             shutdown_grace: Duration::from_secs(30),
             max_concurrent_runs: NonZeroUsize::MIN.saturating_add(2),
+            quota_staging_retention_days: 30,
             data_dir,
         }
     }
@@ -147,6 +151,7 @@ const KEYS: &[&str] = &[
     "log.level",
     "shutdown.grace_seconds",
     "scheduler.max_concurrent_runs",
+    "quota.staging_retention_days",
 ];
 
 /// `backflow.yaml` as written; every value is text with its position.
@@ -175,6 +180,8 @@ struct RawDaemon {
     shutdown: Option<RawSection<RawShutdown>>,
     /// `max_concurrent_runs`.
     scheduler: Option<RawSection<RawScheduler>>,
+    /// `staging_retention_days`.
+    quota: Option<RawSection<RawQuota>>,
 }
 
 /// A section (transparent; lets every section share the same handling).
@@ -239,6 +246,13 @@ struct RawShutdown {
 struct RawScheduler {
     /// 1 to 10.
     max_concurrent_runs: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    /// 1 to 365.
+    staging_retention_days: Option<Located<String>>,
 }
 
 /// Where a setting's text came from.
@@ -309,6 +323,10 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
         (
             "scheduler.max_concurrent_runs",
             raw.scheduler.and_then(|s| s.0.max_concurrent_runs),
+        ),
+        (
+            "quota.staging_retention_days",
+            raw.quota.and_then(|s| s.0.staging_retention_days),
         ),
     ];
     leaves
@@ -438,6 +456,9 @@ impl Resolver<'_> {
             max_concurrent_runs: self
                 .get("scheduler.max_concurrent_runs", parse_runs)
                 .unwrap_or(d.max_concurrent_runs),
+            quota_staging_retention_days: self
+                .get("quota.staging_retention_days", parse_retention_days)
+                .unwrap_or(d.quota_staging_retention_days),
             data_dir,
         }
     }
@@ -538,6 +559,14 @@ fn parse_runs(value: &str) -> Result<NonZeroUsize, String> {
         .ok_or_else(|| {
             format!("expected a number from 1 to {MAX_CONCURRENT_RUNS}, found `{value}`")
         })
+}
+
+fn parse_retention_days(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=365).contains(n))
+        .ok_or_else(|| format!("expected a number of days from 1 to 365, found `{value}`"))
 }
 
 #[cfg(test)]

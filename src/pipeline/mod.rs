@@ -13,6 +13,7 @@
 
 pub mod failpoint;
 pub mod frame;
+pub mod quota;
 pub mod sink;
 pub mod source;
 pub mod testing;
@@ -129,17 +130,21 @@ pub struct Runtime {
     /// Directory of per-pipeline lock files, so that two processes sharing a catalog (the daemon
     /// and `backflow run`) never run the same pipeline at once. `None` for in-memory catalogs.
     pub lock_dir: Option<PathBuf>,
+    /// Quota metering of journal batches (staging retention).
+    pub quota: quota::QuotaSettings,
 }
 
 fn to_positions(value: impl Serialize) -> Result<serde_json::Value, PipelineError> {
     serde_json::to_value(value).map_err(|e| PipelineError::Positions(e.to_string()))
 }
 
-/// Positions of a journal batch: `[from, to)`.
-#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
+/// Positions of a journal batch: `[from, to)`, with its quota decisions (absent: none).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct JournalPositions {
     from: u64,
     to: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota: Option<quota::MeterPlan>,
 }
 
 /// A batch's input as read, before decoding (which runs on the blocking pool).
@@ -218,6 +223,8 @@ struct Encoded {
     rows_in: u64,
     rows_quarantined: u64,
     files_failed: u64,
+    /// What the landed rows count for (metered batches).
+    tally: Option<quota::Tally>,
 }
 
 impl Runtime {
@@ -371,6 +378,8 @@ impl Runtime {
             }
             SourceConfig::Journal(cfg) => {
                 let journal = self.journal()?;
+                // No batch is open here: the one safe moment to forget expired staged records.
+                self.purge_staged(&pipeline.name);
                 // The catalog is the truth: the next batch starts where the last committed ended.
                 let from = self
                     .catalog
@@ -384,15 +393,21 @@ impl Runtime {
                         cfg.max_bytes_per_batch.get(),
                     )
                     .await?;
-                let Some(to) = records.last().map(|(last, _)| last.0 + 1) else {
+                let to = records.last().map_or(from, |(last, _)| last.0 + 1);
+                let meter = self.plan_quota(&pipeline.name, &records, cfg)?;
+                if records.is_empty() && meter.release.is_empty() {
                     return Ok(None);
-                };
+                }
                 let registry = self
                     .registry
                     .get()
                     .cloned()
                     .ok_or(PipelineError::NoJournal)?;
-                let positions = to_positions(JournalPositions { from, to })?;
+                let positions = to_positions(JournalPositions {
+                    from,
+                    to,
+                    quota: (!meter.is_empty()).then_some(meter),
+                })?;
                 Ok(Some((positions, Some(Fetched::Hits { records, registry }))))
             }
         }
@@ -422,9 +437,14 @@ impl Runtime {
                     serde_json::from_value(positions.clone()).map_err(parse_err)?;
                 let journal = self.journal()?;
                 let want = p.to.saturating_sub(p.from) as usize;
-                let mut records = journal
-                    .read(JournalPosition(p.from), want, usize::MAX)
-                    .await?;
+                let mut records = if want == 0 {
+                    // A batch that only releases staged records.
+                    Vec::new()
+                } else {
+                    journal
+                        .read(JournalPosition(p.from), want, usize::MAX)
+                        .await?
+                };
                 records.retain(|(pos, _)| pos.0 < p.to);
                 if records.len() != want {
                     return Err(PipelineError::Positions(format!(
@@ -481,6 +501,7 @@ impl Runtime {
             Some(fetched) => fetched,
             None => self.fetch(pipeline, &intent.positions).await?,
         };
+        let (fetched, metering) = self.meter(pipeline, &intent.positions, fetched)?;
         let (ingested, inputs) = match &fetched {
             Fetched::Files { files, .. } => (
                 files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
@@ -499,6 +520,7 @@ impl Runtime {
             .map(|t| t.timestamp_micros())
             .map_err(|e| PipelineError::Positions(format!("planned_at: {e}")))?;
         let (pipeline_owned, tz, seq) = (pipeline.clone(), self.tz, intent.seq);
+        let metered = metering.is_some();
         let encoded = tokio::task::spawn_blocking(move || -> Result<Encoded, PipelineError> {
             let mut rows = TextFrameBuilder::new();
             let mut quarantine = Quarantine::default();
@@ -510,6 +532,13 @@ impl Runtime {
             })?;
             let df = transform::apply(df, &pipeline_owned.transforms, tz, &mut quarantine)?;
             let SinkConfig::Parquet(sink_cfg) = &pipeline_owned.sink;
+            let tally = metered
+                .then(|| quota::tally(&df, &sink_cfg.partition_column, tz))
+                .transpose()
+                .map_err(|source| PipelineError::Polars {
+                    stage: "quota",
+                    source,
+                })?;
             let files = parquet_sink::encode(df, sink_cfg, tz, seq, &mut quarantine)?;
             let quarantine_file = parquet_sink::encode_quarantine(
                 &quarantine,
@@ -524,6 +553,7 @@ impl Runtime {
                 rows_in,
                 rows_quarantined: quarantine.len() as u64,
                 files_failed,
+                tally,
             })
         })
         .await
@@ -604,8 +634,14 @@ impl Runtime {
         .await?;
         failpoint("after_manifest");
 
-        self.catalog
-            .commit_batch(&pipeline.name, seq, &ingested, &stats)?;
+        match metering {
+            Some(metering) => {
+                self.commit_metered(pipeline, seq, &stats, metering, encoded.tally)?;
+            }
+            None => self
+                .catalog
+                .commit_batch(&pipeline.name, seq, &ingested, &stats)?,
+        }
         self.metrics
             .rows_in
             .get_or_create(&labels)

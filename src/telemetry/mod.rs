@@ -25,6 +25,21 @@ pub struct HitLabels {
     pub outcome: &'static str,
 }
 
+/// A workspace: bounded by the workspaces an operator creates, never taken from hit data
+/// before the link table vouched for it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkspaceLabels {
+    pub workspace: String,
+}
+
+impl WorkspaceLabels {
+    pub fn of(workspace: &str) -> Self {
+        WorkspaceLabels {
+            workspace: workspace.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub listener: &'static str,
@@ -157,6 +172,14 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub auth_failures: Counter,
     pub hits: Family<HitLabels, Counter>,
+    /// Click records a metered workspace may still land.
+    pub quota_remaining: Family<WorkspaceLabels, Gauge>,
+    /// Records held out of the lake waiting for quota.
+    pub quota_staged: Family<WorkspaceLabels, Gauge>,
+    pub quota_staged_total: Family<WorkspaceLabels, Counter>,
+    pub quota_released: Family<WorkspaceLabels, Counter>,
+    pub quota_purged: Family<WorkspaceLabels, Counter>,
+    pub quota_billable_clicks: Family<WorkspaceLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +215,12 @@ impl Metrics {
             http_requests: Family::default(),
             auth_failures: Counter::default(),
             hits: Family::default(),
+            quota_remaining: Family::default(),
+            quota_staged: Family::default(),
+            quota_staged_total: Family::default(),
+            quota_released: Family::default(),
+            quota_purged: Family::default(),
+            quota_billable_clicks: Family::default(),
             journal: std::sync::Arc::new(JournalCollector::default()),
             registry: Registry::default(),
         };
@@ -281,6 +310,36 @@ impl Metrics {
              wrong_endpoint, too_long, internal_error)",
             m.hits.clone(),
         );
+        r.register(
+            "quota_remaining_clicks",
+            "Click records a metered workspace may still land (purchased - used)",
+            m.quota_remaining.clone(),
+        );
+        r.register(
+            "quota_staged_records",
+            "Records held out of the lake while the workspace's quota is exhausted",
+            m.quota_staged.clone(),
+        );
+        r.register(
+            "quota_records_staged",
+            "Records staged (held out of the lake) for lack of quota",
+            m.quota_staged_total.clone(),
+        );
+        r.register(
+            "quota_records_released",
+            "Staged records released into the lake after a top-up",
+            m.quota_released.clone(),
+        );
+        r.register(
+            "quota_records_purged",
+            "Staged records deleted after the staging retention without a top-up",
+            m.quota_purged.clone(),
+        );
+        r.register(
+            "quota_billable_clicks",
+            "Billable click records landed (click and feedback endpoints)",
+            m.quota_billable_clicks.clone(),
+        );
         r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));
         Metrics { registry, ..m }
     }
@@ -291,6 +350,19 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Sets a workspace's quota gauges (remaining only once it is metered).
+    pub fn set_quota(&self, quota: &crate::catalog::QuotaStatus) {
+        let labels = WorkspaceLabels::of(&quota.workspace);
+        if let Some(remaining) = quota.remaining {
+            self.quota_remaining
+                .get_or_create(&labels)
+                .set(i64::try_from(remaining).unwrap_or(i64::MAX));
+        }
+        self.quota_staged
+            .get_or_create(&labels)
+            .set(i64::try_from(quota.staged).unwrap_or(i64::MAX));
     }
 
     pub fn labels(pipeline: &str) -> PipelineLabels {

@@ -389,7 +389,7 @@ fn activity_cli_validates_input_and_exports_links_as_csv() {
 }
 
 /// Starts `backflow serve` without waiting for an initial token (the catalog already has one).
-fn start_again(
+pub(crate) fn start_again(
     p: &Project,
     (public, admin): (u16, u16),
     env: &[(&str, String)],
@@ -524,18 +524,21 @@ fn over_the_rate_limit_impressions_get_429_and_device_clicks_still_land() {
             "BACKFLOW__PUBLIC__BASE_URL",
             format!("http://127.0.0.1:{public}"),
         ),
-        ("BACKFLOW__PUBLIC__RATE_LIMIT_PER_IP", "5".to_string()),
+        ("BACKFLOW__PUBLIC__RATE_LIMIT_PER_IP", "1".to_string()),
     ];
     let a = create(&p, &env, "hw", "huawei", Some("https://example.com/l"));
     let d = start_with(&p, (public, admin), &env);
     let imp = a["impression_url"].as_str().expect("url");
+    let started = std::time::Instant::now();
     let statuses: Vec<u16> = (0..20)
         .map(|_| hit(reqwest::Method::GET, imp).status)
         .collect();
+    // A burst of one second's worth (1), then one more per second however slow the machine.
+    let allowed = 1 + started.elapsed().as_secs_f64().ceil() as usize;
     let limited = statuses.iter().filter(|s| **s == 429).count();
     assert!(
-        limited >= 10,
-        "burst of 5 per second, then 429: {statuses:?}"
+        limited >= 20usize.saturating_sub(allowed) && limited > 0,
+        "at most {allowed} of 20 allowed, the rest 429: {statuses:?}"
     );
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 429),

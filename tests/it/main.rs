@@ -14,6 +14,7 @@ mod hits;
 mod journal;
 mod media_e2e;
 mod pipeline;
+mod quota;
 mod registry;
 mod s3;
 mod serve;
