@@ -1,5 +1,5 @@
-//! The embedded state store (SQLite): tokens, batch intents and commits, ingested source files,
-//! run history and the audit log.
+//! The embedded state store (SQLite): tokens, activities, feedback tasks, batch intents and
+//! commits, ingested source files, run history and the audit log.
 //!
 //! SQLite runs in WAL mode with `synchronous = FULL`, so a committed transaction survives a
 //! power cut: the exactly-once protocol relies on "intent recorded" and "batch committed" being
@@ -8,6 +8,7 @@
 
 mod activities;
 mod batches;
+mod feedback;
 mod runs;
 mod tokens;
 
@@ -16,8 +17,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
-pub use activities::{Activity, ActivityStatus, NewActivity};
+pub use activities::{Activity, ActivityEdit, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
+pub use feedback::FeedbackTask;
 pub use runs::{RunRecord, RunStatus, RunTotals};
 pub use tokens::{IssuedToken, Role, TokenInfo};
 
@@ -125,6 +127,20 @@ CREATE TABLE activities (
 "#,
     r#"
 ALTER TABLE activities ADD COLUMN template TEXT;
+"#,
+    r#"
+CREATE TABLE feedback_tasks (
+    id          INTEGER PRIMARY KEY,
+    workspace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    protocol    TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('on', 'off', 'paused_quota')),
+    link        INTEGER NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    UNIQUE (workspace, name)
+);
 "#,
 ];
 
