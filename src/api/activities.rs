@@ -200,12 +200,12 @@ fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, Ad
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
-        // `unknown field `x`` and `missing field `x`` are about key x of the object at `path`.
-        let key = ["unknown field `", "missing field `"]
-            .iter()
-            .find_map(|p| message.strip_prefix(p))
+        // The path of an unknown key ends at the key; a missing key is named by the message
+        // only (`missing field `x``), at the path of its object.
+        let missing = message
+            .strip_prefix("missing field `")
             .and_then(|rest| rest.split('`').next());
-        let field = match (path.as_str(), key) {
+        let field = match (path.as_str(), missing) {
             (".", Some(key)) => Some(key.to_string()),
             (".", None) => None,
             (path, Some(key)) => Some(format!("{path}.{key}")),
