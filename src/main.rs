@@ -27,7 +27,7 @@ Examples:
   backflow run behavior_events --from 2026-11-01 --to 2026-11-07
   backflow test                                   # run the tests: blocks of every pipeline
   backflow token create --role analyst --label grafana
-  backflow activity --api http://127.0.0.1:9090 --token $T create --workspace ws --name n \
+  backflow activity --api http://127.0.0.1:8081 --token $T create --workspace ws --name n \
       --group g --channel kuaishou --format 信息流 --landing https://example.com/ --json
   backflow activity links --workspace ws --csv --excel > links.csv
   backflow feedback create --workspace ws --name 广点通-1

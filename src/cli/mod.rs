@@ -27,7 +27,7 @@ use client::ApiClient;
 /// Where the commands go.
 #[derive(Debug, Args)]
 pub struct Remote {
-    /// Admin API of a running daemon, e.g. http://127.0.0.1:9090 (default: the catalog under
+    /// Admin API of a running daemon, e.g. http://127.0.0.1:8081 (default: the catalog under
     /// --data-dir, for a stopped daemon; --data-dir wins when both are given).
     #[arg(long, env = "BACKFLOW_API", global = true)]
     api: Option<String>,
