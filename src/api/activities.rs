@@ -7,7 +7,7 @@
 //! resources (ids of other workspaces are not revealed). `org_admin` and unscoped tokens see
 //! every workspace.
 //!
-//! Request bodies are JSON, at most 64 KiB, unknown keys refused. Every error is JSON
+//! Request bodies are JSON, at most 64 KiB (256 KiB for a batch create), unknown keys refused. Every error is JSON
 //! `{"error": "…", "field": "…"}` (`field` when the error is about one input field):
 //! `400` malformed body, `422` invalid value, `409` name taken, `404` unknown id, `413` body
 //! too large. Every change is audited as `token:{id}` and is visible to the public endpoints
@@ -19,7 +19,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +34,10 @@ use crate::collect::service::{
     ServiceError, SwitchInput,
 };
 
+/// A batch of 500 names of 100 Chinese characters is ~150 KB of JSON: more than the 64 KiB
+/// every other admin body may have.
+const BATCH_BODY_LIMIT: usize = 256 * 1024;
+
 /// The routes of this module (merged into the admin listener).
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -44,7 +48,7 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route(
             "/api/v1/workspaces/{ws}/activities/batch",
-            post(create_batch),
+            post(create_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
         )
         .route(
             "/api/v1/workspaces/{ws}/activities/links.csv",
@@ -132,7 +136,11 @@ impl IntoResponse for AdminError {
             ),
             AdminError::TooLarge => error_body(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body larger than {} bytes", super::BODY_LIMIT),
+                format!(
+                    "request body too large (at most {} KiB; {} KiB for a batch create)",
+                    super::BODY_LIMIT / 1024,
+                    BATCH_BODY_LIMIT / 1024
+                ),
                 None,
             ),
             AdminError::Unavailable => error_body(

@@ -65,7 +65,7 @@ fn op(
             "403" => "The token's role or workspace does not allow this.",
             "404" => "No such resource (or not in the token's workspace).",
             "409" => "The name is taken in the workspace.",
-            "413" => "Body larger than 64 KiB.",
+            "413" => "Body larger than 64 KiB (256 KiB for a batch create).",
             "422" => "An invalid value (`field` names it).",
             "503" => "Monitoring links are off on this daemon (no media registry).",
             _ => "Error.",

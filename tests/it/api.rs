@@ -315,7 +315,7 @@ fn activities_through_the_admin_api_and_the_cli_api_path() {
         (r.status, r.json()["field"].as_str()),
         (400, Some("names[1]"))
     );
-    let huge = json!({"names": vec!["n".repeat(90); 1000], "group": "g", "channel": "kuaishou", "ad_format": "f"});
+    let huge = json!({"names": vec!["n".repeat(90); 3000], "group": "g", "channel": "kuaishou", "ad_format": "f"});
     let r = send_json(reqwest::Method::POST, &batch, &d.token, &huge);
     assert_eq!(r.status, 413);
     assert!(r.json()["error"].is_string());
