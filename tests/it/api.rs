@@ -399,6 +399,21 @@ fn activities_through_the_admin_api_and_the_cli_api_path() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/api/v1/workspaces/{ws}/activities/batch"]["post"].is_object());
     assert!(doc["components"]["schemas"]["ActivityView"].is_object());
+    // A valid OpenAPI 3.1 document, by an independent validator (in the test venv).
+    if let Some(python) = require_env("BACKFLOW_TEST_PYTHON") {
+        let file = p.path().join("openapi.json");
+        std::fs::write(&file, doc.to_string()).expect("write");
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import json, sys; from openapi_spec_validator import validate; \
+                 validate(json.load(open(sys.argv[1])))",
+            ])
+            .arg(&file)
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
 
     // Every change is audited with the token that made it.
     let catalog =
