@@ -18,6 +18,7 @@ use crate::collect::endpoint::{self, CollectState};
 use crate::collect::link::{LinkSigner, load_or_create_key};
 use crate::collect::links::LinkCache;
 use crate::collect::registry::MediaRegistry;
+use crate::collect::service::ActivityService;
 use crate::config::daemon::DaemonConfig;
 use crate::config::model::{Pipeline, SourceConfig};
 use crate::journal::{Journal, JournalError, JournalOptions};
@@ -189,14 +190,25 @@ pub async fn serve(
         shutdown.clone(),
         tracker.clone(),
     );
+    let activities = collect.as_ref().map(|(collect_state, registry)| {
+        Arc::new(ActivityService::new(
+            Arc::clone(&jobs.runtime().catalog),
+            Arc::clone(registry),
+            Arc::clone(&collect_state.signer),
+            cfg.public_base_url.clone(),
+            Some(collect_state.links.clone()),
+        ))
+    });
     let state = AppState {
         jobs: Arc::clone(&jobs),
+        activities,
     };
     let collect_routes = collect
         .as_ref()
         .map(|(state, _)| endpoint::routes(state.clone()));
     if let Some((collect_state, registry)) = &collect {
-        // Activities change through the CLI and the admin API: keep the link table fresh.
+        // The admin API reloads the table after each change; the CLI's direct path writes the
+        // catalog behind the daemon's back: this picks those up.
         let links = collect_state.links.clone();
         let registry = Arc::clone(registry);
         let catalog = Arc::clone(&jobs.runtime().catalog);

@@ -1,5 +1,7 @@
 //! The `backflow` command line.
 
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -8,9 +10,7 @@ use chrono::NaiveDate;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use backflow::catalog::{ActivityStatus, Catalog, NewActivity, QuotaStatus, Role};
-use backflow::collect::link::new_link_id;
-use backflow::collect::links::activity_links;
+use backflow::catalog::{Catalog, QuotaStatus, Role};
 use backflow::collect::registry::MediaRegistry;
 use backflow::config::daemon::{DaemonConfig, LogFormat};
 use backflow::config::load::{LoadOptions, LoadReport, load_pipelines};
@@ -27,6 +27,10 @@ Examples:
   backflow run behavior_events --from 2026-11-01 --to 2026-11-07
   backflow test                                   # run the tests: blocks of every pipeline
   backflow token create --role analyst --label grafana
+  backflow activity --api http://127.0.0.1:8081 --token $T create --workspace ws --name n \
+      --group g --channel kuaishou --format 信息流 --landing https://example.com/ --json
+  backflow activity links --workspace ws --csv --excel > links.csv
+  backflow feedback create --workspace ws --name 广点通-1
 
 Configuration: ./backflow.yaml if present (or --config FILE); every key can be overridden with
 BACKFLOW__SECTION__KEY environment variables, e.g. BACKFLOW__LAKE__URL=s3://bucket/lake.
@@ -90,11 +94,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Monitoring activities (监测活动) and their links.
-    Activity {
-        #[command(subcommand)]
-        command: ActivityCommand,
-    },
+    /// Monitoring activities (监测活动) and their links, through a running daemon's admin API
+    /// (--api / BACKFLOW_API) or the catalog of a stopped one.
+    Activity(cli::ActivityArgs),
+    /// Tencent Ads feedback tasks (腾讯广告 Feedback URL), same two paths as `activity`.
+    Feedback(cli::FeedbackArgs),
     /// Purchased click records (quota) per workspace, usage and staged records.
     Quota {
         #[command(subcommand)]
@@ -136,63 +140,6 @@ enum QuotaCommand {
         to: Option<NaiveDate>,
         #[arg(long)]
         json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ActivityCommand {
-    /// Create an activity (enabled) with one impression and one click link.
-    Create {
-        #[arg(long)]
-        workspace: String,
-        #[arg(long)]
-        name: String,
-        /// Activity group; created if new.
-        #[arg(long)]
-        group: String,
-        /// Media id from schemas/media.yaml, e.g. ocean_engine, tencent_ads, kuaishou.
-        #[arg(long)]
-        channel: String,
-        /// Ad format (广告格式).
-        #[arg(long)]
-        format: String,
-        /// Landing URL a click redirects to (http or https).
-        #[arg(long)]
-        landing: Option<String>,
-        /// Third-party impression monitoring URL (up to 3).
-        #[arg(long = "third-party-impression")]
-        third_party_impression: Vec<String>,
-        /// Third-party click monitoring URL (up to 3).
-        #[arg(long = "third-party-click")]
-        third_party_click: Vec<String>,
-        /// One of the media's alternative link templates (see schemas/media.yaml), e.g.
-        /// tencent_feedback, miaozhen, oppo_store; default: the media's own.
-        #[arg(long)]
-        template: Option<String>,
-        /// Print the created activity as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the activities of a workspace.
-    List {
-        #[arg(long)]
-        workspace: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Export the links of a workspace's activities.
-    Links {
-        #[arg(long)]
-        workspace: String,
-        /// CSV (the only format today; the flag keeps scripts explicit).
-        #[arg(long)]
-        csv: bool,
-    },
-    /// Switch an activity on or off.
-    Switch {
-        id: i64,
-        #[arg(value_parser = ["on", "off"])]
-        state: String,
     },
 }
 
@@ -285,6 +232,7 @@ fn select_pipelines(cfg: &DaemonConfig, which: Option<&str>) -> anyhow::Result<V
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&cli)?;
+    let data_dir_given = cli.data_dir.is_some();
     let json_logs = match cli.log_format {
         Some(LogFormatArg::Json) => true,
         Some(LogFormatArg::Text) => false,
@@ -430,7 +378,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Activity { command } => activity_command(&cfg, command),
+        Command::Activity(args) => cli::activity(&cfg, args, data_dir_given),
+        Command::Feedback(args) => cli::feedback(&cfg, args, data_dir_given),
         Command::Quota { command } => quota_command(&cfg, command),
         Command::Token { command } => {
             let catalog = Catalog::open(&cfg.catalog_path)?;
@@ -458,130 +407,6 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn activity_command(cfg: &DaemonConfig, command: ActivityCommand) -> anyhow::Result<ExitCode> {
-    let catalog = Catalog::open(&cfg.catalog_path)?;
-    let registry = daemon::load_registry(cfg)?;
-    let signer = daemon::link_signer(cfg)?;
-    let with_links = |a| activity_links(a, &cfg.public_base_url, &signer, &registry);
-    match command {
-        ActivityCommand::Create {
-            workspace,
-            name,
-            group,
-            channel,
-            format,
-            landing,
-            third_party_impression,
-            third_party_click,
-            template,
-            json,
-        } => {
-            let Some(media) = registry.get(&channel) else {
-                let known: Vec<&str> = registry.media().map(|m| m.id.as_str()).collect();
-                bail!(
-                    "unknown channel `{channel}`; the media registry has: {}",
-                    known.join(", ")
-                );
-            };
-            if let Some(t) = &template
-                && media.protocol_by_id(t).is_none()
-            {
-                let known: Vec<&str> = media.protocols().map(|p| p.id.as_str()).collect();
-                bail!(
-                    "channel `{channel}` has no link template `{t}`; it has: {}",
-                    known.join(", ")
-                );
-            }
-            let new = NewActivity {
-                workspace,
-                name,
-                group,
-                channel,
-                ad_format: format,
-                landing_url: landing,
-                third_party_impression,
-                third_party_click,
-                template,
-            };
-            let created = catalog.create_activities(std::slice::from_ref(&new), new_link_id)?;
-            for activity in created {
-                let links = with_links(activity);
-                if json {
-                    println!("{}", serde_json::to_string(&links)?);
-                } else {
-                    println!(
-                        "activity {} `{}` ({})",
-                        links.activity.id,
-                        links.activity.name,
-                        links.activity.status.as_str()
-                    );
-                    println!("  impression: {}", links.impression_url);
-                    println!("  click:      {}", links.click_url);
-                }
-            }
-        }
-        ActivityCommand::List { workspace, json } => {
-            let all: Vec<_> = catalog
-                .activities(&workspace)?
-                .into_iter()
-                .map(with_links)
-                .collect();
-            if json {
-                println!("{}", serde_json::to_string(&all)?);
-            } else {
-                for a in &all {
-                    let a = &a.activity;
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}",
-                        a.id,
-                        a.status.as_str(),
-                        a.channel,
-                        a.group,
-                        a.name
-                    );
-                }
-            }
-        }
-        ActivityCommand::Links { workspace, csv: _ } => {
-            let mut out = csv::Writer::from_writer(std::io::stdout());
-            out.write_record([
-                "id",
-                "name",
-                "group",
-                "channel",
-                "ad_format",
-                "status",
-                "impression_url",
-                "click_url",
-            ])?;
-            for a in catalog.activities(&workspace)?.into_iter().map(with_links) {
-                let id = a.activity.id.to_string();
-                out.write_record([
-                    id.as_str(),
-                    &a.activity.name,
-                    &a.activity.group,
-                    &a.activity.channel,
-                    &a.activity.ad_format,
-                    a.activity.status.as_str(),
-                    &a.impression_url,
-                    &a.click_url,
-                ])?;
-            }
-            out.flush()?;
-        }
-        ActivityCommand::Switch { id, state } => {
-            let status = if state == "on" {
-                ActivityStatus::On
-            } else {
-                ActivityStatus::Off
-            };
-            let a = catalog.set_activity_status(id, status, "cli")?;
-            println!("activity {} is {}", a.id, a.status.as_str());
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_quota(q: &QuotaStatus) {

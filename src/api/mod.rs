@@ -1,9 +1,13 @@
-//! HTTP: the public listener (health now; monitoring links later) and the admin listener (bearer
-//! token with a role; pipelines, runs, metrics).
+//! HTTP: the public listener (health, monitoring links) and the admin listener (bearer token
+//! with a role; pipelines, runs, metrics, activities and feedback tasks in [`activities`], the
+//! OpenAPI document in [`openapi`]).
 //!
 //! Every request is counted by listener, matched route and status; bodies are limited to
 //! 64 KiB and requests time out after 30 s. Errors are answered as JSON `{"error": …}` and never
 //! carry internals.
+
+mod activities;
+mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 use tracing::error;
 
 use crate::catalog::{Role, TokenInfo};
+use crate::collect::service::ActivityService;
 use crate::schedule::{Jobs, Triggered};
 use crate::telemetry::HttpLabels;
 
@@ -30,6 +35,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub jobs: Arc<Jobs>,
+    /// Activities and feedback tasks (`None` when monitoring links are off: no media registry).
+    pub activities: Option<Arc<ActivityService>>,
 }
 
 /// An error answer. Internal errors are logged once here and answered without detail.
@@ -103,6 +110,8 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/api/v1/pipelines", get(list_pipelines))
         .route("/api/v1/pipelines/{name}/runs", post(trigger_run))
         .route("/api/v1/runs", get(list_runs))
+        .route("/openapi.json", get(openapi_document))
+        .merge(activities::routes())
         .layer(middleware::from_fn_with_state(
             (state.clone(), "admin"),
             count_requests,
@@ -138,6 +147,10 @@ async fn count_requests(
         .get_or_create(&labels)
         .inc();
     response
+}
+
+async fn openapi_document() -> Json<serde_json::Value> {
+    Json(openapi::document())
 }
 
 async fn healthz() -> &'static str {

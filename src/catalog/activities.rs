@@ -7,7 +7,9 @@ use rusqlite::{OptionalExtension, Row, Transaction};
 use super::{Catalog, CatalogError, now};
 
 /// Whether an activity collects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ActivityStatus {
     /// Collecting (the default on creation, R47).
@@ -28,7 +30,7 @@ impl ActivityStatus {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, CatalogError> {
+    pub(super) fn parse(s: &str) -> Result<Self, CatalogError> {
         match s {
             "on" => Ok(ActivityStatus::On),
             "off" => Ok(ActivityStatus::Off),
@@ -60,8 +62,19 @@ pub struct NewActivity {
     pub template: Option<String>,
 }
 
+/// A change to an activity: `None` keeps a field; `landing_url: Some(None)` removes the landing
+/// URL (clicks then answer `204`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActivityEdit {
+    pub name: Option<String>,
+    pub ad_format: Option<String>,
+    pub landing_url: Option<Option<String>>,
+    pub third_party_impression: Option<Vec<String>>,
+    pub third_party_click: Option<Vec<String>>,
+}
+
 /// An activity as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Activity {
     pub id: i64,
     pub workspace: String,
@@ -105,7 +118,7 @@ pub fn check_http_url(what: &str, url: &str) -> Result<(), CatalogError> {
     }
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), CatalogError> {
+pub(super) fn check_name(what: &str, name: &str) -> Result<(), CatalogError> {
     let trimmed = name.trim();
     if trimmed.is_empty()
         || trimmed.chars().count() > MAX_NAME
@@ -202,7 +215,17 @@ impl Catalog {
     pub fn create_activities(
         &self,
         batch: &[NewActivity],
+        link_ids: impl FnMut() -> u64,
+    ) -> Result<Vec<Activity>, CatalogError> {
+        self.create_activities_by(batch, link_ids, "system")
+    }
+
+    /// [`Catalog::create_activities`], audited as `actor` (e.g. `token:7`, `cli`).
+    pub fn create_activities_by(
+        &self,
+        batch: &[NewActivity],
         mut link_ids: impl FnMut() -> u64,
+        actor: &str,
     ) -> Result<Vec<Activity>, CatalogError> {
         for (i, new) in batch.iter().enumerate() {
             check(new).map_err(|e| match e {
@@ -215,7 +238,7 @@ impl Catalog {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut ids = Vec::with_capacity(batch.len());
-        for new in batch {
+        for (i, new) in batch.iter().enumerate() {
             let taken: Option<i64> = tx
                 .query_row(
                     "SELECT id FROM activities WHERE workspace = ?1 AND name = ?2",
@@ -224,8 +247,13 @@ impl Catalog {
                 )
                 .optional()?;
             if taken.is_some() {
+                let at = if batch.len() > 1 {
+                    format!("activities[{i}].")
+                } else {
+                    String::new()
+                };
                 return Err(CatalogError::Invalid(format!(
-                    "an activity named `{}` already exists in workspace `{}`",
+                    "{at}name: an activity named `{}` already exists in workspace `{}`",
                     new.name, new.workspace
                 )));
             }
@@ -262,7 +290,7 @@ impl Catalog {
             .collect::<Result<Vec<_>, _>>()?;
         for a in &created {
             self.audit(
-                "system",
+                actor,
                 "activity.create",
                 &format!("id={} workspace={} name={}", a.id, a.workspace, a.name),
             )?;
@@ -314,6 +342,88 @@ impl Catalog {
             Ok((activity, is_click))
         })
         .transpose()
+    }
+
+    /// Changes what may change after creation (R56: not the channel, the group or the link
+    /// template, whose macros are already in media ad orders). Checked like a new activity;
+    /// audited with the names of the changed fields.
+    pub fn update_activity(
+        &self,
+        id: i64,
+        edit: &ActivityEdit,
+        actor: &str,
+    ) -> Result<Activity, CatalogError> {
+        let current = self.activity(id)?;
+        let mut next = NewActivity {
+            workspace: current.workspace.clone(),
+            name: current.name.clone(),
+            group: current.group.clone(),
+            channel: current.channel.clone(),
+            ad_format: current.ad_format.clone(),
+            landing_url: current.landing_url.clone(),
+            third_party_impression: current.third_party_impression.clone(),
+            third_party_click: current.third_party_click.clone(),
+            template: current.template.clone(),
+        };
+        let mut changed = Vec::new();
+        if let Some(name) = &edit.name {
+            next.name = name.trim().to_string();
+            changed.push("name");
+        }
+        if let Some(ad_format) = &edit.ad_format {
+            next.ad_format = ad_format.clone();
+            changed.push("ad_format");
+        }
+        if let Some(landing_url) = &edit.landing_url {
+            next.landing_url = landing_url.clone();
+            changed.push("landing_url");
+        }
+        if let Some(urls) = &edit.third_party_impression {
+            next.third_party_impression = urls.clone();
+            changed.push("third_party_impression");
+        }
+        if let Some(urls) = &edit.third_party_click {
+            next.third_party_click = urls.clone();
+            changed.push("third_party_click");
+        }
+        check(&next)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let taken: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM activities WHERE workspace = ?1 AND name = ?2 AND id != ?3",
+                (&next.workspace, &next.name, id),
+                |r| r.get(0),
+            )
+            .optional()?;
+        if taken.is_some() {
+            return Err(CatalogError::Invalid(format!(
+                "name: an activity named `{}` already exists in workspace `{}`",
+                next.name, next.workspace
+            )));
+        }
+        tx.execute(
+            "UPDATE activities SET name = ?1, ad_format = ?2, landing_url = ?3,
+                third_party_impression = ?4, third_party_click = ?5, updated_at = ?6
+             WHERE id = ?7",
+            rusqlite::params![
+                next.name,
+                next.ad_format,
+                next.landing_url,
+                serde_json::Value::from(next.third_party_impression.clone()).to_string(),
+                serde_json::Value::from(next.third_party_click.clone()).to_string(),
+                now(),
+                id,
+            ],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        self.audit(
+            actor,
+            "activity.edit",
+            &format!("id={id} fields={}", changed.join(",")),
+        )?;
+        self.activity(id)
     }
 
     /// Sets an activity's status; returns the updated activity.
@@ -401,6 +511,53 @@ mod tests {
         c.create_activities(&[new("e")], counter())?;
         assert!(
             matches!(c.create_activities(&[new("e")], counter()), Err(CatalogError::Invalid(m)) if m.contains("already exists"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_edit_changes_only_editable_fields_and_is_checked() -> Result<(), CatalogError> {
+        let c = Catalog::open_in_memory()?;
+        let a = c
+            .create_activities(&[new("a"), new("b")], counter())?
+            .remove(0);
+        let edit = ActivityEdit {
+            name: Some(" a2 ".into()),
+            landing_url: Some(None),
+            third_party_impression: Some(vec!["https://v.admaster.com.cn/i/a1".into()]),
+            ..ActivityEdit::default()
+        };
+        let edited = c.update_activity(a.id, &edit, "token:1")?;
+        assert_eq!(edited.name, "a2");
+        assert_eq!(edited.landing_url, None);
+        assert_eq!(edited.third_party_impression.len(), 1);
+        assert_eq!(
+            (edited.channel.as_str(), edited.impression_link),
+            (a.channel.as_str(), a.impression_link)
+        );
+        let taken = ActivityEdit {
+            name: Some("b".into()),
+            ..ActivityEdit::default()
+        };
+        assert!(
+            matches!(c.update_activity(a.id, &taken, "t"), Err(CatalogError::Invalid(m)) if m.starts_with("name: ")),
+        );
+        let bad = ActivityEdit {
+            landing_url: Some(Some("ftp://x".into())),
+            ..ActivityEdit::default()
+        };
+        assert!(c.update_activity(a.id, &bad, "t").is_err());
+        assert_eq!(
+            c.activity(a.id)?.name,
+            "a2",
+            "a refused edit changes nothing"
+        );
+        assert!(
+            c.audit_entries(10)?
+                .iter()
+                .any(|(_, actor, action, detail)| actor == "token:1"
+                    && action == "activity.edit"
+                    && detail.contains("fields=name,landing_url,third_party_impression"))
         );
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! The embedded state store (SQLite): tokens, batch intents and commits, ingested source files,
-//! run history and the audit log.
+//! The embedded state store (SQLite): tokens, activities, feedback tasks, batch intents and
+//! commits, ingested source files, run history and the audit log.
 //!
 //! SQLite runs in WAL mode with `synchronous = FULL`, so a committed transaction survives a
 //! power cut: the exactly-once protocol relies on "intent recorded" and "batch committed" being
@@ -8,6 +8,7 @@
 
 mod activities;
 mod batches;
+mod feedback;
 mod quota;
 mod runs;
 mod tokens;
@@ -17,8 +18,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
-pub use activities::{Activity, ActivityStatus, NewActivity};
+pub use activities::{Activity, ActivityEdit, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
+pub use feedback::FeedbackTask;
 pub use quota::{
     ActivityDay, ActivityDayDelta, ActivityTotals, DayUsage, MeterEffects, MeterOutcome, NewStaged,
     Purchase, Purged, QuotaStatus, Release, ReleasePlan, StagedRecord,
@@ -132,6 +134,20 @@ CREATE TABLE activities (
 ALTER TABLE activities ADD COLUMN template TEXT;
 "#,
     quota::MIGRATION,
+    r#"
+CREATE TABLE feedback_tasks (
+    id          INTEGER PRIMARY KEY,
+    workspace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    protocol    TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('on', 'off', 'paused_quota')),
+    link        INTEGER NOT NULL UNIQUE,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    UNIQUE (workspace, name)
+);
+"#,
 ];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.

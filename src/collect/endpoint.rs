@@ -1,5 +1,6 @@
-//! The public monitoring-link endpoints: `GET|HEAD /i/{token}` (impressions) and `/c/{token}`
-//! (clicks).
+//! The public monitoring-link endpoints: `GET|HEAD /i/{token}` (impressions), `/c/{token}`
+//! (clicks) and `/fb/{token}` (Tencent feedback tasks: server-to-server clicks answered with
+//! Tencent's `{"ret":0,…}` body; billable like clicks).
 //!
 //! A hit is verified (signed token, known link), stamped (UUIDv7, receive time), appended to the
 //! journal and only then answered, in the way its media expects: a GIF or `204` for
@@ -57,6 +58,7 @@ pub fn routes(state: CollectState) -> Router {
     Router::new()
         .route("/i/{token}", get(impression))
         .route("/c/{token}", get(click))
+        .route("/fb/{token}", get(feedback))
         .with_state(state)
 }
 
@@ -74,6 +76,15 @@ async fn click(
     request: Request,
 ) -> Response {
     handle(&state, Endpoint::Click, &token, request).await
+}
+
+/// Tencent's Feedback URL: Tencent's click servers call it with their fixed parameters appended.
+async fn feedback(
+    State(state): State<CollectState>,
+    Path(token): Path<String>,
+    request: Request,
+) -> Response {
+    handle(&state, Endpoint::Feedback, &token, request).await
 }
 
 fn endpoint_label(endpoint: Endpoint) -> &'static str {
@@ -118,7 +129,7 @@ async fn handle(
             return not_found();
         }
     };
-    let Some(target) = state.links.get(link_id) else {
+    let Some(target) = state.links.get(link_id).filter(|t| t.endpoint == endpoint) else {
         count(state, endpoint, "unknown_link");
         return not_found();
     };
@@ -151,7 +162,14 @@ async fn handle(
     }
     if target.status == ActivityStatus::Off {
         // A switched-off activity collects nothing, but its users still land where they should.
-        count(state, endpoint, "activity_off");
+        // A feedback task that is off (未启用) still answers Tencent's `ret` 0 body, or Tencent
+        // marks the URL failed in joint debugging; its hits are counted, not journaled.
+        let outcome = if endpoint == Endpoint::Feedback {
+            "task_off"
+        } else {
+            "activity_off"
+        };
+        count(state, endpoint, outcome);
         return answer(&target);
     }
     let record = record_of(&target, endpoint, link_id, &request);

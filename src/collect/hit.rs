@@ -26,15 +26,20 @@ pub struct HitRecord {
     /// Server receive time, RFC 3339 UTC with microseconds.
     pub received_at: String,
     pub endpoint: Endpoint,
+    /// The link hit. For `endpoint = feedback` it identifies the Tencent feedback task (each
+    /// task owns one link id for life).
     pub link_id: u64,
+    /// The monitoring activity; `0` for `endpoint = feedback` (a feedback task is not an
+    /// activity, so per-activity counts never pick up feedback hits by accident).
     pub activity_id: i64,
     pub workspace: String,
     /// Media id (registry) of the activity's channel.
     pub channel: String,
-    /// The link template (protocol id) when not the media's default.
+    /// The link template (protocol id) when not the media's default; the feedback protocol
+    /// (`tencent_feedback`) on feedback hits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
-    /// Status of the activity when the hit arrived (`on` or `paused_quota`).
+    /// Status of the activity (or feedback task) when the hit arrived (`on` or `paused_quota`).
     pub activity_status: String,
     /// `GET` or `HEAD`.
     pub method: String,

@@ -115,7 +115,7 @@ impl LinkCache {
         self.len() == 0
     }
 
-    /// Rebuilds the table from every activity in the catalog.
+    /// Rebuilds the table from every activity and feedback task in the catalog.
     pub fn reload(
         &self,
         catalog: &Catalog,
@@ -141,6 +141,23 @@ impl LinkCache {
                     }),
                 );
             }
+        }
+        // Tencent feedback tasks: `/fb/` links, no activity (`activity_id` 0; the task is known
+        // by its link id), answered and decoded by the media's feedback protocol.
+        for t in catalog.feedback_tasks(None)? {
+            table.insert(
+                t.link,
+                Arc::new(LinkTarget {
+                    activity_id: 0,
+                    workspace: t.workspace.clone(),
+                    channel: t.channel.clone(),
+                    answer: answer_for(registry, &t.channel, Some(&t.protocol), Endpoint::Feedback),
+                    template: Some(t.protocol),
+                    status: t.status,
+                    endpoint: Endpoint::Feedback,
+                    landing_url: None,
+                }),
+            );
         }
         let n = table.len();
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = table;

@@ -10,3 +10,4 @@ pub mod links;
 pub mod normalize;
 pub mod query;
 pub mod registry;
+pub mod service;

@@ -277,6 +277,39 @@ fn every_media_template_lands_in_ad_events_exactly_once_with_its_macro_values() 
         failures.join("\n")
     );
 
+    // The activity list counts what landed: one impression and one click per activity that
+    // supports them (each click from its own device key, so deduplicated clicks equal clicks).
+    let out = p
+        .command(&["activity", "list", "--workspace", "ws1", "--json"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("spawn");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<serde_json::Value> = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(listed.len(), activities.len());
+    for a in &listed {
+        let id = a["id"].as_i64().expect("id");
+        let sent_of = |endpoint: &str| {
+            sent.iter()
+                .filter(|s| s.activity_id == id && s.endpoint == endpoint)
+                .count() as u64
+        };
+        let totals = &a["totals"];
+        assert_eq!(
+            (
+                totals["impressions"].as_u64(),
+                totals["clicks"].as_u64(),
+                totals["dedup_clicks"].as_u64()
+            ),
+            (
+                Some(sent_of("impression")),
+                Some(sent_of("click")),
+                Some(sent_of("click"))
+            ),
+            "{a}"
+        );
+    }
+
     // An independent reader agrees: DuckDB sees each event once, with the right types.
     if let Some((_, _, rows)) = duckdb(
         p.path(),
