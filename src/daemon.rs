@@ -155,6 +155,16 @@ pub async fn serve(
         let _ = runtime.journal.set(state.journal.clone());
         runtime.metrics.journal.attach(state.journal.clone());
         let _ = runtime.registry.set(Arc::clone(registry));
+        // Retention waits for every consumer, including those that have not committed yet.
+        for p in pipelines
+            .iter()
+            .filter(|p| matches!(p.source, SourceConfig::Journal(_)))
+        {
+            state
+                .journal
+                .register_consumer(&p.name, crate::journal::Position(1))
+                .await?;
+        }
     }
     let runtime = Arc::new(runtime);
     ensure_admin_token(&runtime.catalog)?;
