@@ -52,6 +52,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
 }
 
 /// Loads the media registry of `schemas_dir`.
@@ -202,6 +204,17 @@ pub async fn serve(
         .as_ref()
         .map(|(state, _)| endpoint::routes(state.clone()));
     if let Some((collect_state, registry)) = &collect {
+        // Third-party monitoring: hits forwarded from a durable queue (`forward`).
+        crate::forward::start(
+            &cfg.forward,
+            collect_state.journal.clone(),
+            Arc::clone(&jobs.runtime().catalog),
+            Arc::clone(registry),
+            Arc::clone(&jobs.runtime().metrics),
+            shutdown.clone(),
+            &tracker,
+        )
+        .await?;
         // Activities change through the CLI and the admin API: keep the link table fresh.
         let links = collect_state.links.clone();
         let registry = Arc::clone(registry);

@@ -475,6 +475,9 @@ fn activity_command(cfg: &DaemonConfig, command: ActivityCommand) -> anyhow::Res
                     );
                     println!("  impression: {}", links.impression_url);
                     println!("  click:      {}", links.click_url);
+                    if let Some(chained) = &links.chained_click_url {
+                        println!("  chained click (third party's link wrapping ours): {chained}");
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@
 
 mod activities;
 mod batches;
+mod forward;
 mod runs;
 mod tokens;
 
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 
 pub use activities::{Activity, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
+pub use forward::{ForwardJob, ForwardQueueStats, NewForwardJob};
 pub use runs::{RunRecord, RunStatus, RunTotals};
 pub use tokens::{IssuedToken, Role, TokenInfo};
 
@@ -125,6 +127,26 @@ CREATE TABLE activities (
 "#,
     r#"
 ALTER TABLE activities ADD COLUMN template TEXT;
+"#,
+    // Third-party forwarding (`forward.rs`): the durable retry queue and the forwarder's
+    // progress through the journal (one row).
+    r#"
+CREATE TABLE forward_jobs (
+    id          INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    url         TEXT NOT NULL,
+    user_agent  TEXT,
+    event_id    TEXT NOT NULL,
+    hit_at_ms   INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_at_ms  INTEGER NOT NULL,
+    last_error  TEXT
+);
+CREATE INDEX forward_jobs_due ON forward_jobs (next_at_ms, id);
+CREATE TABLE forward_progress (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    next_position INTEGER NOT NULL
+);
 "#,
 ];
 

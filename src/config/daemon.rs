@@ -17,6 +17,7 @@ use serde_saphyr::Location;
 use super::error::{ConfigError, is_blank, parse_yaml};
 use super::load::parse_time_zone;
 use super::raw::Located;
+use crate::forward::ForwardConfig;
 use crate::storage::StorageUrl;
 
 /// Prefix of the environment variables that override `backflow.yaml`.
@@ -74,6 +75,8 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// `scheduler.max_concurrent_runs`: pipeline runs at once, 1 to 10; default 3.
     pub max_concurrent_runs: NonZeroUsize,
+    /// `forward.*`: third-party monitoring forwarding (see [`ForwardConfig`]).
+    pub forward: ForwardConfig,
 }
 
 impl Default for DaemonConfig {
@@ -97,6 +100,7 @@ impl Default for DaemonConfig {
             log_level: "info".to_string(),
             shutdown_grace: Duration::from_secs(30),
             max_concurrent_runs: NonZeroUsize::MIN.saturating_add(2),
+            forward: ForwardConfig::default(),
             data_dir,
         }
     }
@@ -147,6 +151,11 @@ const KEYS: &[&str] = &[
     "log.level",
     "shutdown.grace_seconds",
     "scheduler.max_concurrent_runs",
+    "forward.enabled",
+    "forward.concurrency",
+    "forward.timeout_seconds",
+    "forward.give_up_seconds",
+    "forward.max_backoff_seconds",
 ];
 
 /// `backflow.yaml` as written; every value is text with its position.
@@ -175,6 +184,8 @@ struct RawDaemon {
     shutdown: Option<RawSection<RawShutdown>>,
     /// `max_concurrent_runs`.
     scheduler: Option<RawSection<RawScheduler>>,
+    /// Third-party forwarding.
+    forward: Option<RawSection<RawForward>>,
 }
 
 /// A section (transparent; lets every section share the same handling).
@@ -239,6 +250,21 @@ struct RawShutdown {
 struct RawScheduler {
     /// 1 to 10.
     max_concurrent_runs: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    /// `true` or `false`.
+    enabled: Option<Located<String>>,
+    /// Requests in flight.
+    concurrency: Option<Located<String>>,
+    /// Per request.
+    timeout_seconds: Option<Located<String>>,
+    /// Give-up horizon.
+    give_up_seconds: Option<Located<String>>,
+    /// Longest wait between attempts.
+    max_backoff_seconds: Option<Located<String>>,
 }
 
 /// Where a setting's text came from.
@@ -309,6 +335,30 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
         (
             "scheduler.max_concurrent_runs",
             raw.scheduler.and_then(|s| s.0.max_concurrent_runs),
+        ),
+        (
+            "forward.enabled",
+            raw.forward.as_ref().and_then(|s| s.0.enabled.clone()),
+        ),
+        (
+            "forward.concurrency",
+            raw.forward.as_ref().and_then(|s| s.0.concurrency.clone()),
+        ),
+        (
+            "forward.timeout_seconds",
+            raw.forward
+                .as_ref()
+                .and_then(|s| s.0.timeout_seconds.clone()),
+        ),
+        (
+            "forward.give_up_seconds",
+            raw.forward
+                .as_ref()
+                .and_then(|s| s.0.give_up_seconds.clone()),
+        ),
+        (
+            "forward.max_backoff_seconds",
+            raw.forward.and_then(|s| s.0.max_backoff_seconds),
         ),
     ];
     leaves
@@ -438,7 +488,32 @@ impl Resolver<'_> {
             max_concurrent_runs: self
                 .get("scheduler.max_concurrent_runs", parse_runs)
                 .unwrap_or(d.max_concurrent_runs),
+            forward: self.forward(d.forward),
             data_dir,
+        }
+    }
+
+    fn forward(&mut self, d: ForwardConfig) -> ForwardConfig {
+        ForwardConfig {
+            enabled: self.get("forward.enabled", parse_bool).unwrap_or(d.enabled),
+            concurrency: self
+                .get("forward.concurrency", |v| parse_count(v, 256))
+                .unwrap_or(d.concurrency),
+            timeout: self
+                .get("forward.timeout_seconds", |v| {
+                    parse_positive_seconds(v, 300)
+                })
+                .unwrap_or(d.timeout),
+            give_up_after: self
+                .get("forward.give_up_seconds", |v| {
+                    parse_positive_seconds(v, 30 * 24 * 3600)
+                })
+                .unwrap_or(d.give_up_after),
+            max_backoff: self
+                .get("forward.max_backoff_seconds", |v| {
+                    parse_positive_seconds(v, 24 * 3600)
+                })
+                .unwrap_or(d.max_backoff),
         }
     }
 
@@ -528,6 +603,31 @@ fn parse_seconds(value: &str) -> Result<Duration, String> {
         .parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("expected a whole number of seconds, found `{value}`"))
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("expected true or false, found `{other}`")),
+    }
+}
+
+fn parse_count(value: &str, max: usize) -> Result<NonZeroUsize, String> {
+    value
+        .parse::<NonZeroUsize>()
+        .ok()
+        .filter(|n| n.get() <= max)
+        .ok_or_else(|| format!("expected a number from 1 to {max}, found `{value}`"))
+}
+
+fn parse_positive_seconds(value: &str, max: u64) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(Duration::from_secs(n)),
+        _ => Err(format!(
+            "expected a whole number of seconds from 1 to {max}, found `{value}`"
+        )),
+    }
 }
 
 fn parse_runs(value: &str) -> Result<NonZeroUsize, String> {
@@ -624,6 +724,28 @@ mod tests {
             ]),
         );
         assert_eq!(config.map(|c| c.log_level), Ok("debug".to_string()));
+    }
+
+    #[test]
+    fn forward_settings_parse_and_are_checked() {
+        let config = load_text(
+            "forward:\n  enabled: false\n  concurrency: 4\n  give_up_seconds: 60\n",
+            &[("BACKFLOW__FORWARD__TIMEOUT_SECONDS", "2")],
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!config.forward.enabled);
+        assert_eq!(config.forward.concurrency.get(), 4);
+        assert_eq!(config.forward.timeout, Duration::from_secs(2));
+        assert_eq!(config.forward.give_up_after, Duration::from_secs(60));
+        assert_eq!(config.forward.max_backoff, Duration::from_secs(600));
+        assert_eq!(
+            load_text("forward: {enabled: yes, concurrency: 0}\n", &[]),
+            Err(vec![
+                "F:1:20: forward.enabled: expected true or false, found `yes`".to_string(),
+                "F:1:38: forward.concurrency: expected a number from 1 to 256, found `0`"
+                    .to_string(),
+            ])
+        );
     }
 
     #[test]

@@ -430,6 +430,11 @@ impl Journal {
         Ok(Position(cursors.get(consumer).copied().unwrap_or(1)))
     }
 
+    /// Whether `consumer` has a cursor (it committed or registered, and was not removed).
+    pub fn has_consumer(&self, consumer: &str) -> bool {
+        self.inner.shared.cursors().contains_key(consumer)
+    }
+
     /// Durably stores `next` as the first position `consumer` has not consumed (temp file,
     /// fsync, rename, directory fsync). `next` may not pass [`Journal::next_position`]'s durable
     /// part; it may move backwards (to re-read). Consumers known here hold back

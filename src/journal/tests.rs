@@ -557,7 +557,11 @@ async fn a_registered_consumer_holds_retention_before_its_first_commit() {
         Position(1)
     );
     j.commit_cursor("fast", Position(301)).await.unwrap();
-    assert_eq!(j.retain().await.unwrap(), 0, "`late` still needs every segment");
+    assert_eq!(
+        j.retain().await.unwrap(),
+        0,
+        "`late` still needs every segment"
+    );
     assert_eq!(read_all(&j).await.len(), 300);
     // Registering again keeps the cursor; a start past the end is clamped to the end.
     j.commit_cursor("late", Position(5)).await.unwrap();
@@ -566,7 +570,9 @@ async fn a_registered_consumer_holds_retention_before_its_first_commit() {
         Position(5)
     );
     assert_eq!(
-        j.register_consumer("new", Position(u64::MAX)).await.unwrap(),
+        j.register_consumer("new", Position(u64::MAX))
+            .await
+            .unwrap(),
         Position(301)
     );
     j.close().await.unwrap();

@@ -25,6 +25,12 @@ pub struct HitLabels {
     pub outcome: &'static str,
 }
 
+/// Third-party forwarding: the host of the configured URL (bounded by the forwarder).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    pub destination: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub listener: &'static str,
@@ -157,6 +163,19 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub auth_failures: Counter,
     pub hits: Family<HitLabels, Counter>,
+    /// Third-party forwarding (`forward`), per destination host.
+    pub forward: ForwardMetrics,
+}
+
+/// Metrics of third-party forwarding, per destination host.
+#[derive(Debug, Default)]
+pub struct ForwardMetrics {
+    pub enqueued: Family<ForwardLabels, Counter>,
+    pub sent: Family<ForwardLabels, Counter>,
+    pub failed_attempts: Family<ForwardLabels, Counter>,
+    pub given_up: Family<ForwardLabels, Counter>,
+    pub queue_depth: Family<ForwardLabels, Gauge>,
+    pub oldest_job_age: Family<ForwardLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +211,7 @@ impl Metrics {
             http_requests: Family::default(),
             auth_failures: Counter::default(),
             hits: Family::default(),
+            forward: ForwardMetrics::default(),
             journal: std::sync::Arc::new(JournalCollector::default()),
             registry: Registry::default(),
         };
@@ -280,6 +300,38 @@ impl Metrics {
              activity_off, rate_limited, rate_limited_ip, unknown_link, malformed, bad_signature, unknown_key, \
              wrong_endpoint, too_long, internal_error)",
             m.hits.clone(),
+        );
+        let f = &m.forward;
+        r.register(
+            "forward_enqueued",
+            "Third-party forward jobs queued, by destination host",
+            f.enqueued.clone(),
+        );
+        r.register(
+            "forward_sent",
+            "Third-party forwards answered 2xx/3xx (job done), by destination host",
+            f.sent.clone(),
+        );
+        r.register(
+            "forward_failed_attempts",
+            "Third-party forward attempts that failed (connection, timeout, 4xx/5xx), by destination host",
+            f.failed_attempts.clone(),
+        );
+        r.register(
+            "forward_given_up",
+            "Third-party forward jobs dropped: past the give-up horizon or refused with a 4xx",
+            f.given_up.clone(),
+        );
+        r.register(
+            "forward_queue_depth",
+            "Third-party forward jobs queued, by destination host",
+            f.queue_depth.clone(),
+        );
+        r.register_with_unit(
+            "forward_oldest_job_age",
+            "Age of the oldest queued hit, by destination host",
+            prometheus_client::registry::Unit::Seconds,
+            f.oldest_job_age.clone(),
         );
         r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));
         Metrics { registry, ..m }

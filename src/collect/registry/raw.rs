@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{BackflowMethod, PlacementMethod, Support, TimestampUnit};
+use super::{BackflowMethod, PlacementMethod, Support, ThirdPartyMode, TimestampUnit};
 use crate::config::raw::Located;
 
 /// The registry file as written.
@@ -146,6 +146,9 @@ pub(super) struct RawMedia {
     pub(super) alt_protocols: Vec<Located<RawProtocol>>,
     /// Placement rows.
     pub(super) placements: Located<Vec<RawPlacement>>,
+    /// `forward` (default) or `chained`.
+    #[serde(default)]
+    pub(super) third_party: Option<Located<ThirdPartyMode>>,
 }
 
 /// One placement row.
