@@ -25,7 +25,7 @@ const POLL: Duration = Duration::from_millis(500);
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// A leased job is handed out again this long after its request's timeout, should the process
 /// die before recording the outcome.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
