@@ -198,9 +198,13 @@ impl Reader {
             }
         }
         let labels: Vec<String> = jobs.iter().map(|j| j.destination.clone()).collect();
-        let catalog = Arc::clone(&self.catalog);
         let n = jobs.len();
-        blocking(move || catalog.enqueue_forward_jobs(&jobs, to, now_ms())).await?;
+        if n > 0 {
+            // A range without jobs needs no catalog write: on restart the start is the later
+            // of the catalog's progress and the journal cursor (`start_position`).
+            let catalog = Arc::clone(&self.catalog);
+            blocking(move || catalog.enqueue_forward_jobs(&jobs, to, now_ms())).await?;
+        }
         for destination in labels {
             self.metrics
                 .forward

@@ -379,6 +379,11 @@ fn queued_jobs_survive_kill_9_and_are_sent_after_restart() {
         metric(&d.admin, &d.token, "backflow_forward_queue_depth") == 0.0
             && metric(&d.admin, &d.token, "backflow_forward_sent_total") >= 3.0
     });
+    // The restarted reader went on where the queued jobs ended: nothing was queued twice.
+    assert_eq!(
+        metric(&d.admin, &d.token, "backflow_forward_enqueued_total"),
+        0.0
+    );
     let _ = again.kill();
     let _ = again.wait();
 }
