@@ -54,6 +54,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
 }
 
 /// Loads the media registry of `schemas_dir`.
@@ -160,6 +162,16 @@ pub async fn serve(
         let _ = runtime.journal.set(state.journal.clone());
         runtime.metrics.journal.attach(state.journal.clone());
         let _ = runtime.registry.set(Arc::clone(registry));
+        // Retention waits for every consumer, including those that have not committed yet.
+        for p in pipelines
+            .iter()
+            .filter(|p| matches!(p.source, SourceConfig::Journal(_)))
+        {
+            state
+                .journal
+                .register_consumer(&p.name, crate::journal::Position(1))
+                .await?;
+        }
     }
     let runtime = Arc::new(runtime);
     ensure_admin_token(&runtime.catalog)?;
@@ -207,6 +219,17 @@ pub async fn serve(
         .as_ref()
         .map(|(state, _)| endpoint::routes(state.clone()));
     if let Some((collect_state, registry)) = &collect {
+        // Third-party monitoring: hits forwarded from a durable queue (`forward`).
+        crate::forward::start(
+            &cfg.forward,
+            collect_state.journal.clone(),
+            Arc::clone(&jobs.runtime().catalog),
+            Arc::clone(registry),
+            Arc::clone(&jobs.runtime().metrics),
+            shutdown.clone(),
+            &tracker,
+        )
+        .await?;
         // The admin API reloads the table after each change; the CLI's direct path writes the
         // catalog behind the daemon's back: this picks those up.
         let links = collect_state.links.clone();

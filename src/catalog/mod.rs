@@ -9,6 +9,7 @@
 mod activities;
 mod batches;
 mod feedback;
+mod forward;
 mod quota;
 mod runs;
 mod tokens;
@@ -21,6 +22,7 @@ use rusqlite::Connection;
 pub use activities::{Activity, ActivityEdit, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
 pub use feedback::FeedbackTask;
+pub use forward::{ForwardJob, ForwardQueueStats, NewForwardJob};
 pub use quota::{
     ActivityDay, ActivityDayDelta, ActivityTotals, DayUsage, MeterEffects, MeterOutcome, NewStaged,
     Purchase, Purged, QuotaStatus, Release, ReleasePlan, StagedRecord,
@@ -146,6 +148,26 @@ CREATE TABLE feedback_tasks (
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
     UNIQUE (workspace, name)
+);
+"#,
+    // Third-party forwarding (`forward.rs`): the durable retry queue and the forwarder's
+    // progress through the journal (one row).
+    r#"
+CREATE TABLE forward_jobs (
+    id          INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    url         TEXT NOT NULL,
+    user_agent  TEXT,
+    event_id    TEXT NOT NULL,
+    hit_at_ms   INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_at_ms  INTEGER NOT NULL,
+    last_error  TEXT
+);
+CREATE INDEX forward_jobs_due ON forward_jobs (next_at_ms, id);
+CREATE TABLE forward_progress (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    next_position INTEGER NOT NULL
 );
 "#,
 ];

@@ -300,6 +300,9 @@ fn print_activity(a: &Value, as_json: bool) -> anyhow::Result<()> {
             "  click:      {}",
             a["click_url"].as_str().unwrap_or_default()
         );
+        if let Some(chained) = a["chained_click_url"].as_str() {
+            println!("  chained click (third party's link wrapping ours): {chained}");
+        }
     }
     Ok(())
 }

@@ -117,6 +117,7 @@ async fn handle(
     request: Request,
 ) -> Response {
     let uri = request.uri();
+    let request_query = uri.query().unwrap_or("");
     let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > state.max_url_bytes {
         count(state, endpoint, "too_long");
@@ -150,7 +151,7 @@ async fn handle(
             );
             // A user's device following a click is never stranded: it still lands, uncounted.
             if endpoint == Endpoint::Click && target.answer == Answer::Redirect {
-                return answer(&target);
+                return answer(&target, request_query);
             }
             let mut response =
                 (StatusCode::TOO_MANY_REQUESTS, "too many requests\n").into_response();
@@ -170,7 +171,7 @@ async fn handle(
             "activity_off"
         };
         count(state, endpoint, outcome);
-        return answer(&target);
+        return answer(&target, request_query);
     }
     let record = record_of(&target, endpoint, link_id, &request);
     let bytes = match serde_json::to_vec(&record) {
@@ -184,7 +185,7 @@ async fn handle(
     match state.journal.append(bytes.clone()).await {
         Ok(_) => {
             count(state, endpoint, "accepted");
-            answer(&target)
+            answer(&target, request_query)
         }
         Err(e) if endpoint == Endpoint::Click => {
             warn!(error = %e, "journal cannot accept: click kept in the fallback file and redirected");
@@ -193,7 +194,7 @@ async fn handle(
                 error!(error = %io, "fallback file write failed: this click is lost");
                 count(state, endpoint, "lost");
             }
-            answer(&target)
+            answer(&target, request_query)
         }
         Err(e) => {
             warn!(error = %e, retryable = e.retryable(), "journal cannot accept an impression: 503");
@@ -257,8 +258,9 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
-/// The answer of a link; a click only ever redirects to its own activity's landing URL.
-fn answer(target: &LinkTarget) -> Response {
+/// The answer of a link; a click only ever redirects to its own activity's landing URL (its
+/// macros, if any, filled from the click's `query`: `collect::landing`).
+fn answer(target: &LinkTarget, query: &str) -> Response {
     no_store(match &target.answer {
         Answer::Gif => (
             [(header::CONTENT_TYPE, "image/gif")],
@@ -266,7 +268,11 @@ fn answer(target: &LinkTarget) -> Response {
         )
             .into_response(),
         Answer::NoContent => StatusCode::NO_CONTENT.into_response(),
-        Answer::Redirect => match target.landing_url.as_deref().map(HeaderValue::from_str) {
+        Answer::Redirect => match target
+            .landing_for(query)
+            .as_deref()
+            .map(HeaderValue::from_str)
+        {
             Some(Ok(location)) => {
                 let mut r = Response::new(Body::empty());
                 *r.status_mut() = StatusCode::FOUND;

@@ -7,8 +7,11 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 use crate::catalog::{Activity, ActivityStatus, Catalog, CatalogError};
+use crate::collect::landing::LandingTemplate;
 use crate::collect::link::{Endpoint, LinkSigner};
-use crate::collect::registry::{ClickAnswer, ImpressionAnswer, LinkKind, MediaRegistry, Protocol};
+use crate::collect::registry::{
+    ClickAnswer, ImpressionAnswer, LinkKind, MediaRegistry, Protocol, ThirdPartyMode,
+};
 
 /// How to answer a hit on one link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +37,21 @@ pub struct LinkTarget {
     pub status: ActivityStatus,
     pub endpoint: Endpoint,
     pub landing_url: Option<String>,
+    /// The landing URL's macros, when it has any (device clicks only): filled per click.
+    pub landing_template: Option<LandingTemplate>,
     pub answer: Answer,
+}
+
+impl LinkTarget {
+    /// Where a click with this raw query string redirects: the landing URL, its macros (if
+    /// any) filled from the click. Only ever the activity's own landing URL.
+    pub fn landing_for(&self, query: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let url = self.landing_url.as_deref()?;
+        Some(match &self.landing_template {
+            Some(template) => std::borrow::Cow::Owned(template.render(query)),
+            None => std::borrow::Cow::Borrowed(url),
+        })
+    }
 }
 
 /// The answer a media expects on an endpoint (defaults where the registry has none: a GIF for
@@ -127,6 +144,16 @@ impl LinkCache {
                 (a.impression_link, Endpoint::Impression),
                 (a.click_link, Endpoint::Click),
             ] {
+                let answer = answer_for(registry, &a.channel, a.template.as_deref(), endpoint);
+                let landing_template = match (&a.landing_url, &answer) {
+                    (Some(url), Answer::Redirect) if endpoint == Endpoint::Click => {
+                        LandingTemplate::compile(
+                            url,
+                            protocol_of(registry, &a.channel, a.template.as_deref()),
+                        )
+                    }
+                    _ => None,
+                };
                 table.insert(
                     link,
                     Arc::new(LinkTarget {
@@ -137,7 +164,8 @@ impl LinkCache {
                         status: a.status,
                         endpoint,
                         landing_url: a.landing_url.clone(),
-                        answer: answer_for(registry, &a.channel, a.template.as_deref(), endpoint),
+                        landing_template,
+                        answer,
                     }),
                 );
             }
@@ -156,6 +184,7 @@ impl LinkCache {
                     status: t.status,
                     endpoint: Endpoint::Feedback,
                     landing_url: None,
+                    landing_template: None,
                 }),
             );
         }
@@ -172,6 +201,10 @@ pub struct ActivityLinks {
     pub activity: Activity,
     pub impression_url: String,
     pub click_url: String,
+    /// For media whose ad orders carry the third party's link (`third_party: chained` in
+    /// `schemas/media.yaml`): the activity's Miaozhen / AdMaster click URL wrapping ours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chained_click_url: Option<String>,
 }
 
 /// Mints the impression and click URLs of an activity: `{base}/i/{token}?{media macros}`.
@@ -194,13 +227,21 @@ pub fn activity_links(
             format!("{base}{path}{token}?{query}")
         }
     };
+    let click_url = url(Endpoint::Click, activity.click_link, LinkKind::Click);
+    let chained = registry
+        .get(&activity.channel)
+        .is_some_and(|m| m.third_party == ThirdPartyMode::Chained);
+    let chained_click_url = chained
+        .then(|| crate::forward::chained_click_url(&activity.third_party_click, &click_url))
+        .flatten();
     ActivityLinks {
         impression_url: url(
             Endpoint::Impression,
             activity.impression_link,
             LinkKind::Impression,
         ),
-        click_url: url(Endpoint::Click, activity.click_link, LinkKind::Click),
+        click_url,
+        chained_click_url,
         activity,
     }
 }

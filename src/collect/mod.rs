@@ -4,6 +4,7 @@ pub mod decode;
 pub mod endpoint;
 pub mod fields;
 pub mod hit;
+pub mod landing;
 pub mod limit;
 pub mod link;
 pub mod links;

@@ -113,6 +113,11 @@ pub struct ActivityView {
     pub impression_url: String,
     /// The click monitoring link with the media's macros.
     pub click_url: String,
+    /// For a media whose third-party monitoring is chained (`third_party: chained` in
+    /// `schemas/media.yaml`) and an activity with a third-party click URL: the third party's
+    /// click link wrapping ours, to paste into the ad order instead of `click_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chained_click_url: Option<String>,
     pub totals: Counters,
 }
 
@@ -355,6 +360,7 @@ impl ActivityService {
             activity: links.activity,
             impression_url: links.impression_url,
             click_url: links.click_url,
+            chained_click_url: links.chained_click_url,
             totals: counters,
         }
     }

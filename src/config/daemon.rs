@@ -17,6 +17,7 @@ use serde_saphyr::Location;
 use super::error::{ConfigError, is_blank, parse_yaml};
 use super::load::parse_time_zone;
 use super::raw::Located;
+use crate::forward::ForwardConfig;
 use crate::storage::StorageUrl;
 
 /// Prefix of the environment variables that override `backflow.yaml`.
@@ -77,6 +78,8 @@ pub struct DaemonConfig {
     /// `quota.staging_retention_days`: how long records staged for lack of quota wait for a
     /// top-up before they are purged (audited and counted), 1 to 365; default 30 (R63).
     pub quota_staging_retention_days: u32,
+    /// `forward.*`: third-party monitoring forwarding (see [`ForwardConfig`]).
+    pub forward: ForwardConfig,
 }
 
 impl Default for DaemonConfig {
@@ -101,6 +104,7 @@ impl Default for DaemonConfig {
             shutdown_grace: Duration::from_secs(30),
             max_concurrent_runs: NonZeroUsize::MIN.saturating_add(2),
             quota_staging_retention_days: 30,
+            forward: ForwardConfig::default(),
             data_dir,
         }
     }
@@ -152,6 +156,11 @@ const KEYS: &[&str] = &[
     "shutdown.grace_seconds",
     "scheduler.max_concurrent_runs",
     "quota.staging_retention_days",
+    "forward.enabled",
+    "forward.concurrency",
+    "forward.timeout_seconds",
+    "forward.give_up_seconds",
+    "forward.max_backoff_seconds",
 ];
 
 /// `backflow.yaml` as written; every value is text with its position.
@@ -182,6 +191,8 @@ struct RawDaemon {
     scheduler: Option<RawSection<RawScheduler>>,
     /// `staging_retention_days`.
     quota: Option<RawSection<RawQuota>>,
+    /// Third-party forwarding.
+    forward: Option<RawSection<RawForward>>,
 }
 
 /// A section (transparent; lets every section share the same handling).
@@ -253,6 +264,21 @@ struct RawScheduler {
 struct RawQuota {
     /// 1 to 365.
     staging_retention_days: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    /// `true` or `false`.
+    enabled: Option<Located<String>>,
+    /// Requests in flight.
+    concurrency: Option<Located<String>>,
+    /// Per request.
+    timeout_seconds: Option<Located<String>>,
+    /// Give-up horizon.
+    give_up_seconds: Option<Located<String>>,
+    /// Longest wait between attempts.
+    max_backoff_seconds: Option<Located<String>>,
 }
 
 /// Where a setting's text came from.
@@ -327,6 +353,30 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
         (
             "quota.staging_retention_days",
             raw.quota.and_then(|s| s.0.staging_retention_days),
+        ),
+        (
+            "forward.enabled",
+            raw.forward.as_ref().and_then(|s| s.0.enabled.clone()),
+        ),
+        (
+            "forward.concurrency",
+            raw.forward.as_ref().and_then(|s| s.0.concurrency.clone()),
+        ),
+        (
+            "forward.timeout_seconds",
+            raw.forward
+                .as_ref()
+                .and_then(|s| s.0.timeout_seconds.clone()),
+        ),
+        (
+            "forward.give_up_seconds",
+            raw.forward
+                .as_ref()
+                .and_then(|s| s.0.give_up_seconds.clone()),
+        ),
+        (
+            "forward.max_backoff_seconds",
+            raw.forward.and_then(|s| s.0.max_backoff_seconds),
         ),
     ];
     leaves
@@ -459,7 +509,32 @@ impl Resolver<'_> {
             quota_staging_retention_days: self
                 .get("quota.staging_retention_days", parse_retention_days)
                 .unwrap_or(d.quota_staging_retention_days),
+            forward: self.forward(d.forward),
             data_dir,
+        }
+    }
+
+    fn forward(&mut self, d: ForwardConfig) -> ForwardConfig {
+        ForwardConfig {
+            enabled: self.get("forward.enabled", parse_bool).unwrap_or(d.enabled),
+            concurrency: self
+                .get("forward.concurrency", |v| parse_count(v, 256))
+                .unwrap_or(d.concurrency),
+            timeout: self
+                .get("forward.timeout_seconds", |v| {
+                    parse_positive_seconds(v, 300)
+                })
+                .unwrap_or(d.timeout),
+            give_up_after: self
+                .get("forward.give_up_seconds", |v| {
+                    parse_positive_seconds(v, 30 * 24 * 3600)
+                })
+                .unwrap_or(d.give_up_after),
+            max_backoff: self
+                .get("forward.max_backoff_seconds", |v| {
+                    parse_positive_seconds(v, 24 * 3600)
+                })
+                .unwrap_or(d.max_backoff),
         }
     }
 
@@ -549,6 +624,31 @@ fn parse_seconds(value: &str) -> Result<Duration, String> {
         .parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("expected a whole number of seconds, found `{value}`"))
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("expected true or false, found `{other}`")),
+    }
+}
+
+fn parse_count(value: &str, max: usize) -> Result<NonZeroUsize, String> {
+    value
+        .parse::<NonZeroUsize>()
+        .ok()
+        .filter(|n| n.get() <= max)
+        .ok_or_else(|| format!("expected a number from 1 to {max}, found `{value}`"))
+}
+
+fn parse_positive_seconds(value: &str, max: u64) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(Duration::from_secs(n)),
+        _ => Err(format!(
+            "expected a whole number of seconds from 1 to {max}, found `{value}`"
+        )),
+    }
 }
 
 fn parse_runs(value: &str) -> Result<NonZeroUsize, String> {
@@ -653,6 +753,28 @@ mod tests {
             ]),
         );
         assert_eq!(config.map(|c| c.log_level), Ok("debug".to_string()));
+    }
+
+    #[test]
+    fn forward_settings_parse_and_are_checked() {
+        let config = load_text(
+            "forward:\n  enabled: false\n  concurrency: 4\n  give_up_seconds: 60\n",
+            &[("BACKFLOW__FORWARD__TIMEOUT_SECONDS", "2")],
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!config.forward.enabled);
+        assert_eq!(config.forward.concurrency.get(), 4);
+        assert_eq!(config.forward.timeout, Duration::from_secs(2));
+        assert_eq!(config.forward.give_up_after, Duration::from_secs(60));
+        assert_eq!(config.forward.max_backoff, Duration::from_secs(600));
+        assert_eq!(
+            load_text("forward: {enabled: yes, concurrency: 0}\n", &[]),
+            Err(vec![
+                "F:1:20: forward.enabled: expected true or false, found `yes`".to_string(),
+                "F:1:38: forward.concurrency: expected a number from 1 to 256, found `0`"
+                    .to_string(),
+            ])
+        );
     }
 
     #[test]

@@ -92,6 +92,17 @@ pub(crate) fn store(dir: &Path, consumer: &str, next: u64) -> Result<(), Journal
     sync_dir(&cdir)
 }
 
+/// Durably deletes the cursor of `consumer` (nothing to do when it has none).
+pub(crate) fn remove(dir: &Path, consumer: &str) -> Result<(), JournalError> {
+    let cdir = cursor_dir(dir);
+    let path = cdir.join(format!("{consumer}{SUFFIX}"));
+    match std::fs::remove_file(&path) {
+        Ok(()) => sync_dir(&cdir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(JournalError::io(&path, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -430,6 +430,11 @@ impl Journal {
         Ok(Position(cursors.get(consumer).copied().unwrap_or(1)))
     }
 
+    /// Whether `consumer` has a cursor (it committed or registered, and was not removed).
+    pub fn has_consumer(&self, consumer: &str) -> bool {
+        self.inner.shared.cursors().contains_key(consumer)
+    }
+
     /// Durably stores `next` as the first position `consumer` has not consumed (temp file,
     /// fsync, rename, directory fsync). `next` may not pass [`Journal::next_position`]'s durable
     /// part; it may move backwards (to re-read). Consumers known here hold back
@@ -459,9 +464,57 @@ impl Journal {
         .await
     }
 
+    /// Makes `consumer` known to retention before it has consumed anything: when it has no
+    /// cursor yet, `start` (clamped to the oldest retained and the durable end) is stored
+    /// durably as its cursor. Returns the consumer's cursor.
+    ///
+    /// Why: [`Journal::retain`] only waits for consumers that have a cursor. A consumer that
+    /// has not committed yet (a pipeline before its first batch, the forwarder on its first
+    /// start) would otherwise see the segments it still needs deleted as soon as another
+    /// consumer commits. Every consumer registers when the daemon starts.
+    pub async fn register_consumer(
+        &self,
+        consumer: &str,
+        start: Position,
+    ) -> Result<Position, JournalError> {
+        cursor::validate(consumer)?;
+        if let Some(next) = self.inner.shared.cursors().get(consumer).copied() {
+            return Ok(Position(next));
+        }
+        let (first, end) = {
+            let shared = &self.inner.shared;
+            let end = shared.durable_next.load(Ordering::Acquire);
+            let first = shared.segments().first().map_or(end, |s| s.first);
+            (first, end)
+        };
+        let start = Position(start.0.clamp(first.max(1), end.max(1)));
+        self.commit_cursor(consumer, start).await?;
+        Ok(start)
+    }
+
+    /// Forgets `consumer`: its cursor file is deleted, so retention no longer waits for it
+    /// (a forwarder that was switched off must not hold the disk forever). Returns whether it
+    /// had a cursor.
+    pub async fn remove_consumer(&self, consumer: &str) -> Result<bool, JournalError> {
+        cursor::validate(consumer)?;
+        let shared = Arc::clone(&self.inner.shared);
+        let consumer = consumer.to_string();
+        blocking(move || {
+            let _serial = shared
+                .cursor_write
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let known = shared.cursors().remove(&consumer).is_some();
+            cursor::remove(&shared.dir, &consumer)?;
+            Ok(known)
+        })
+        .await
+    }
+
     /// Deletes the segments all of whose records are below the smallest cursor of all known
     /// consumers (never the active segment; nothing when no consumer has a cursor). Returns the
-    /// bytes freed.
+    /// bytes freed. Consumers that never committed are unknown here: they must
+    /// [`Journal::register_consumer`] first.
     pub async fn retain(&self) -> Result<u64, JournalError> {
         let shared = Arc::clone(&self.inner.shared);
         let Some(min) = shared.cursors().values().copied().min() else {

@@ -545,3 +545,47 @@ async fn invalid_options_are_refused() {
     }
     assert!(JournalOptions::default().validate().is_ok());
 }
+
+#[tokio::test]
+async fn a_registered_consumer_holds_retention_before_its_first_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), small()).await.unwrap();
+    append_n(&j, 1..301, fixed).await;
+    // `late` has read nothing yet; `fast` consumed everything.
+    assert_eq!(
+        j.register_consumer("late", Position(1)).await.unwrap(),
+        Position(1)
+    );
+    j.commit_cursor("fast", Position(301)).await.unwrap();
+    assert_eq!(
+        j.retain().await.unwrap(),
+        0,
+        "`late` still needs every segment"
+    );
+    assert_eq!(read_all(&j).await.len(), 300);
+    // Registering again keeps the cursor; a start past the end is clamped to the end.
+    j.commit_cursor("late", Position(5)).await.unwrap();
+    assert_eq!(
+        j.register_consumer("late", Position(200)).await.unwrap(),
+        Position(5)
+    );
+    assert_eq!(
+        j.register_consumer("new", Position(u64::MAX))
+            .await
+            .unwrap(),
+        Position(301)
+    );
+    j.close().await.unwrap();
+    // Registration is durable: it survives a restart.
+    let (j, _) = Journal::open(dir.path(), small()).await.unwrap();
+    assert_eq!(j.cursor("late").unwrap(), Position(5));
+    assert_eq!(j.retain().await.unwrap(), 0);
+    // A removed consumer no longer holds retention.
+    assert!(j.remove_consumer("late").await.unwrap());
+    assert!(!j.remove_consumer("late").await.unwrap());
+    assert!(j.retain().await.unwrap() > 0);
+    j.close().await.unwrap();
+    let (j, _) = Journal::open(dir.path(), small()).await.unwrap();
+    assert_eq!(j.cursor("late").unwrap(), Position(1), "forgotten for good");
+    j.close().await.unwrap();
+}

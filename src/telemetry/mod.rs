@@ -40,6 +40,12 @@ impl WorkspaceLabels {
     }
 }
 
+/// Third-party forwarding: the host of the configured URL (bounded by the forwarder).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    pub destination: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub listener: &'static str,
@@ -180,6 +186,19 @@ pub struct Metrics {
     pub quota_released: Family<WorkspaceLabels, Counter>,
     pub quota_purged: Family<WorkspaceLabels, Counter>,
     pub quota_billable_clicks: Family<WorkspaceLabels, Counter>,
+    /// Third-party forwarding (`forward`), per destination host.
+    pub forward: ForwardMetrics,
+}
+
+/// Metrics of third-party forwarding, per destination host.
+#[derive(Debug, Default)]
+pub struct ForwardMetrics {
+    pub enqueued: Family<ForwardLabels, Counter>,
+    pub sent: Family<ForwardLabels, Counter>,
+    pub failed_attempts: Family<ForwardLabels, Counter>,
+    pub given_up: Family<ForwardLabels, Counter>,
+    pub queue_depth: Family<ForwardLabels, Gauge>,
+    pub oldest_job_age: Family<ForwardLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -221,6 +240,7 @@ impl Metrics {
             quota_released: Family::default(),
             quota_purged: Family::default(),
             quota_billable_clicks: Family::default(),
+            forward: ForwardMetrics::default(),
             journal: std::sync::Arc::new(JournalCollector::default()),
             registry: Registry::default(),
         };
@@ -339,6 +359,38 @@ impl Metrics {
             "quota_billable_clicks",
             "Billable click records landed (click and feedback endpoints)",
             m.quota_billable_clicks.clone(),
+        );
+        let f = &m.forward;
+        r.register(
+            "forward_enqueued",
+            "Third-party forward jobs queued, by destination host",
+            f.enqueued.clone(),
+        );
+        r.register(
+            "forward_sent",
+            "Third-party forwards answered 2xx/3xx (job done), by destination host",
+            f.sent.clone(),
+        );
+        r.register(
+            "forward_failed_attempts",
+            "Third-party forward attempts that failed (connection, timeout, 4xx/5xx), by destination host",
+            f.failed_attempts.clone(),
+        );
+        r.register(
+            "forward_given_up",
+            "Third-party forward jobs dropped: past the give-up horizon or refused with a 4xx",
+            f.given_up.clone(),
+        );
+        r.register(
+            "forward_queue_depth",
+            "Third-party forward jobs queued, by destination host",
+            f.queue_depth.clone(),
+        );
+        r.register_with_unit(
+            "forward_oldest_job_age",
+            "Age of the oldest queued hit, by destination host",
+            prometheus_client::registry::Unit::Seconds,
+            f.oldest_job_age.clone(),
         );
         r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));
         Metrics { registry, ..m }

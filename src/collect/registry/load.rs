@@ -16,7 +16,7 @@ use super::raw::{
 };
 use super::{
     ClickAnswer, FieldSet, FixedParam, ImpressionAnswer, KnownParam, LinkKind, MacroParam, Media,
-    MediaRegistry, Protocol,
+    MediaRegistry, Protocol, ThirdPartyMode,
 };
 use crate::collect::fields::CanonicalField;
 use crate::config::ConfigError;
@@ -123,6 +123,24 @@ fn media(
             alt_protocols.push(alt);
         }
         let id_at = raw.id.location();
+        let third_party = match raw.third_party {
+            Some(mode) => {
+                // Chaining sends the device through the third party to our click link, which
+                // must then redirect: the media's clicks have to be device-followed.
+                if *mode.value() == ThirdPartyMode::Chained
+                    && resolved
+                    && protocol.click_answer != Some(ClickAnswer::Redirect)
+                {
+                    let message = format!(
+                        "third_party: chained needs clicks the device follows, but protocol `{}` answers clicks server-to-server (or not at all)",
+                        protocol.id
+                    );
+                    errors.push(mode.location(), &format!("{path}.third_party"), message);
+                }
+                mode.into_value()
+            }
+            None => ThirdPartyMode::Forward,
+        };
         let mut media = Media {
             id,
             name: raw.name.into_value(),
@@ -131,6 +149,7 @@ fn media(
             protocol,
             alt_protocols,
             placements: Vec::new(),
+            third_party,
         };
         let ctx = PlacementCtx {
             path: &path,
@@ -556,6 +575,34 @@ mod tests {
             Ok(registry) => panic!("expected errors, got {registry:#?}"),
             Err(errors) => errors.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn chained_third_party_mode_needs_device_followed_clicks() {
+        let text = media("{template: mma}", &row("ad_monitoring", "supported")).replace(
+            "    placements:\n",
+            "    third_party: chained\n    placements:\n",
+        );
+        let registry =
+            load_str(Path::new("m.yaml"), &text).unwrap_or_else(|errors| panic!("{errors:#?}"));
+        assert_eq!(
+            registry.get("demo").map(|m| m.third_party),
+            Some(ThirdPartyMode::Chained)
+        );
+        let s2s = text.replace(
+            "    click_answer: redirect\n",
+            "    click_answer: {server_to_server: {status: 200, content_type: application/json, body: '{}'}}\n",
+        );
+        let errors = errors_of(&s2s);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].contains(
+                "media[0].third_party: third_party: chained needs clicks the device follows"
+            ),
+            "{errors:#?}"
+        );
+        let typo = text.replace("third_party: chained", "third_party: chain");
+        assert!(errors_of(&typo)[0].contains("unknown variant `chain`"));
     }
 
     #[test]

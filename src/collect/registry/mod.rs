@@ -151,6 +151,21 @@ pub struct Media {
     pub alt_protocols: Vec<Protocol>,
     /// The media's rows of the manual's table, in order.
     pub placements: Vec<Placement>,
+    /// How an activity's third-party monitoring (Miaozhen, AdMaster) reaches the third party.
+    pub third_party: ThirdPartyMode,
+}
+
+/// How third-party monitoring is carried for a media (`DESIGN.md` "Third-party monitoring").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThirdPartyMode {
+    /// Only our link goes into the ad order; we forward every hit server-side (the default).
+    #[default]
+    Forward,
+    /// The media carries the third party's click link, which wraps ours (Miaozhen `&o=`,
+    /// AdMaster `,u`): the third party counts the click first and redirects the device to us.
+    /// Clicks are then not forwarded (the third party has them); impressions still are.
+    Chained,
 }
 
 impl Media {

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{BackflowMethod, PlacementMethod, Support, TimestampUnit};
+use super::{BackflowMethod, PlacementMethod, Support, ThirdPartyMode, TimestampUnit};
 use crate::config::raw::Located;
 
 /// The registry file as written.
@@ -151,6 +151,9 @@ pub(super) struct RawMedia {
     /// Placement rows (required for the manual's media, absent for others).
     #[serde(default)]
     pub(super) placements: Option<Located<Vec<RawPlacement>>>,
+    /// `forward` (default) or `chained`.
+    #[serde(default)]
+    pub(super) third_party: Option<Located<ThirdPartyMode>>,
 }
 
 fn yes() -> bool {
