@@ -20,6 +20,7 @@ use crate::collect::links::LinkCache;
 use crate::collect::registry::MediaRegistry;
 use crate::config::daemon::DaemonConfig;
 use crate::config::model::{Pipeline, SourceConfig};
+use crate::enrich::{EnrichError, EnrichOptions, Enricher};
 use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::pipeline::Runtime;
 use crate::schedule::Jobs;
@@ -52,6 +53,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Enrich(#[from] EnrichError),
 }
 
 /// Loads the media registry of `schemas_dir`.
@@ -124,6 +127,7 @@ pub fn open_runtime(cfg: &DaemonConfig) -> Result<Runtime, DaemonError> {
         metrics: Arc::new(Metrics::new()),
         journal: std::sync::OnceLock::new(),
         registry: std::sync::OnceLock::new(),
+        enricher: std::sync::OnceLock::new(),
         lock_dir: Some(cfg.data_dir.join("locks")),
     })
 }
@@ -155,6 +159,9 @@ pub async fn serve(
         let _ = runtime.journal.set(state.journal.clone());
         runtime.metrics.journal.attach(state.journal.clone());
         let _ = runtime.registry.set(Arc::clone(registry));
+        let _ = runtime
+            .enricher
+            .set(Enricher::open(&EnrichOptions::from_config(cfg))?);
     }
     let runtime = Arc::new(runtime);
     ensure_admin_token(&runtime.catalog)?;

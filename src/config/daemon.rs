@@ -74,6 +74,12 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// `scheduler.max_concurrent_runs`: pipeline runs at once, 1 to 10; default 3.
     pub max_concurrent_runs: NonZeroUsize,
+    /// `enrich.geo_db`: a MaxMind DB City file (GeoLite2-City, DB-IP City Lite) for the geo_*
+    /// columns of `ad_events`; default empty (none: those columns stay null).
+    pub enrich_geo_db: Option<PathBuf>,
+    /// `enrich.city_tiers`: a `city,tier` CSV replacing the bundled `schemas/city_tiers.csv`;
+    /// default empty (the bundled table).
+    pub enrich_city_tiers: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -97,6 +103,8 @@ impl Default for DaemonConfig {
             log_level: "info".to_string(),
             shutdown_grace: Duration::from_secs(30),
             max_concurrent_runs: NonZeroUsize::MIN.saturating_add(2),
+            enrich_geo_db: None,
+            enrich_city_tiers: None,
             data_dir,
         }
     }
@@ -147,6 +155,8 @@ const KEYS: &[&str] = &[
     "log.level",
     "shutdown.grace_seconds",
     "scheduler.max_concurrent_runs",
+    "enrich.geo_db",
+    "enrich.city_tiers",
 ];
 
 /// `backflow.yaml` as written; every value is text with its position.
@@ -175,6 +185,8 @@ struct RawDaemon {
     shutdown: Option<RawSection<RawShutdown>>,
     /// `max_concurrent_runs`.
     scheduler: Option<RawSection<RawScheduler>>,
+    /// `geo_db`, `city_tiers`.
+    enrich: Option<RawSection<RawEnrich>>,
 }
 
 /// A section (transparent; lets every section share the same handling).
@@ -239,6 +251,15 @@ struct RawShutdown {
 struct RawScheduler {
     /// 1 to 10.
     max_concurrent_runs: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnrich {
+    /// MaxMind DB City file, or empty for none.
+    geo_db: Option<Located<String>>,
+    /// City tier CSV, or empty for the bundled table.
+    city_tiers: Option<Located<String>>,
 }
 
 /// Where a setting's text came from.
@@ -310,6 +331,11 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
             "scheduler.max_concurrent_runs",
             raw.scheduler.and_then(|s| s.0.max_concurrent_runs),
         ),
+        (
+            "enrich.geo_db",
+            raw.enrich.as_ref().and_then(|s| s.0.geo_db.clone()),
+        ),
+        ("enrich.city_tiers", raw.enrich.and_then(|s| s.0.city_tiers)),
     ];
     leaves
         .into_iter()
@@ -438,6 +464,12 @@ impl Resolver<'_> {
             max_concurrent_runs: self
                 .get("scheduler.max_concurrent_runs", parse_runs)
                 .unwrap_or(d.max_concurrent_runs),
+            enrich_geo_db: self
+                .get("enrich.geo_db", parse_optional_path)
+                .unwrap_or(d.enrich_geo_db),
+            enrich_city_tiers: self
+                .get("enrich.city_tiers", parse_optional_path)
+                .unwrap_or(d.enrich_city_tiers),
             data_dir,
         }
     }
@@ -495,6 +527,11 @@ fn parse_path(value: &str) -> Result<PathBuf, String> {
     } else {
         Ok(PathBuf::from(value))
     }
+}
+
+/// A path, or empty for none.
+fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
+    Ok((!value.is_empty()).then(|| PathBuf::from(value)))
 }
 
 fn parse_listen(value: &str) -> Result<SocketAddr, String> {
@@ -610,6 +647,25 @@ mod tests {
                 "F:2:24: scheduler.max_concurrent_runs: expected a number from 1 to 10, found `11`"
                     .to_string(),
             ])
+        );
+    }
+
+    #[test]
+    fn enrichment_paths_are_optional() {
+        let config = load_text(
+            "enrich:\n  geo_db: /srv/geo/dbip-city-lite.mmdb\n  city_tiers: \"\"\n",
+            &[],
+        );
+        let config = config.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            config.enrich_geo_db,
+            Some(PathBuf::from("/srv/geo/dbip-city-lite.mmdb"))
+        );
+        assert_eq!(config.enrich_city_tiers, None);
+        let env = DaemonConfig::load(None, env(&[("BACKFLOW__ENRICH__CITY_TIERS", "t.csv")]));
+        assert_eq!(
+            env.map(|c| c.enrich_city_tiers),
+            Ok(Some(PathBuf::from("t.csv")))
         );
     }
 

@@ -10,6 +10,7 @@ mod collect;
 mod config;
 mod crash;
 mod duckdb;
+mod geo;
 mod hits;
 mod journal;
 mod pipeline;
