@@ -123,9 +123,9 @@ fn column<'r>(row: &'r Row, name: &str) -> Option<&'r str> {
 #[test]
 fn the_twenty_spec_examples_decode_as_the_spec_expects() {
     let registry = shipped_registry();
-    // Geo columns come from the project-built test database (tests/it/geo.rs).
+    // Geo columns come from the project-built test database (tests/it/enrich.rs).
     let geo_dir = tempfile::tempdir().expect("tempdir");
-    let enricher = crate::geo::test_enricher(geo_dir.path());
+    let enricher = crate::enrich::test_enricher(geo_dir.path());
     let examples = examples();
     let numbers: Vec<u32> = examples.iter().map(|e| e.n).collect();
     assert_eq!(
@@ -340,7 +340,7 @@ fn hostile_queries_never_panic_and_always_decode() {
     const CASES: usize = 20_000;
     let registry = shipped_registry();
     let geo_dir = tempfile::tempdir().expect("tempdir");
-    let enricher = crate::geo::test_enricher(geo_dir.path());
+    let enricher = crate::enrich::test_enricher(geo_dir.path());
     let channels = [
         "ocean_engine",
         "tencent_ads",

@@ -10,7 +10,7 @@ mod collect;
 mod config;
 mod crash;
 mod duckdb;
-mod geo;
+mod enrich;
 mod hits;
 mod journal;
 mod pipeline;
