@@ -155,6 +155,19 @@ pub fn decode(record: &[u8], registry: &MediaRegistry, enricher: &Enricher) -> R
         .filter(|(_, why)| **why == Dropped::Unknown)
         .map(|(f, _)| f.as_str())
         .collect();
+    // A template probe: parameters arrived, and every one is an unreplaced macro.
+    let template_probe = !values.raw.is_empty() && values.raw.values().all(|v| is_macro(v.trim()));
+    let enriched = enricher.enrich(&HitFacts {
+        user_agent: user_agent.as_deref(),
+        public_ip: user_ip_parsed.filter(|_| user_ip_public == Some(true)),
+        server_to_server,
+        click_id: values.raw.get(&CanonicalField::ClickId).map(String::as_str),
+        callback: values
+            .raw
+            .get(&CanonicalField::Callback)
+            .map(String::as_str),
+        template_probe,
+    });
     let iso = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let endpoint = match hit.endpoint {
         Endpoint::Impression => "impression",
@@ -189,23 +202,6 @@ pub fn decode(record: &[u8], registry: &MediaRegistry, enricher: &Enricher) -> R
     for field in CanonicalField::ALL {
         row.push((field.as_str(), values.get(field).map(str::to_string)));
     }
-    // A template probe: parameters arrived, and every one is an unreplaced macro.
-    let template_probe = !values.raw.is_empty() && values.raw.values().all(|v| is_macro(v.trim()));
-    let user_agent = row
-        .iter()
-        .find(|(c, _)| *c == "user_agent")
-        .and_then(|(_, v)| v.as_deref());
-    let enriched = enricher.enrich(&HitFacts {
-        user_agent,
-        public_ip: user_ip_parsed.filter(|_| user_ip_public == Some(true)),
-        server_to_server,
-        click_id: values.raw.get(&CanonicalField::ClickId).map(String::as_str),
-        callback: values
-            .raw
-            .get(&CanonicalField::Callback)
-            .map(String::as_str),
-        template_probe,
-    });
     row.extend(enriched);
     Ok(row)
 }
