@@ -21,6 +21,7 @@ use crate::collect::registry::MediaRegistry;
 use crate::collect::service::ActivityService;
 use crate::config::daemon::DaemonConfig;
 use crate::config::model::{Pipeline, SourceConfig};
+use crate::enrich::{EnrichError, EnrichOptions, Enricher};
 use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::pipeline::Runtime;
 use crate::pipeline::quota::QuotaSettings;
@@ -56,6 +57,8 @@ pub enum DaemonError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Forward(#[from] crate::forward::ForwardError),
+    #[error(transparent)]
+    Enrich(#[from] EnrichError),
 }
 
 /// Loads the media registry of `schemas_dir`.
@@ -128,6 +131,7 @@ pub fn open_runtime(cfg: &DaemonConfig) -> Result<Runtime, DaemonError> {
         metrics: Arc::new(Metrics::new()),
         journal: std::sync::OnceLock::new(),
         registry: std::sync::OnceLock::new(),
+        enricher: std::sync::OnceLock::new(),
         lock_dir: Some(cfg.data_dir.join("locks")),
         quota: QuotaSettings {
             staging_retention: chrono::Duration::days(i64::from(cfg.quota_staging_retention_days)),
@@ -172,6 +176,9 @@ pub async fn serve(
                 .register_consumer(&p.name, crate::journal::Position(1))
                 .await?;
         }
+        let _ = runtime
+            .enricher
+            .set(Enricher::open(&EnrichOptions::from_config(cfg))?);
     }
     let runtime = Arc::new(runtime);
     ensure_admin_token(&runtime.catalog)?;
@@ -220,11 +227,15 @@ pub async fn serve(
         .map(|(state, _)| endpoint::routes(state.clone()));
     if let Some((collect_state, registry)) = &collect {
         // Third-party monitoring: hits forwarded from a durable queue (`forward`).
+        let enricher = match jobs.runtime().enricher.get() {
+            Some(e) => Arc::clone(e),
+            None => Enricher::open(&EnrichOptions::from_config(cfg))?,
+        };
         crate::forward::start(
             &cfg.forward,
             collect_state.journal.clone(),
             Arc::clone(&jobs.runtime().catalog),
-            Arc::clone(registry),
+            (Arc::clone(registry), enricher),
             Arc::clone(&jobs.runtime().metrics),
             shutdown.clone(),
             &tracker,

@@ -1,7 +1,7 @@
 //! Fuzzes the `ad_events` decoder: a journal record with an arbitrary query, channel, endpoint,
-//! receive time and `X-Forwarded-For`, decoded with the shipped registry. A well-formed record
-//! must always decode (`Ok`); a record with an arbitrary `received_at` may be refused, but
-//! nothing may panic.
+//! receive time and `X-Forwarded-For`, decoded with the shipped registry and enriched. A
+//! well-formed record must always decode (`Ok`); a record with an arbitrary `received_at` may be
+//! refused, but nothing may panic.
 //!
 //! Input layout: byte 0 picks the channel (or, past the known list, takes an arbitrary one from
 //! the input), byte 1 the endpoint and whether `received_at` is well-formed, bytes 2..10 the
@@ -17,6 +17,7 @@ use backflow::collect::decode::decode;
 use backflow::collect::hit::{HitRecord, RECORD_VERSION};
 use backflow::collect::link::Endpoint;
 use backflow::collect::registry::MediaRegistry;
+use backflow::enrich::Enricher;
 use chrono::{DateTime, SecondsFormat};
 use libfuzzer_sys::fuzz_target;
 
@@ -43,6 +44,15 @@ fn registry() -> &'static MediaRegistry {
             Ok(registry) => registry,
             Err(errors) => panic!("schemas/media.yaml: {errors:?}"),
         }
+    })
+}
+
+/// The enricher without a geo database (user agents, tiers and flags are still exercised).
+fn enricher() -> &'static Enricher {
+    static ENRICHER: OnceLock<Enricher> = OnceLock::new();
+    ENRICHER.get_or_init(|| match Enricher::without_geo() {
+        Ok(enricher) => enricher,
+        Err(e) => panic!("enricher: {e}"),
     })
 }
 
@@ -115,7 +125,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(record) = serde_json::to_vec(&hit) else {
         return;
     };
-    let result = decode(&record, registry());
+    let result = decode(&record, registry(), enricher());
     if well_formed {
         if let Err(e) = result {
             panic!("a well-formed record was refused: {e} ({hit:?})");

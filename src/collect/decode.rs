@@ -1,7 +1,8 @@
 //! From a journal record to an `ad_events` row: the query decoded once, each parameter mapped to
 //! its canonical field by the media's link template, values normalized, the user's IP and user
-//! agent chosen, and the event time decided. Pure: the same record always gives the same row,
-//! so a replayed batch writes the same files.
+//! agent chosen, the event time decided, and the row enriched (`crate::enrich`: user agent, IP
+//! geo, bot and test flags). Pure: the same record always gives the same row, so a replayed
+//! batch writes the same files.
 
 use chrono::{DateTime, Utc};
 
@@ -9,9 +10,10 @@ use crate::collect::fields::CanonicalField;
 use crate::collect::hit::HitRecord;
 use crate::collect::link::Endpoint;
 use crate::collect::links::{Answer, answer_for, protocol_of};
-use crate::collect::normalize::{CanonicalValues, Dropped, is_non_public, parse_ip};
+use crate::collect::normalize::{CanonicalValues, Dropped, is_macro, is_non_public, parse_ip};
 use crate::collect::query::{decode_query, decode_tokens, split_trailing};
 use crate::collect::registry::{LinkKind, MediaRegistry};
+use crate::enrich::{Enricher, HitFacts};
 
 /// How far the media's own timestamp may be from the receive time and still be the event time.
 const PLAUSIBLE_MS: i64 = 24 * 3600 * 1000;
@@ -54,8 +56,9 @@ fn is_ios(params: &[(String, String)], os_params: &[&str]) -> bool {
 }
 
 /// Decodes one journal record. Errors are record-level (not JSON, wrong version) and send the
-/// record to quarantine with the reason.
-pub fn decode(record: &[u8], registry: &MediaRegistry) -> Result<Row, String> {
+/// record to quarantine with the reason. The row's columns are [`BASE_COLUMNS`], the canonical
+/// fields, then [`crate::enrich::COLUMNS`].
+pub fn decode(record: &[u8], registry: &MediaRegistry, enricher: &Enricher) -> Result<Row, String> {
     let hit: HitRecord =
         serde_json::from_slice(record).map_err(|e| format!("not a hit record: {e}"))?;
     if hit.v != crate::collect::hit::RECORD_VERSION {
@@ -132,10 +135,8 @@ pub fn decode(record: &[u8], registry: &MediaRegistry) -> Result<Row, String> {
                 .flatten()
                 .map(|ip| ip.to_string())
         });
-    let user_ip_public = user_ip
-        .as_deref()
-        .and_then(parse_ip)
-        .map(|ip| !is_non_public(ip));
+    let user_ip_parsed = user_ip.as_deref().and_then(parse_ip);
+    let user_ip_public = user_ip_parsed.map(|ip| !is_non_public(ip));
     let user_agent = values
         .get(CanonicalField::Ua)
         .map(str::to_string)
@@ -163,6 +164,19 @@ pub fn decode(record: &[u8], registry: &MediaRegistry) -> Result<Row, String> {
         .filter(|(_, why)| **why == Dropped::Unknown)
         .map(|(f, _)| f.as_str())
         .collect();
+    // A template probe: parameters arrived, and every one is an unreplaced macro.
+    let template_probe = !values.raw.is_empty() && values.raw.values().all(|v| is_macro(v.trim()));
+    let enriched = enricher.enrich(&HitFacts {
+        user_agent: user_agent.as_deref(),
+        public_ip: user_ip_parsed.filter(|_| user_ip_public == Some(true)),
+        server_to_server,
+        click_id: values.raw.get(&CanonicalField::ClickId).map(String::as_str),
+        callback: values
+            .raw
+            .get(&CanonicalField::Callback)
+            .map(String::as_str),
+        template_probe,
+    });
     let iso = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let endpoint = match hit.endpoint {
         Endpoint::Impression => "impression",
@@ -197,12 +211,18 @@ pub fn decode(record: &[u8], registry: &MediaRegistry) -> Result<Row, String> {
     for field in CanonicalField::ALL {
         row.push((field.as_str(), values.get(field).map(str::to_string)));
     }
+    row.extend(enriched);
     Ok(row)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn enricher() -> &'static Enricher {
+        static ENRICHER: std::sync::OnceLock<Enricher> = std::sync::OnceLock::new();
+        ENRICHER.get_or_init(|| Enricher::without_geo().unwrap_or_else(|e| panic!("{e}")))
+    }
 
     fn registry() -> MediaRegistry {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/media.yaml");
@@ -242,8 +262,12 @@ mod tests {
         let q = "aid=1780012345678901&cid=1780012345679999&csite=40001&imei=0b1f5c17d4d1484f7f8b9349d542a75b\
                  &os=0&ip=203.0.113.45&ua=Mozilla%2F5.0%20%28Linux%3B%20Android%2012%29&ts=1718000000123\
                  &callback=EJiw267wvfQCGKf2g74ZIPD89-vIATAMOAFCIjIwMTkxMTI3MTQxMTEzMDEwMDI2MDc3MjE1MTUwNTczNTBIAQ%3D%3D";
-        let row =
-            decode(&record("ocean_engine", Endpoint::Click, q), &registry()).unwrap_or_default();
+        let row = decode(
+            &record("ocean_engine", Endpoint::Click, q),
+            &registry(),
+            enricher(),
+        )
+        .unwrap_or_default();
         assert_eq!(get(&row, "server_to_server"), Some("true"));
         assert_eq!(get(&row, "user_ip"), Some("203.0.113.45"));
         assert_eq!(
@@ -266,8 +290,12 @@ mod tests {
     #[test]
     fn unreplaced_macros_are_null_and_listed() {
         let q = "aid=1&cid=2&imei=__IMEI__&oaid=__OAID__&os=0&ip=203.0.113.9&ts=1718000002789&callback=__CALLBACK_PARAM__";
-        let row =
-            decode(&record("ocean_engine", Endpoint::Click, q), &registry()).unwrap_or_default();
+        let row = decode(
+            &record("ocean_engine", Endpoint::Click, q),
+            &registry(),
+            enricher(),
+        )
+        .unwrap_or_default();
         assert_eq!(get(&row, "imei_md5"), None);
         assert_eq!(get(&row, "callback"), None);
         let unknown = get(&row, "unknown_fields").unwrap_or_default();
@@ -282,6 +310,7 @@ mod tests {
         let row = decode(
             &record("ocean_engine", Endpoint::Click, "ts=1500000000000&os=0"),
             &registry(),
+            enricher(),
         )
         .unwrap_or_default();
         assert_eq!(get(&row, "event_time"), get(&row, "received_at"));
@@ -293,6 +322,7 @@ mod tests {
         let row = decode(
             &record("huawei", Endpoint::Impression, "oaid=__OAID__"),
             &registry(),
+            enricher(),
         )
         .unwrap_or_default();
         assert_eq!(get(&row, "server_to_server"), Some("false"));
@@ -306,9 +336,52 @@ mod tests {
     }
 
     #[test]
+    fn rows_carry_the_enrichment_columns_last() {
+        let q = "aid=1&cid=2&os=0&ip=203.0.113.9&ua=Mozilla%2F5.0%20%28Linux%3B%20Android%2012%3B%20V2055A%20Build%2FSP1A.210812.003%3B%20wv%29";
+        let row = decode(
+            &record("ocean_engine", Endpoint::Click, q),
+            &registry(),
+            enricher(),
+        )
+        .unwrap_or_default();
+        let names: Vec<&str> = row[row.len() - crate::enrich::COLUMNS.len()..]
+            .iter()
+            .map(|(c, _)| *c)
+            .collect();
+        assert_eq!(names, crate::enrich::COLUMNS);
+        assert_eq!(get(&row, "ua_os"), Some("Android"));
+        assert_eq!(get(&row, "ua_os_version"), Some("12"));
+        assert_eq!(get(&row, "ua_device_model"), Some("V2055A"));
+        assert_eq!(get(&row, "is_bot"), Some("false"));
+        assert_eq!(get(&row, "traffic_flags"), None);
+    }
+
+    #[test]
+    fn a_template_probe_and_a_joint_test_are_flagged() {
+        let probe = "advertiser_id=__USER_ID__&cid=__IDEA_ID__&campaign_id=__PLAN_ID__&aid=__UNIT_ID__&imei=__IMEI__&ts=__TS__&callType=v2";
+        let row = decode(
+            &record("baidu", Endpoint::Click, probe),
+            &registry(),
+            enricher(),
+        )
+        .unwrap_or_default();
+        assert_eq!(get(&row, "is_test"), Some("true"));
+        assert!(get(&row, "traffic_flags").is_some_and(|f| f.contains("template_probe")));
+        let real = "aid=1&cid=__CID__&os=0&ip=203.0.113.9";
+        let row = decode(
+            &record("ocean_engine", Endpoint::Click, real),
+            &registry(),
+            enricher(),
+        )
+        .unwrap_or_default();
+        assert_eq!(get(&row, "is_test"), Some("false"));
+    }
+
+    #[test]
     fn a_record_that_is_not_a_hit_is_an_error() {
         assert!(
-            decode(b"{\"v\":1}", &registry()).is_err_and(|e| e.starts_with("not a hit record"))
+            decode(b"{\"v\":1}", &registry(), enricher())
+                .is_err_and(|e| e.starts_with("not a hit record"))
         );
     }
 }

@@ -80,6 +80,12 @@ pub struct DaemonConfig {
     pub quota_staging_retention_days: u32,
     /// `forward.*`: third-party monitoring forwarding (see [`ForwardConfig`]).
     pub forward: ForwardConfig,
+    /// `enrich.geo_db`: a MaxMind DB City file (GeoLite2-City, DB-IP City Lite) for the geo_*
+    /// columns of `ad_events`; default empty (none: those columns stay null).
+    pub enrich_geo_db: Option<PathBuf>,
+    /// `enrich.city_tiers`: a `city,tier` CSV replacing the bundled `schemas/city_tiers.csv`;
+    /// default empty (the bundled table).
+    pub enrich_city_tiers: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -105,6 +111,8 @@ impl Default for DaemonConfig {
             max_concurrent_runs: NonZeroUsize::MIN.saturating_add(2),
             quota_staging_retention_days: 30,
             forward: ForwardConfig::default(),
+            enrich_geo_db: None,
+            enrich_city_tiers: None,
             data_dir,
         }
     }
@@ -161,6 +169,8 @@ const KEYS: &[&str] = &[
     "forward.timeout_seconds",
     "forward.give_up_seconds",
     "forward.max_backoff_seconds",
+    "enrich.geo_db",
+    "enrich.city_tiers",
 ];
 
 /// `backflow.yaml` as written; every value is text with its position.
@@ -193,6 +203,8 @@ struct RawDaemon {
     quota: Option<RawSection<RawQuota>>,
     /// Third-party forwarding.
     forward: Option<RawSection<RawForward>>,
+    /// `geo_db`, `city_tiers`.
+    enrich: Option<RawSection<RawEnrich>>,
 }
 
 /// A section (transparent; lets every section share the same handling).
@@ -279,6 +291,15 @@ struct RawForward {
     give_up_seconds: Option<Located<String>>,
     /// Longest wait between attempts.
     max_backoff_seconds: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnrich {
+    /// MaxMind DB City file, or empty for none.
+    geo_db: Option<Located<String>>,
+    /// City tier CSV, or empty for the bundled table.
+    city_tiers: Option<Located<String>>,
 }
 
 /// Where a setting's text came from.
@@ -378,6 +399,11 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
             "forward.max_backoff_seconds",
             raw.forward.and_then(|s| s.0.max_backoff_seconds),
         ),
+        (
+            "enrich.geo_db",
+            raw.enrich.as_ref().and_then(|s| s.0.geo_db.clone()),
+        ),
+        ("enrich.city_tiers", raw.enrich.and_then(|s| s.0.city_tiers)),
     ];
     leaves
         .into_iter()
@@ -510,6 +536,12 @@ impl Resolver<'_> {
                 .get("quota.staging_retention_days", parse_retention_days)
                 .unwrap_or(d.quota_staging_retention_days),
             forward: self.forward(d.forward),
+            enrich_geo_db: self
+                .get("enrich.geo_db", parse_optional_path)
+                .unwrap_or(d.enrich_geo_db),
+            enrich_city_tiers: self
+                .get("enrich.city_tiers", parse_optional_path)
+                .unwrap_or(d.enrich_city_tiers),
             data_dir,
         }
     }
@@ -591,6 +623,11 @@ fn parse_path(value: &str) -> Result<PathBuf, String> {
     } else {
         Ok(PathBuf::from(value))
     }
+}
+
+/// A path, or empty for none.
+fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
+    Ok((!value.is_empty()).then(|| PathBuf::from(value)))
 }
 
 fn parse_listen(value: &str) -> Result<SocketAddr, String> {
@@ -739,6 +776,25 @@ mod tests {
                 "F:2:24: scheduler.max_concurrent_runs: expected a number from 1 to 10, found `11`"
                     .to_string(),
             ])
+        );
+    }
+
+    #[test]
+    fn enrichment_paths_are_optional() {
+        let config = load_text(
+            "enrich:\n  geo_db: /srv/geo/dbip-city-lite.mmdb\n  city_tiers: \"\"\n",
+            &[],
+        );
+        let config = config.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            config.enrich_geo_db,
+            Some(PathBuf::from("/srv/geo/dbip-city-lite.mmdb"))
+        );
+        assert_eq!(config.enrich_city_tiers, None);
+        let env = DaemonConfig::load(None, env(&[("BACKFLOW__ENRICH__CITY_TIERS", "t.csv")]));
+        assert_eq!(
+            env.map(|c| c.enrich_city_tiers),
+            Ok(Some(PathBuf::from("t.csv")))
         );
     }
 

@@ -117,7 +117,8 @@ pub async fn start(
     cfg: &ForwardConfig,
     journal: Journal,
     catalog: Arc<Catalog>,
-    registry: Arc<MediaRegistry>,
+    // How hits are decoded: the media registry and the enrichment tables.
+    decoding: (Arc<MediaRegistry>, Arc<crate::enrich::Enricher>),
     metrics: Arc<Metrics>,
     stop: CancellationToken,
     tracker: &TaskTracker,
@@ -137,7 +138,7 @@ pub async fn start(
         Arc::clone(&notify),
         tracker.clone(),
     )?;
-    let reader = reader::Reader::new(journal, catalog, registry, metrics, notify, next);
+    let reader = reader::Reader::new(journal, catalog, decoding, metrics, notify, next);
     info!(
         position = next,
         concurrency = cfg.concurrency.get(),

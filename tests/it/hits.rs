@@ -14,6 +14,7 @@ use backflow::collect::link::Endpoint;
 use backflow::collect::normalize::parse_ip;
 use backflow::collect::query::decode_query;
 use backflow::collect::registry::MediaRegistry;
+use backflow::enrich::{COLUMNS as ENRICH_COLUMNS, Enricher};
 
 /// The caller of every fixture hit: a media server in a documentation range.
 const PEER_IP: &str = "198.51.100.250";
@@ -109,6 +110,7 @@ fn all_columns() -> Vec<&'static str> {
         .iter()
         .copied()
         .chain(CanonicalField::ALL.iter().map(|f| f.as_str()))
+        .chain(ENRICH_COLUMNS)
         .collect()
 }
 
@@ -121,6 +123,9 @@ fn column<'r>(row: &'r Row, name: &str) -> Option<&'r str> {
 #[test]
 fn the_twenty_spec_examples_decode_as_the_spec_expects() {
     let registry = shipped_registry();
+    // Geo columns come from the project-built test database (tests/it/enrich.rs).
+    let geo_dir = tempfile::tempdir().expect("tempdir");
+    let enricher = crate::enrich::test_enricher(geo_dir.path());
     let examples = examples();
     let numbers: Vec<u32> = examples.iter().map(|e| e.n).collect();
     assert_eq!(
@@ -151,7 +156,7 @@ fn the_twenty_spec_examples_decode_as_the_spec_expects() {
         let mut record = hit(&ex.channel, ex.endpoint, &ex.query, &ex.received_at, None);
         record.template = ex.template.clone();
         let record = record_bytes(&record);
-        let row = match decode(&record, &registry) {
+        let row = match decode(&record, &registry, &enricher) {
             Ok(row) => row,
             Err(e) => {
                 failures.push(format!(
@@ -334,6 +339,8 @@ fn check_row(row: &Row, query: &str, case: usize, channel: &str) {
 fn hostile_queries_never_panic_and_always_decode() {
     const CASES: usize = 20_000;
     let registry = shipped_registry();
+    let geo_dir = tempfile::tempdir().expect("tempdir");
+    let enricher = crate::enrich::test_enricher(geo_dir.path());
     let channels = [
         "ocean_engine",
         "tencent_ads",
@@ -381,7 +388,7 @@ fn hostile_queries_never_panic_and_always_decode() {
             received[rng.below(received.len())],
             forwarded[rng.below(forwarded.len())],
         );
-        match decode(&record_bytes(&record), &registry) {
+        match decode(&record_bytes(&record), &registry, &enricher) {
             Ok(row) => check_row(&row, &query, case, channel),
             Err(e) => panic!("case {case}, channel {channel}: {e} (query {query:?})"),
         }
@@ -409,6 +416,7 @@ fn thousands_of_parameters_decode_and_duplicates_are_detected_among_them() {
     let (_, issues) = decode_query(&all_same);
     assert!(issues.duplicate_params);
     let registry = shipped_registry();
+    let enricher = Enricher::without_geo().expect("enricher");
     for query in [distinct, all_same] {
         let row = decode(
             &record_bytes(&hit(
@@ -419,6 +427,7 @@ fn thousands_of_parameters_decode_and_duplicates_are_detected_among_them() {
                 None,
             )),
             &registry,
+            &enricher,
         );
         assert!(row.is_ok(), "{row:?}");
     }

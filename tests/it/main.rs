@@ -11,6 +11,7 @@ mod collect;
 mod config;
 mod crash;
 mod duckdb;
+mod enrich;
 mod forward;
 mod hits;
 mod journal;

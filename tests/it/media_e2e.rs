@@ -263,6 +263,18 @@ fn every_media_template_lands_in_ad_events_exactly_once_with_its_macro_values() 
                 ));
             }
         }
+        // Enriched: the user's agent (the media's `ua` value, or the device's header) parsed.
+        if row["user_agent"]
+            .as_str()
+            .is_some_and(|ua| ua.contains("Android 12"))
+            && (row["ua_os"].as_str() != Some("Android")
+                || row["ua_os_version"].as_str() != Some("12"))
+        {
+            failures.push(format!(
+                "{}: user agent not enriched: ua_os {} ua_os_version {}",
+                s.what, row["ua_os"], row["ua_os_version"]
+            ));
+        }
         if !row["unknown_fields"].is_null() {
             failures.push(format!(
                 "{}: unknown fields {}",
@@ -270,6 +282,14 @@ fn every_media_template_lands_in_ad_events_exactly_once_with_its_macro_values() 
             ));
         }
     }
+    let parsed = rows
+        .iter()
+        .filter(|r| r["ua_os"].as_str() == Some("Android"))
+        .count();
+    assert!(
+        parsed > 10,
+        "only {parsed} rows with a parsed Android agent"
+    );
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
