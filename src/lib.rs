@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod journal;
 pub mod pipeline;
+pub mod report;
 pub mod schedule;
 pub mod storage;
 pub mod telemetry;
