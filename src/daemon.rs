@@ -190,6 +190,7 @@ pub async fn serve(
         tracker.clone(),
     );
     let state = AppState {
+        reports: Arc::new(crate::report::Reports::from_runtime(jobs.runtime())),
         jobs: Arc::clone(&jobs),
     };
     let collect_routes = collect

@@ -5,6 +5,8 @@
 //! 64 KiB and requests time out after 30 s. Errors are answered as JSON `{"error": …}` and never
 //! carry internals.
 
+pub mod reports;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub jobs: Arc<Jobs>,
+    /// Report queries over the lake and catalog (keeps read commit manifests).
+    pub reports: Arc<crate::report::Reports>,
 }
 
 /// An error answer. Internal errors are logged once here and answered without detail.
@@ -103,6 +107,7 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/api/v1/pipelines", get(list_pipelines))
         .route("/api/v1/pipelines/{name}/runs", post(trigger_run))
         .route("/api/v1/runs", get(list_runs))
+        .merge(reports::routes())
         .layer(middleware::from_fn_with_state(
             (state.clone(), "admin"),
             count_requests,

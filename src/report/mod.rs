@@ -10,7 +10,9 @@
 //! names) before any file is read, so a bad request computes nothing.
 
 pub mod ad_monitoring;
+pub mod cli;
 pub mod lake;
+pub mod params;
 pub mod range;
 
 use std::sync::Arc;
@@ -76,6 +78,15 @@ impl Reports {
             tz,
             committed: Arc::new(CommittedFiles::default()),
         }
+    }
+
+    /// Reports over a pipeline runtime's catalog, lake and time zone.
+    pub fn from_runtime(runtime: &crate::pipeline::Runtime) -> Reports {
+        Reports::new(
+            Arc::clone(&runtime.catalog),
+            runtime.lake.clone(),
+            runtime.tz,
+        )
     }
 
     /// Today in the report time zone.
