@@ -17,10 +17,13 @@ use crate::report::{Report, ReportError};
 
 /// The report routes (merged into the admin router).
 pub fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/workspaces/{ws}/reports/ad-monitoring",
-        get(ad_monitoring),
-    )
+    Router::new()
+        .route(
+            "/api/v1/workspaces/{ws}/reports/ad-monitoring",
+            get(ad_monitoring),
+        )
+        .route("/api/v1/workspaces/{ws}/reports/overview", get(overview))
+        .route("/api/v1/workspaces/{ws}/reports/resources", get(resources))
 }
 
 /// An error of a report route.
@@ -118,6 +121,28 @@ async fn ad_monitoring(
     let (q, format) = params::ad_monitoring(&ws, &pairs, reports.today())?;
     let report = reports.ad_monitoring(&q).await?;
     respond(report, format)
+}
+
+async fn overview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(ws): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ReportApiError> {
+    authorize_workspace(&state, &headers, &ws, Role::ReadOnly)?;
+    let range = params::overview(&pairs, state.reports.today())?;
+    Ok(Json(state.reports.overview(&ws, range)?).into_response())
+}
+
+async fn resources(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(ws): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ReportApiError> {
+    authorize_workspace(&state, &headers, &ws, Role::ReadOnly)?;
+    let range = params::resources(&pairs, state.reports.today())?;
+    Ok(Json(state.reports.resources(&ws, range)?).into_response())
 }
 
 fn respond(report: Report, format: Format) -> Result<Response, ReportApiError> {

@@ -13,6 +13,39 @@ use super::{Report, ReportError, Reports};
 pub enum ReportCommand {
     /// Ad monitoring report (广告监测数据): impressions, clicks, unique impressions and clicks, CTR.
     AdMonitoring(AdMonitoringArgs),
+    /// Data overview (数据概览): new total and billable data, today / 7 days / month / cumulative.
+    Overview(RangeArgs),
+    /// Resource records (数据资源): purchases and daily usage with the remaining count.
+    Resources(RangeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RangeArgs {
+    #[arg(long)]
+    pub workspace: String,
+    /// First day (YYYY-MM-DD, workspace time zone).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last day, included.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// JSON (the only output today; the flag keeps scripts explicit).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RangeArgs {
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        push(&mut pairs, "from", self.from.as_slice());
+        push(&mut pairs, "to", self.to.as_slice());
+        pairs
+    }
+}
+
+fn json_out(value: &impl serde::Serialize, out: &mut dyn Write) -> Result<(), ReportError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| ReportError::Task(e.to_string()))?;
+    writeln!(out, "{text}").map_err(|e| ReportError::Task(format!("writing the report: {e}")))
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +136,14 @@ pub async fn run(
                 }
                 (Format::Json, false) => print_text(&report, out).map_err(io)?,
             }
+        }
+        ReportCommand::Overview(args) => {
+            let range = params::overview(&args.pairs(), reports.today())?;
+            json_out(&reports.overview(&args.workspace, range)?, out)?;
+        }
+        ReportCommand::Resources(args) => {
+            let range = params::resources(&args.pairs(), reports.today())?;
+            json_out(&reports.resources(&args.workspace, range)?, out)?;
         }
     }
     Ok(())

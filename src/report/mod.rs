@@ -12,6 +12,7 @@
 pub mod ad_monitoring;
 pub mod cli;
 pub mod lake;
+pub mod overview;
 pub mod params;
 pub mod range;
 

@@ -115,6 +115,39 @@ pub fn ad_monitoring(
     Ok((q, format(pairs)?))
 }
 
+/// Parses a data overview query: `from`, `to` (default the 7 days before today, at most 60).
+pub fn overview(pairs: &[(String, String)], today: NaiveDate) -> Result<DateRange, ReportError> {
+    check_known(pairs, &["from", "to", "format"])?;
+    if format(pairs)? != Format::Json {
+        return Err(ReportError::Invalid(
+            "the overview is only answered as json".into(),
+        ));
+    }
+    range(pairs, today)
+}
+
+/// Parses a resource-records query: `from`, `to` (default the last 7 days including today, at
+/// most 90).
+pub fn resources(pairs: &[(String, String)], today: NaiveDate) -> Result<DateRange, ReportError> {
+    check_known(pairs, &["from", "to", "format"])?;
+    if format(pairs)? != Format::Json {
+        return Err(ReportError::Invalid(
+            "resource records are only answered as json".into(),
+        ));
+    }
+    let from = single(pairs, "from")?
+        .map(|v| parse_day("from", v))
+        .transpose()?;
+    let to = single(pairs, "to")?
+        .map(|v| parse_day("to", v))
+        .transpose()?;
+    let to = match (from, to) {
+        (None, None) => Some(today),
+        (_, to) => to,
+    };
+    DateRange::resolve(from, to, today, 7, super::overview::MAX_RESOURCE_DAYS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

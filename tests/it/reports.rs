@@ -280,6 +280,8 @@ fn ad_monitoring_report_equals_duckdb_over_the_lake_cell_by_cell() {
     let a2 = create(&p, &env, "ws1", "a2", "gA", "ocean_engine");
     let a3 = create(&p, &env, "ws1", "a3", "gB", "huawei");
     let other = create(&p, &env, "ws2", "elsewhere", "gA", "huawei");
+    let out = p.run(&["quota", "add", "--workspace", "ws1", "--clicks", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let d = start_with(&p, (public, admin), &env);
 
     let plan = [&a1, &a2, &a3, &a1, &other];
@@ -356,6 +358,39 @@ fn ad_monitoring_report_equals_duckdb_over_the_lake_cell_by_cell() {
     let total = metrics(&all["table"]["total"]);
     assert_eq!(total[0] + total[1], 72, "{total:?}");
     assert!(total[2] < total[0] && total[3] < total[1], "{total:?}");
+
+    // Overview and resource records agree with the lake (they come from the batch counters).
+    let overview = get(&d, "/api/v1/workspaces/ws1/reports/overview", &d.token);
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    let overview: serde_json::Value = serde_json::from_str(&overview.body).expect("json");
+    for period in ["last_7_days", "last_month", "cumulative"] {
+        assert_eq!(
+            overview[period]["total"],
+            total[0] + total[1],
+            "{period}: {overview}"
+        );
+        assert_eq!(
+            overview[period]["billable"], total[1],
+            "{period}: {overview}"
+        );
+    }
+    assert_eq!(overview["series"].as_array().map(Vec::len), Some(7));
+    let out = p.run(&["report", "resources", "--workspace", "ws1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resources: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(resources["purchases"][0]["clicks"], 1000, "{resources}");
+    assert_eq!(resources["quota"]["used"], total[1], "{resources}");
+    let usage = resources["usage"].as_array().expect("usage");
+    let used: u64 = usage.iter().map(|u| u["used"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(used, total[1]);
+    assert_eq!(usage.last().expect("a day")["remaining"], 1000 - total[1]);
+    let long = get(
+        &d,
+        "/api/v1/workspaces/ws1/reports/resources?from=2026-01-01&to=2026-04-01",
+        &d.token,
+    );
+    assert_eq!(long.status, 400, "{}", long.body);
+    assert!(long.body.contains("at most 90"), "{}", long.body);
 
     // Cascading filters: group gA and channel huawei leave a1 only.
     let filtered = get(
@@ -452,6 +487,14 @@ fn report_requests_are_checked_before_anything_is_computed() {
     let own = get(&d, "/api/v1/workspaces/ws2/reports/ad-monitoring", &scoped);
     assert_eq!(own.status, 200, "{}", own.body);
     assert_eq!(get(&d, base, "bft_wrong").status, 401);
+    for report in ["overview", "resources"] {
+        let reply = get(
+            &d,
+            &format!("/api/v1/workspaces/ws1/reports/{report}"),
+            &scoped,
+        );
+        assert_eq!(reply.status, 403, "{report}: {}", reply.body);
+    }
 
     for (query, status, reason) in [
         (
