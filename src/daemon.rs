@@ -219,6 +219,7 @@ pub async fn serve(
         ))
     });
     let state = AppState {
+        reports: Arc::new(crate::report::Reports::from_runtime(jobs.runtime())),
         jobs: Arc::clone(&jobs),
         activities,
     };

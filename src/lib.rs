@@ -12,6 +12,7 @@ pub mod enrich;
 pub mod forward;
 pub mod journal;
 pub mod pipeline;
+pub mod report;
 pub mod schedule;
 pub mod storage;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use backflow::config::daemon::{DaemonConfig, LogFormat};
 use backflow::config::load::{LoadOptions, LoadReport, load_pipelines};
 use backflow::config::model::Pipeline;
 use backflow::pipeline::{RunOptions, testing};
+use backflow::report::cli::ReportCommand;
 use backflow::{daemon, telemetry};
 
 const EXAMPLES: &str = "\
@@ -103,6 +104,11 @@ enum Command {
     Quota {
         #[command(subcommand)]
         command: QuotaCommand,
+    },
+    /// Reports (报表分析), computed from the catalog and the committed lake.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
     },
 }
 
@@ -381,6 +387,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Activity(args) => cli::activity(&cfg, args, data_dir_given),
         Command::Feedback(args) => cli::feedback(&cfg, args, data_dir_given),
         Command::Quota { command } => quota_command(&cfg, command),
+        Command::Report { command } => report_command(&cfg, command),
         Command::Token { command } => {
             let catalog = Catalog::open(&cfg.catalog_path)?;
             match command {
@@ -483,5 +490,14 @@ fn quota_command(cfg: &DaemonConfig, command: QuotaCommand) -> anyhow::Result<Ex
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_command(cfg: &DaemonConfig, command: ReportCommand) -> anyhow::Result<ExitCode> {
+    let runtime = daemon::open_runtime(cfg)?;
+    let reports = backflow::report::Reports::from_runtime(&runtime);
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut out = std::io::stdout().lock();
+    rt.block_on(backflow::report::cli::run(&reports, command, &mut out))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@
 
 mod activities;
 mod openapi;
+pub mod reports;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub jobs: Arc<Jobs>,
     /// Activities and feedback tasks (`None` when monitoring links are off: no media registry).
     pub activities: Option<Arc<ActivityService>>,
+    /// Report queries over the lake and catalog (keeps read commit manifests).
+    pub reports: Arc<crate::report::Reports>,
 }
 
 /// An error answer. Internal errors are logged once here and answered without detail.
@@ -112,6 +115,7 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/api/v1/runs", get(list_runs))
         .route("/openapi.json", get(openapi_document))
         .merge(activities::routes())
+        .merge(reports::routes())
         .layer(middleware::from_fn_with_state(
             (state.clone(), "admin"),
             count_requests,

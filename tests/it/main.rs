@@ -19,5 +19,6 @@ mod media_e2e;
 mod pipeline;
 mod quota;
 mod registry;
+mod reports;
 mod s3;
 mod serve;

@@ -1,0 +1,189 @@
+//! `backflow report …`: the same queries as the admin API's report routes, computed in-process
+//! from the catalog and the lake (`--data-dir` / config like the other commands). Arguments are
+//! turned into the API's parameters and parsed by the same code, so both answer alike.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+
+use super::params::{self, Format};
+use super::{Report, ReportError, Reports};
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Ad monitoring report (广告监测数据): impressions, clicks, unique impressions and clicks, CTR.
+    AdMonitoring(AdMonitoringArgs),
+    /// Data overview (数据概览): new total and billable data, today / 7 days / month / cumulative.
+    Overview(RangeArgs),
+    /// Resource records (数据资源): purchases and daily usage with the remaining count.
+    Resources(RangeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RangeArgs {
+    #[arg(long)]
+    pub workspace: String,
+    /// First day (YYYY-MM-DD, workspace time zone).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last day, included.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// JSON (the only output today; the flag keeps scripts explicit).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RangeArgs {
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        push(&mut pairs, "from", self.from.as_slice());
+        push(&mut pairs, "to", self.to.as_slice());
+        pairs
+    }
+}
+
+fn json_out(value: &impl serde::Serialize, out: &mut dyn Write) -> Result<(), ReportError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| ReportError::Task(e.to_string()))?;
+    writeln!(out, "{text}").map_err(|e| ReportError::Task(format!("writing the report: {e}")))
+}
+
+#[derive(Debug, Args)]
+pub struct AdMonitoringArgs {
+    #[arg(long)]
+    pub workspace: String,
+    /// First day (YYYY-MM-DD, workspace time zone; default: 7 days before today).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last day, included (default: yesterday). At most 60 days in all.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// date, hour or audience.
+    #[arg(long, default_value = "date")]
+    pub form: String,
+    /// group, channel or activity.
+    #[arg(long, default_value = "group")]
+    pub by: String,
+    /// Only these activity groups (repeat or comma-separate).
+    #[arg(long)]
+    pub group: Vec<String>,
+    /// Only these channels (media ids).
+    #[arg(long)]
+    pub channel: Vec<String>,
+    /// Only these activity ids.
+    #[arg(long)]
+    pub activity: Vec<String>,
+    /// Audience form: province or city.
+    #[arg(long, default_value = "province")]
+    pub region: String,
+    /// Metrics to show (impressions, clicks, unique_impressions, unique_clicks, ctr).
+    #[arg(long)]
+    pub metrics: Vec<String>,
+    /// Print the report as JSON (the API's shape).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print the detail table as CSV (the API's export).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+fn push(pairs: &mut Vec<(String, String)>, name: &str, values: &[String]) {
+    pairs.extend(values.iter().map(|v| (name.to_string(), v.clone())));
+}
+
+impl AdMonitoringArgs {
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        push(&mut pairs, "from", self.from.as_slice());
+        push(&mut pairs, "to", self.to.as_slice());
+        push(&mut pairs, "form", std::slice::from_ref(&self.form));
+        push(&mut pairs, "by", std::slice::from_ref(&self.by));
+        push(&mut pairs, "group", &self.group);
+        push(&mut pairs, "channel", &self.channel);
+        push(&mut pairs, "activity", &self.activity);
+        push(&mut pairs, "region", std::slice::from_ref(&self.region));
+        push(&mut pairs, "metrics", &self.metrics);
+        if self.csv {
+            pairs.push(("format".into(), "csv".into()));
+        }
+        pairs
+    }
+}
+
+/// Runs a report command, writing the answer to `out`.
+pub async fn run(
+    reports: &Reports,
+    command: ReportCommand,
+    out: &mut dyn Write,
+) -> Result<(), ReportError> {
+    let io = |e: std::io::Error| ReportError::Task(format!("writing the report: {e}"));
+    match command {
+        ReportCommand::AdMonitoring(args) => {
+            let (q, format) =
+                params::ad_monitoring(&args.workspace, &args.pairs(), reports.today())?;
+            let report = reports.ad_monitoring(&q).await?;
+            match (format, args.json) {
+                (_, true) => {
+                    let text = serde_json::to_string_pretty(&report)
+                        .map_err(|e| ReportError::Task(e.to_string()))?;
+                    writeln!(out, "{text}").map_err(io)?;
+                }
+                (Format::Csv, false) => {
+                    let body = report
+                        .to_csv()
+                        .map_err(|e| ReportError::Task(e.to_string()))?;
+                    out.write_all(&body).map_err(io)?;
+                }
+                (Format::Json, false) => print_text(&report, out).map_err(io)?,
+            }
+        }
+        ReportCommand::Overview(args) => {
+            let range = params::overview(&args.pairs(), reports.today())?;
+            json_out(&reports.overview(&args.workspace, range)?, out)?;
+        }
+        ReportCommand::Resources(args) => {
+            let range = params::resources(&args.pairs(), reports.today())?;
+            json_out(&reports.resources(&args.workspace, range)?, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// A readable table: each dimension row with its buckets below it, then the total.
+fn print_text(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    let metrics = &report.metrics;
+    writeln!(
+        out,
+        "{} report of {} by {} from {} to {} ({})",
+        report.form, report.workspace, report.by, report.from, report.to, report.time_zone
+    )?;
+    let header: Vec<&str> = metrics.iter().map(|m| m.as_str()).collect();
+    writeln!(
+        out,
+        "{}\t{}\t{}",
+        report.by,
+        report.table.bucket,
+        header.join("\t")
+    )?;
+    let line = |m: &super::ad_monitoring::Metrics| -> String {
+        metrics
+            .iter()
+            .map(|x| m.text(*x))
+            .collect::<Vec<_>>()
+            .join("\t")
+    };
+    for row in &report.table.by_dimension {
+        writeln!(out, "{}\t(all)\t{}", row.label, line(&row.metrics))?;
+        for child in &row.children {
+            writeln!(out, "\t{}\t{}", child.label, line(&child.metrics))?;
+        }
+    }
+    writeln!(out, "total\t\t{}", line(&report.table.total))?;
+    if let Some(os) = &report.os {
+        writeln!(out, "os\t\t{}", header.join("\t"))?;
+        for row in &os.by_bucket {
+            writeln!(out, "{}\t\t{}", row.label, line(&row.metrics))?;
+        }
+    }
+    Ok(())
+}

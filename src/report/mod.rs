@@ -1,0 +1,97 @@
+//! Reports (报表分析, `spec/media-backflow.md` §4.3–4.6, §4.9): what campaign managers read.
+//!
+//! The ad monitoring report is computed exactly with Polars over the *committed* `ad_events`
+//! Parquet (files listed by a `_commits/` manifest; partitions pruned by `dt=`): impressions and
+//! clicks are counts, unique impressions and unique clicks are exact distinct device keys
+//! (DESIGN.md) over each cell of the report — a dimension row over the whole range is its own
+//! distinct count, never a sum of daily uniques.
+//!
+//! Everything here is read-only; a query is checked (range, form, dimension, the activities it
+//! names) before any file is read, so a bad request computes nothing.
+
+pub mod ad_monitoring;
+pub mod cli;
+pub mod lake;
+pub mod overview;
+pub mod params;
+pub mod range;
+
+use std::sync::Arc;
+
+use chrono_tz::Tz;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::storage::Location;
+
+pub use ad_monitoring::{AdMonitoringQuery, Dimension, Form, Metric, RegionLevel, Report};
+pub use lake::CommittedFiles;
+pub use range::{DateRange, MAX_REPORT_DAYS};
+
+/// Why a report could not be answered. `Invalid` and `NotFound` are the caller's (4xx); the
+/// others are ours (5xx).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("reading the lake at {path}: {source}")]
+    Storage {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("commit manifest {path} is unreadable: {reason}")]
+    Manifest { path: String, reason: String },
+    #[error("computing the report ({stage}): {source}")]
+    Polars {
+        stage: &'static str,
+        source: polars::error::PolarsError,
+    },
+    #[error("report task failed: {0}")]
+    Task(String),
+}
+
+impl ReportError {
+    /// Whether the caller caused it (a 4xx), as opposed to us (a 5xx).
+    pub fn is_user(&self) -> bool {
+        matches!(self, ReportError::Invalid(_) | ReportError::NotFound(_))
+    }
+}
+
+/// What every report needs: the catalog (activities, quota), the lake and the `dt=` time zone.
+#[derive(Debug, Clone)]
+pub struct Reports {
+    pub catalog: Arc<Catalog>,
+    pub lake: Location,
+    /// The partition time zone of the lake (the workspace time zone of the daemon config).
+    pub tz: Tz,
+    /// Commit manifests already read (they are immutable once written).
+    pub committed: Arc<CommittedFiles>,
+}
+
+impl Reports {
+    pub fn new(catalog: Arc<Catalog>, lake: Location, tz: Tz) -> Reports {
+        Reports {
+            catalog,
+            lake,
+            tz,
+            committed: Arc::new(CommittedFiles::default()),
+        }
+    }
+
+    /// Reports over a pipeline runtime's catalog, lake and time zone.
+    pub fn from_runtime(runtime: &crate::pipeline::Runtime) -> Reports {
+        Reports::new(
+            Arc::clone(&runtime.catalog),
+            runtime.lake.clone(),
+            runtime.tz,
+        )
+    }
+
+    /// Today in the report time zone.
+    pub fn today(&self) -> chrono::NaiveDate {
+        chrono::Utc::now().with_timezone(&self.tz).date_naive()
+    }
+}
