@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/workspaces/{ws}/reports/ad-monitoring",
             get(ad_monitoring),
         )
+        .route("/api/v1/workspaces/{ws}/reports/tencent", get(tencent))
         .route("/api/v1/workspaces/{ws}/reports/overview", get(overview))
         .route("/api/v1/workspaces/{ws}/reports/resources", get(resources))
 }
@@ -121,6 +122,28 @@ async fn ad_monitoring(
     let (q, format) = params::ad_monitoring(&ws, &pairs, reports.today())?;
     let report = reports.ad_monitoring(&q).await?;
     respond(report, format)
+}
+
+async fn tencent(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(ws): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ReportApiError> {
+    authorize_workspace(&state, &headers, &ws, Role::ReadOnly)?;
+    let reports = &state.reports;
+    let (q, format) = params::tencent(&ws, &pairs, reports.today())?;
+    let report = reports.tencent(&q).await?;
+    match format {
+        Format::Json => Ok(Json(report).into_response()),
+        Format::Csv => {
+            let body = report
+                .to_csv()
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let name = format!("tencent-{}-{}-{}", report.workspace, report.from, report.to);
+            Ok(csv_response(&name, body))
+        }
+    }
 }
 
 async fn overview(

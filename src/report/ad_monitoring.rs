@@ -291,10 +291,10 @@ impl Bucket {
 /// The label of a missing region or OS.
 pub const UNKNOWN: &str = "unknown";
 
-const DIM: &str = "__dim";
-const BUCKET: &str = "__bucket";
-const IS_CLICK: &str = "__is_click";
-const DEVICE: &str = "__device";
+pub(crate) const DIM: &str = "__dim";
+pub(crate) const BUCKET: &str = "__bucket";
+pub(crate) const IS_CLICK: &str = "__is_click";
+pub(crate) const DEVICE: &str = "__device";
 
 /// The device key (DESIGN.md): the first present of the device-ID fields, named so that equal
 /// values of different ID types differ, else the user's IP and user agent. The same key the
@@ -349,6 +349,29 @@ pub struct Cells {
     pub total: Metrics,
 }
 
+/// The receive day (`YYYY-MM-DD`) in the partition time zone.
+pub(crate) fn day_expr(tz: Tz) -> Expr {
+    col("received_at")
+        .dt()
+        .convert_time_zone(TimeZone::from_chrono(&tz))
+        .dt()
+        .strftime("%Y-%m-%d")
+}
+
+/// The bucket of a hit: its day, its hour of day, or its region / OS (`unknown` when missing).
+pub(crate) fn bucket_expr(bucket: Bucket, tz: Tz) -> Expr {
+    let local = col("received_at")
+        .dt()
+        .convert_time_zone(TimeZone::from_chrono(&tz));
+    match bucket.column() {
+        None if bucket == Bucket::Date => local.dt().strftime("%Y-%m-%d"),
+        None => local.dt().strftime("%H"),
+        Some(c) => when(col(c).is_null().or(col(c).eq(lit(""))))
+            .then(lit(UNKNOWN))
+            .otherwise(col(c)),
+    }
+}
+
 /// Hits of `workspace` in `range` on the activities of `mapping` (activity_id → dimension
 /// key), with their dimension, bucket, click flag and device key.
 pub fn prepared(
@@ -360,17 +383,8 @@ pub fn prepared(
     bucket: Bucket,
     endpoints: &[&str],
 ) -> LazyFrame {
-    let local = col("received_at")
-        .dt()
-        .convert_time_zone(TimeZone::from_chrono(&tz));
-    let day = local.clone().dt().strftime("%Y-%m-%d");
-    let bucket_expr = match bucket.column() {
-        None if bucket == Bucket::Date => day.clone(),
-        None => local.dt().strftime("%H"),
-        Some(c) => when(col(c).is_null().or(col(c).eq(lit(""))))
-            .then(lit(UNKNOWN))
-            .otherwise(col(c)),
-    };
+    let day = day_expr(tz);
+    let bucket_expr = bucket_expr(bucket, tz);
     let mut endpoint_ok = lit(false);
     for e in endpoints {
         endpoint_ok = endpoint_ok.or(col("endpoint").eq(lit(*e)));

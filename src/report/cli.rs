@@ -13,6 +13,8 @@ use super::{Report, ReportError, Reports};
 pub enum ReportCommand {
     /// Ad monitoring report (广告监测数据): impressions, clicks, unique impressions and clicks, CTR.
     AdMonitoring(AdMonitoringArgs),
+    /// Tencent Ads report (腾讯广告数据): clicks and unique clicks of the feedback tasks, by ad.
+    Tencent(TencentArgs),
     /// Data overview (数据概览): new total and billable data, today / 7 days / month / cumulative.
     Overview(RangeArgs),
     /// Resource records (数据资源): purchases and daily usage with the remaining count.
@@ -110,6 +112,60 @@ impl AdMonitoringArgs {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct TencentArgs {
+    #[arg(long)]
+    pub workspace: String,
+    /// First day (YYYY-MM-DD, workspace time zone; default: 7 days before today).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last day, included (default: yesterday). At most 60 days in all.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// date, hour or audience.
+    #[arg(long, default_value = "date")]
+    pub form: String,
+    /// task (feedback task name) or adgroup (Tencent ad id).
+    #[arg(long, default_value = "task")]
+    pub by: String,
+    /// Only these feedback task ids (repeat or comma-separate).
+    #[arg(long)]
+    pub task: Vec<String>,
+    /// Only these Tencent ad ids (adgroup_id).
+    #[arg(long)]
+    pub adgroup: Vec<String>,
+    /// Audience form: province or city.
+    #[arg(long, default_value = "province")]
+    pub region: String,
+    /// Metrics to show (clicks, unique_clicks).
+    #[arg(long)]
+    pub metrics: Vec<String>,
+    /// Print the report as JSON (the API's shape).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print the detail table as CSV (the API's export).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+impl TencentArgs {
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        push(&mut pairs, "from", self.from.as_slice());
+        push(&mut pairs, "to", self.to.as_slice());
+        push(&mut pairs, "form", std::slice::from_ref(&self.form));
+        push(&mut pairs, "by", std::slice::from_ref(&self.by));
+        push(&mut pairs, "task", &self.task);
+        push(&mut pairs, "adgroup", &self.adgroup);
+        push(&mut pairs, "region", std::slice::from_ref(&self.region));
+        push(&mut pairs, "metrics", &self.metrics);
+        if self.csv {
+            pairs.push(("format".into(), "csv".into()));
+        }
+        pairs
+    }
+}
+
 /// Runs a report command, writing the answer to `out`.
 pub async fn run(
     reports: &Reports,
@@ -135,6 +191,19 @@ pub async fn run(
                     out.write_all(&body).map_err(io)?;
                 }
                 (Format::Json, false) => print_text(&report, out).map_err(io)?,
+            }
+        }
+        ReportCommand::Tencent(args) => {
+            let (q, format) = params::tencent(&args.workspace, &args.pairs(), reports.today())?;
+            let report = reports.tencent(&q).await?;
+            match (format, args.json) {
+                (Format::Csv, false) => {
+                    let body = report
+                        .to_csv()
+                        .map_err(|e| ReportError::Task(e.to_string()))?;
+                    out.write_all(&body).map_err(io)?;
+                }
+                _ => json_out(&report, out)?,
             }
         }
         ReportCommand::Overview(args) => {

@@ -15,6 +15,7 @@ pub mod lake;
 pub mod overview;
 pub mod params;
 pub mod range;
+pub mod tencent;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use crate::storage::Location;
 pub use ad_monitoring::{AdMonitoringQuery, Dimension, Form, Metric, RegionLevel, Report};
 pub use lake::CommittedFiles;
 pub use range::{DateRange, MAX_REPORT_DAYS};
+pub use tencent::{TencentDimension, TencentMetric, TencentQuery, TencentReport};
 
 /// Why a report could not be answered. `Invalid` and `NotFound` are the caller's (4xx); the
 /// others are ours (5xx).

@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use super::range::parse_day;
 use super::{
     AdMonitoringQuery, DateRange, Dimension, Form, MAX_REPORT_DAYS, Metric, RegionLevel,
-    ReportError,
+    ReportError, TencentDimension, TencentMetric, TencentQuery,
 };
 
 /// Output format of a report.
@@ -112,6 +112,43 @@ pub fn ad_monitoring(
         metrics,
     };
     q.shown_metrics()?;
+    Ok((q, format(pairs)?))
+}
+
+const TENCENT_KNOWN: &[&str] = &[
+    "from", "to", "form", "by", "task", "adgroup", "region", "metrics", "metric", "format",
+];
+
+/// Parses a Tencent Ads report query.
+pub fn tencent(
+    workspace: &str,
+    pairs: &[(String, String)],
+    today: NaiveDate,
+) -> Result<(TencentQuery, Format), ReportError> {
+    check_known(pairs, TENCENT_KNOWN)?;
+    let form: Form = single(pairs, "form")?.unwrap_or("date").parse()?;
+    let by: TencentDimension = single(pairs, "by")?.unwrap_or("task").parse()?;
+    let region: RegionLevel = single(pairs, "region")?.unwrap_or("province").parse()?;
+    let tasks = values(pairs, "task")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ReportError::Invalid(format!("task: `{v}` is not a feedback task id")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metrics = values(pairs, "metrics")
+        .chain(values(pairs, "metric"))
+        .map(str::parse)
+        .collect::<Result<Vec<TencentMetric>, _>>()?;
+    let q = TencentQuery {
+        workspace: workspace.to_string(),
+        range: range(pairs, today)?,
+        form,
+        by,
+        tasks,
+        adgroups: values(pairs, "adgroup").map(str::to_string).collect(),
+        region,
+        metrics,
+    };
     Ok((q, format(pairs)?))
 }
 

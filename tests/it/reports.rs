@@ -546,3 +546,313 @@ fn report_requests_are_checked_before_anything_is_computed() {
     assert_eq!(body["from"], (today - chrono::Days::new(7)).to_string());
     assert_eq!(body["table"]["by_bucket"].as_array().map(Vec::len), Some(7));
 }
+
+/// Tencent feedback devices: (muid, app_type, ip, user agent, adgroup_id); empty means not sent.
+type FbDevice = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+const FB_DEVICES: [FbDevice; 5] = [
+    (
+        "0f607264fc6318a92b9e13c65db7cd3d",
+        "android",
+        "198.51.100.23",
+        "ua-a",
+        "228691429",
+    ),
+    (
+        "1f607264fc6318a92b9e13c65db7cd3d",
+        "android",
+        "198.51.100.24",
+        "ua-a",
+        "228691430",
+    ),
+    (
+        "2f607264fc6318a92b9e13c65db7cd3d",
+        "ios",
+        "203.0.113.9",
+        "ua-i",
+        "228691429",
+    ),
+    ("", "android", "203.0.113.10", "ua-b", ""),
+    ("", "", "", "", "228691430"),
+];
+
+fn feedback_hit(url: &str, d: FbDevice) -> u16 {
+    let mut query = vec!["click_time=1718000005".to_string()];
+    for (k, v) in [
+        ("muid", d.0),
+        ("app_type", d.1),
+        ("ip", d.2),
+        ("user_agent", d.3),
+        ("adgroup_id", d.4),
+    ] {
+        if !v.is_empty() {
+            query.push(format!("{k}={v}"));
+        }
+    }
+    http::send(
+        reqwest::Method::GET,
+        &format!("{url}?{}", query.join("&")),
+        None,
+    )
+    .expect("feedback hit")
+    .status
+}
+
+/// The Tencent report computed by DuckDB: feedback rows of the tasks' links.
+#[allow(clippy::too_many_arguments)]
+fn duckdb_tencent_cells(
+    p: &Project,
+    tasks: &[(i64, String)],
+    ws: &str,
+    from: &str,
+    to: &str,
+    dim: &str,
+    bucket: &str,
+    columns: &[String],
+) -> Option<Cells> {
+    let links: Vec<String> = tasks
+        .iter()
+        .map(|(id, link)| format!("('{link}', '{id}')"))
+        .collect();
+    let optional = |c: &str| {
+        if columns.iter().any(|x| x == c) {
+            format!("nullif(e.{c}, '')")
+        } else {
+            "NULL".to_string()
+        }
+    };
+    let whens: Vec<String> = [
+        "idfa",
+        "imei_md5",
+        "oaid",
+        "android_id_md5",
+        "mac_md5",
+        "caid",
+        "aaid",
+    ]
+    .iter()
+    .map(|f| {
+        if columns.iter().any(|x| x == f) {
+            format!("WHEN e.{f} IS NOT NULL AND e.{f} <> '' THEN '{f}:' || e.{f}")
+        } else {
+            String::new()
+        }
+    })
+    .collect();
+    let sql = format!(
+        "WITH links(link_id, task) AS (VALUES {links}),
+         hits AS (
+           SELECT CAST(e.dt AS VARCHAR) AS date,
+                  lpad(CAST(e.hour AS VARCHAR), 2, '0') AS hour,
+                  l.task AS task,
+                  coalesce({adgroup}, 'unknown') AS adgroup,
+                  coalesce({province}, 'unknown') AS province,
+                  coalesce({os}, 'unknown') AS os,
+                  CASE {whens} ELSE 'ip_ua:' || coalesce(e.user_ip, '') || chr(10) || coalesce(e.user_agent, '') END AS dk
+           FROM read_parquet('{lake}/ad_events/*/*/*.parquet', hive_partitioning = true, union_by_name = true) e
+           JOIN links l ON l.link_id = e.link_id
+           WHERE e.workspace = '{ws}' AND e.endpoint = 'feedback'
+             AND CAST(e.dt AS VARCHAR) BETWEEN '{from}' AND '{to}')
+         SELECT coalesce({dim}, '*'), coalesce({bucket}, '*'), count(*), count(DISTINCT dk)
+         FROM hits GROUP BY GROUPING SETS (({dim}, {bucket}), ({dim}), ({bucket}), ())",
+        links = links.join(", "),
+        adgroup = optional("adgroup_id"),
+        province = optional("geo_province"),
+        os = optional("ua_os"),
+        whens = whens.join(" "),
+        lake = p.lake().display(),
+    );
+    let (_, _, rows) = duckdb(p.path(), &sql)?;
+    Some(
+        rows.iter()
+            .map(|r| {
+                let s = |i: usize| r[i].as_str().expect("text").to_string();
+                let n = |i: usize| r[i].as_u64().expect("count");
+                ((s(0), s(1)), [0, n(2), 0, n(3)])
+            })
+            .collect(),
+    )
+}
+
+/// Tencent report cells in the ad monitoring shape (impressions always 0).
+fn tencent_cells(table: &serde_json::Value) -> Cells {
+    let mut with_zeros = table.clone();
+    fn fill(v: &mut serde_json::Value) {
+        if let Some(o) = v.as_object_mut() {
+            if o.contains_key("clicks") {
+                o.insert("impressions".into(), 0.into());
+                o.insert("unique_impressions".into(), 0.into());
+            }
+            for (_, child) in o.iter_mut() {
+                fill(child);
+            }
+        } else if let Some(a) = v.as_array_mut() {
+            a.iter_mut().for_each(fill);
+        }
+    }
+    fill(&mut with_zeros);
+    assert!(table["total"].get("impressions").is_none(), "clicks only");
+    report_cells(&with_zeros)
+}
+
+#[test]
+fn tencent_report_equals_duckdb_over_the_feedback_rows() {
+    let p = project();
+    let (public, admin) = (free_port(), free_port());
+    let env = vec![(
+        "BACKFLOW__PUBLIC__BASE_URL",
+        format!("http://127.0.0.1:{public}"),
+    )];
+    // A monitoring activity on tencent_ads too: its clicks are not in the Tencent report.
+    let act = create(&p, &env, "ws1", "macro", "gA", "tencent_ads");
+    let out = p.run(&["quota", "add", "--workspace", "ws1", "--clicks", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = p.run(&["quota", "add", "--workspace", "ws2", "--clicks", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = start_with(&p, (public, admin), &env);
+    let task = |ws: &str, name: &str| -> (i64, String, String) {
+        let out = p
+            .command(&[
+                "feedback",
+                "create",
+                "--workspace",
+                ws,
+                "--name",
+                name,
+                "--json",
+            ])
+            .env("BACKFLOW_API", &d.admin)
+            .env("BACKFLOW_TOKEN", &d.token)
+            .output()
+            .expect("spawn");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let t: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+        let id = t["id"].as_i64().expect("id");
+        let out = p
+            .command(&["feedback", "switch", &id.to_string(), "on"])
+            .env("BACKFLOW_API", &d.admin)
+            .env("BACKFLOW_TOKEN", &d.token)
+            .output()
+            .expect("spawn");
+        assert!(out.status.success(), "{}", stderr(&out));
+        (
+            id,
+            t["link"].as_u64().expect("link").to_string(),
+            t["feedback_url"].as_str().expect("url").to_string(),
+        )
+    };
+    let t1 = task("ws1", "朋友圈");
+    let t2 = task("ws1", "QQ 空间");
+    let elsewhere = task("ws2", "other");
+    let plan = [&t1, &t2, &t1, &elsewhere];
+    for i in 0..40usize {
+        let status = feedback_hit(&plan[i % plan.len()].2, FB_DEVICES[(i * 3 + i / 4) % 5]);
+        assert_eq!(status, 200, "hit {i}");
+    }
+    for device in &DEVICES[..4] {
+        let status = hit(&act, "click", *device);
+        assert!((200..400).contains(&status), "{status}");
+    }
+    drain(&d);
+
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .date_naive();
+    let (from, to) = (
+        (today - chrono::Days::new(1)).to_string(),
+        today.to_string(),
+    );
+    let Some(columns) = parquet_columns(&p) else {
+        return;
+    };
+    let tasks = [(t1.0, t1.1.clone()), (t2.0, t2.1.clone())];
+    let base = "/api/v1/workspaces/ws1/reports/tencent";
+    for (form, bucket) in [("date", "date"), ("hour", "hour"), ("audience", "province")] {
+        for by in ["task", "adgroup"] {
+            let reply = get(
+                &d,
+                &format!("{base}?from={from}&to={to}&form={form}&by={by}"),
+                &d.token,
+            );
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            let report: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+            let ours = tencent_cells(&report["table"]);
+            let theirs = duckdb_tencent_cells(&p, &tasks, "ws1", &from, &to, by, bucket, &columns)
+                .expect("duckdb");
+            assert_eq!(ours, theirs, "form={form} by={by}");
+            if form == "audience" {
+                let os = tencent_cells(&report["os"]);
+                let theirs =
+                    duckdb_tencent_cells(&p, &tasks, "ws1", &from, &to, by, "os", &columns)
+                        .expect("duckdb");
+                assert_eq!(os, theirs, "os by={by}");
+            }
+        }
+    }
+    // The data are what the test meant: 30 feedback clicks in ws1, repeated devices.
+    let all = get(&d, &format!("{base}?from={from}&to={to}"), &d.token);
+    let all: serde_json::Value = serde_json::from_str(&all.body).expect("json");
+    let total = &all["table"]["total"];
+    assert_eq!(total["clicks"], 30, "{all}");
+    assert!(total["unique_clicks"].as_u64().unwrap_or(99) <= 5, "{all}");
+    let names: Vec<&str> = all["table"]["by_dimension"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["label"].as_str())
+        .collect();
+    assert_eq!(names, ["QQ 空间", "朋友圈"]);
+
+    // One task only; the CLI's CSV is the API's.
+    let query = format!("from={from}&to={to}&task={}&form=hour", t2.0);
+    let only = get(&d, &format!("{base}?{query}"), &d.token);
+    let only: serde_json::Value = serde_json::from_str(&only.body).expect("json");
+    assert_eq!(
+        tencent_cells(&only["table"]),
+        duckdb_tencent_cells(&p, &tasks[1..], "ws1", &from, &to, "task", "hour", &columns)
+            .expect("duckdb")
+    );
+    let csv = get(&d, &format!("{base}?{query}&format=csv"), &d.token);
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.body
+            .starts_with("task_id,task,hour,clicks,unique_clicks\n"),
+        "{}",
+        csv.body
+    );
+    let out = p.run(&[
+        "report",
+        "tencent",
+        "--workspace",
+        "ws1",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--task",
+        &t2.0.to_string(),
+        "--form",
+        "hour",
+        "--csv",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), csv.body);
+
+    // Bad input is named; another workspace's task is unknown here.
+    for (query, reason) in [
+        (format!("task={}", elsewhere.0), "unknown feedback task"),
+        ("metrics=impressions".to_string(), "unknown metric"),
+        ("by=creative".to_string(), "unknown dimension"),
+        ("from=2026-01-01&to=2026-03-02".to_string(), "at most 60"),
+    ] {
+        let reply = get(&d, &format!("{base}?{query}"), &d.token);
+        assert_eq!(reply.status, 400, "{query}: {}", reply.body);
+        assert!(reply.body.contains(reason), "{query}: {}", reply.body);
+    }
+}
