@@ -23,6 +23,7 @@ pub fn routes() -> Router<AppState> {
             get(ad_monitoring),
         )
         .route("/api/v1/workspaces/{ws}/reports/tencent", get(tencent))
+        .route("/api/v1/workspaces/{ws}/reports/dashboard", get(dashboard))
         .route("/api/v1/workspaces/{ws}/reports/overview", get(overview))
         .route("/api/v1/workspaces/{ws}/reports/resources", get(resources))
 }
@@ -144,6 +145,17 @@ async fn tencent(
             Ok(csv_response(&name, body))
         }
     }
+}
+
+async fn dashboard(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(ws): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ReportApiError> {
+    authorize_workspace(&state, &headers, &ws, Role::ReadOnly)?;
+    let q = params::dashboard(&ws, &pairs, state.reports.today())?;
+    Ok(Json(state.reports.dashboard(&q).await?).into_response())
 }
 
 async fn overview(

@@ -170,6 +170,43 @@ CREATE TABLE forward_progress (
     next_position INTEGER NOT NULL
 );
 "#,
+    // Reports: click-detail download tasks (`downloads.rs`), and per-workspace activity
+    // counters (feedback hits share activity id 0 across workspaces, so the workspace must be
+    // part of the key; rows merged before this version stay as they were).
+    r#"
+CREATE TABLE downloads (
+    id           INTEGER PRIMARY KEY,
+    workspace    TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    day_from     TEXT NOT NULL,
+    day_to       TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('queued', 'processing', 'succeeded', 'failed')),
+    reason       TEXT,
+    clicks       INTEGER,
+    bytes        INTEGER,
+    file         TEXT,
+    created_by   TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    expires_at   TEXT
+);
+CREATE INDEX downloads_by_workspace ON downloads (workspace, id);
+CREATE INDEX downloads_by_status ON downloads (status, id);
+CREATE TABLE activity_day_counts_v2 (
+    workspace    TEXT NOT NULL,
+    activity_id  INTEGER NOT NULL,
+    day          TEXT NOT NULL,
+    impressions  INTEGER NOT NULL DEFAULT 0,
+    clicks       INTEGER NOT NULL DEFAULT 0,
+    dedup_clicks INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (workspace, activity_id, day)
+) WITHOUT ROWID;
+INSERT INTO activity_day_counts_v2 (workspace, activity_id, day, impressions, clicks, dedup_clicks)
+    SELECT workspace, activity_id, day, impressions, clicks, dedup_clicks FROM activity_day_counts;
+DROP TABLE activity_day_counts;
+ALTER TABLE activity_day_counts_v2 RENAME TO activity_day_counts;
+CREATE INDEX activity_day_counts_by_workspace ON activity_day_counts (workspace, day);
+"#,
 ];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.

@@ -15,6 +15,8 @@ pub enum ReportCommand {
     AdMonitoring(AdMonitoringArgs),
     /// Tencent Ads report (腾讯广告数据): clicks and unique clicks of the feedback tasks, by ad.
     Tencent(TencentArgs),
+    /// Dashboard (仪表盘): quota, volume with change, distinct IDs per type, growth trend.
+    Dashboard(DashboardArgs),
     /// Data overview (数据概览): new total and billable data, today / 7 days / month / cumulative.
     Overview(RangeArgs),
     /// Resource records (数据资源): purchases and daily usage with the remaining count.
@@ -166,6 +168,24 @@ impl TencentArgs {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    #[arg(long)]
+    pub workspace: String,
+    /// First day of the trend (YYYY-MM-DD; default: 7 days before today).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last day of the trend, included (default: yesterday). At most 60 days in all.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Monitoring type of the trend: all, impression or click.
+    #[arg(long = "type", default_value = "all")]
+    pub kind: String,
+    /// JSON (the only output; the flag keeps scripts explicit).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Runs a report command, writing the answer to `out`.
 pub async fn run(
     reports: &Reports,
@@ -205,6 +225,14 @@ pub async fn run(
                 }
                 _ => json_out(&report, out)?,
             }
+        }
+        ReportCommand::Dashboard(args) => {
+            let mut pairs = Vec::new();
+            push(&mut pairs, "from", args.from.as_slice());
+            push(&mut pairs, "to", args.to.as_slice());
+            push(&mut pairs, "type", std::slice::from_ref(&args.kind));
+            let q = params::dashboard(&args.workspace, &pairs, reports.today())?;
+            json_out(&reports.dashboard(&q).await?, out)?;
         }
         ReportCommand::Overview(args) => {
             let range = params::overview(&args.pairs(), reports.today())?;

@@ -55,9 +55,32 @@ impl CommittedFiles {
         dataset: &str,
         range: DateRange,
     ) -> Result<Vec<String>, ReportError> {
+        let prefixes: Vec<String> = range
+            .iter()
+            .map(|day| format!("{dataset}/dt={day}"))
+            .collect();
+        self.list_prefixes(lake, dataset, &prefixes).await
+    }
+
+    /// Every committed data file of `dataset` (all partitions), relative to the lake root.
+    pub async fn list_all(
+        &self,
+        lake: &Location,
+        dataset: &str,
+    ) -> Result<Vec<String>, ReportError> {
+        self.list_prefixes(lake, dataset, &[dataset.to_string()])
+            .await
+    }
+
+    async fn list_prefixes(
+        &self,
+        lake: &Location,
+        dataset: &str,
+        prefixes: &[String],
+    ) -> Result<Vec<String>, ReportError> {
         let mut candidates = Vec::new();
-        for day in range.iter() {
-            let prefix = lake.child(&format!("{dataset}/dt={day}"));
+        for prefix in prefixes {
+            let prefix = lake.child(prefix);
             let listed: Vec<_> =
                 lake.store
                     .list(Some(&prefix))

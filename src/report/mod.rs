@@ -11,6 +11,7 @@
 
 pub mod ad_monitoring;
 pub mod cli;
+pub mod dashboard;
 pub mod lake;
 pub mod overview;
 pub mod params;
@@ -25,6 +26,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::storage::Location;
 
 pub use ad_monitoring::{AdMonitoringQuery, Dimension, Form, Metric, RegionLevel, Report};
+pub use dashboard::{Dashboard, DashboardQuery, MonitoringType};
 pub use lake::CommittedFiles;
 pub use range::{DateRange, MAX_REPORT_DAYS};
 pub use tencent::{TencentDimension, TencentMetric, TencentQuery, TencentReport};

@@ -152,6 +152,26 @@ pub fn tencent(
     Ok((q, format(pairs)?))
 }
 
+/// Parses a dashboard query: the trend's `from`, `to` (default the 7 days before today, at most
+/// 60) and `type` (monitoring type: all, impression, click; default all).
+pub fn dashboard(
+    workspace: &str,
+    pairs: &[(String, String)],
+    today: NaiveDate,
+) -> Result<super::DashboardQuery, ReportError> {
+    check_known(pairs, &["from", "to", "type", "format"])?;
+    if format(pairs)? != Format::Json {
+        return Err(ReportError::Invalid(
+            "the dashboard is only answered as json".into(),
+        ));
+    }
+    Ok(super::DashboardQuery {
+        workspace: workspace.to_string(),
+        range: range(pairs, today)?,
+        kind: single(pairs, "type")?.unwrap_or("all").parse()?,
+    })
+}
+
 /// Parses a data overview query: `from`, `to` (default the 7 days before today, at most 60).
 pub fn overview(pairs: &[(String, String)], today: NaiveDate) -> Result<DateRange, ReportError> {
     check_known(pairs, &["from", "to", "format"])?;

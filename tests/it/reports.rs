@@ -702,7 +702,7 @@ fn tencent_cells(table: &serde_json::Value) -> Cells {
 }
 
 #[test]
-fn tencent_report_equals_duckdb_over_the_feedback_rows() {
+fn tencent_report_and_dashboard_equal_duckdb_over_the_lake() {
     let p = project();
     let (public, admin) = (free_port(), free_port());
     let env = vec![(
@@ -843,6 +843,100 @@ fn tencent_report_equals_duckdb_over_the_feedback_rows() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), csv.body);
+
+    // Dashboard: volumes, distinct IDs per type and the trend, against DuckDB over the lake.
+    let dash = get(
+        &d,
+        &format!("/api/v1/workspaces/ws1/reports/dashboard?from={from}&to={to}&type=click"),
+        &d.token,
+    );
+    assert_eq!(dash.status, 200, "{}", dash.body);
+    let dash: serde_json::Value = serde_json::from_str(&dash.body).expect("json");
+    let day = dash["today"].as_str().expect("today").to_string();
+    let scalar = |sql: String| -> u64 {
+        let (_, _, rows) = duckdb(p.path(), &sql).expect("duckdb");
+        rows[0][0].as_u64().expect("count")
+    };
+    let lake = format!(
+        "read_parquet('{}/ad_events/*/*/*.parquet', hive_partitioning = true, union_by_name = true)",
+        p.lake().display()
+    );
+    let count = |filter: &str| {
+        scalar(format!(
+            "SELECT count(*) FROM {lake} WHERE workspace = 'ws1' AND {filter}"
+        ))
+    };
+    let days_back = |n: u64| {
+        (chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d").expect("day") - chrono::Days::new(n))
+            .to_string()
+    };
+    assert_eq!(dash["volume"]["total"], count("true"), "{dash}");
+    assert_eq!(
+        dash["volume"]["total"], 34,
+        "30 feedback + 4 clicks: {dash}"
+    );
+    assert_eq!(
+        dash["volume"]["today"]["current"],
+        count(&format!("CAST(dt AS VARCHAR) = '{day}'"))
+    );
+    assert_eq!(
+        dash["volume"]["today"]["previous"],
+        count(&format!("CAST(dt AS VARCHAR) = '{}'", days_back(1)))
+    );
+    assert_eq!(
+        dash["volume"]["last_7_days"]["current"],
+        count(&format!(
+            "CAST(dt AS VARCHAR) BETWEEN '{}' AND '{day}'",
+            days_back(6)
+        ))
+    );
+    for (name, column) in [
+        ("mac", "mac_md5"),
+        ("imei", "imei_md5"),
+        ("idfa", "idfa_md5"),
+        ("oaid", "oaid_md5"),
+        ("android_id", "android_id_md5"),
+        ("caid", "caid"),
+        ("aaid", "aaid"),
+    ] {
+        let theirs = if columns.iter().any(|c| c == column) {
+            scalar(format!(
+                "SELECT count(DISTINCT nullif({column}, '')) FROM {lake} WHERE workspace = 'ws1'"
+            ))
+        } else {
+            0
+        };
+        assert_eq!(dash["ids"][name], theirs, "{name}: {dash}");
+    }
+    assert!(dash["ids"]["mobile"].is_null());
+    assert_eq!(dash["ids"]["imei"], 2, "two android muids: {dash}");
+    assert_eq!(dash["ids"]["idfa"], 1, "one iOS muid: {dash}");
+    for point in dash["trend"]["series"].as_array().expect("series") {
+        let d = point["day"].as_str().expect("day");
+        assert_eq!(
+            point["count"],
+            count(&format!(
+                "CAST(dt AS VARCHAR) = '{d}' AND endpoint <> 'impression'"
+            )),
+            "{point}"
+        );
+    }
+    assert_eq!(dash["quota"]["purchased"], 1000);
+    assert_eq!(dash["quota"]["used"], 34);
+    let out = p.run(&["report", "dashboard", "--workspace", "ws1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cli: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        (&cli["ids"], &cli["volume"]),
+        (&dash["ids"], &dash["volume"])
+    );
+    let bad = get(
+        &d,
+        "/api/v1/workspaces/ws1/reports/dashboard?type=view",
+        &d.token,
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("unknown monitoring type"), "{}", bad.body);
 
     // Bad input is named; another workspace's task is unknown here.
     for (query, reason) in [

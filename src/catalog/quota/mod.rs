@@ -621,7 +621,7 @@ impl Catalog {
             let mut upsert = tx.prepare(
                 "INSERT INTO activity_day_counts (activity_id, day, workspace, impressions, clicks, dedup_clicks)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (activity_id, day) DO UPDATE SET
+                 ON CONFLICT (workspace, activity_id, day) DO UPDATE SET
                      impressions = impressions + excluded.impressions,
                      clicks = clicks + excluded.clicks,
                      dedup_clicks = dedup_clicks + excluded.dedup_clicks",
