@@ -219,10 +219,22 @@ pub async fn serve(
         ))
     });
     let state = AppState {
-        reports: Arc::new(crate::report::Reports::from_runtime(jobs.runtime())),
+        reports: Arc::new(
+            crate::report::Reports::from_runtime(jobs.runtime())
+                .with_downloads_dir(cfg.data_dir.join("downloads")),
+        ),
         jobs: Arc::clone(&jobs),
         activities,
     };
+    {
+        // Click-detail downloads (`report::downloads`): archives under the data dir.
+        let reports = Arc::clone(&state.reports);
+        let dir = state.reports.downloads_dir.clone();
+        let (ttl, stop) = (cfg.reports_download_ttl_hours, shutdown.clone());
+        tracker.spawn(crate::report::downloads::run_worker(
+            reports, dir, ttl, stop,
+        ));
+    }
     let collect_routes = collect
         .as_ref()
         .map(|(state, _)| endpoint::routes(state.clone()));

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, authorize};
@@ -26,6 +27,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/workspaces/{ws}/reports/dashboard", get(dashboard))
         .route("/api/v1/workspaces/{ws}/reports/overview", get(overview))
         .route("/api/v1/workspaces/{ws}/reports/resources", get(resources))
+        .route(
+            "/api/v1/workspaces/{ws}/downloads",
+            get(list_downloads).post(create_download),
+        )
+        .route("/api/v1/downloads/{id}", get(get_download))
+        .route("/api/v1/downloads/{id}/file", get(download_file))
 }
 
 /// An error of a report route.
@@ -194,4 +201,138 @@ fn respond(report: Report, format: Format) -> Result<Response, ReportApiError> {
             Ok(csv_response(&name, body))
         }
     }
+}
+
+/// A new click-detail download task.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadInput {
+    /// First day (YYYY-MM-DD, workspace time zone); within the last month.
+    pub from: String,
+    /// Last day, included; at most today.
+    pub to: String,
+    /// Task name (default: `clicks {from}..{to}`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+async fn create_download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(ws): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ReportApiError> {
+    let info = authorize_workspace(&state, &headers, &ws, Role::Analyst)?;
+    let input: DownloadInput =
+        serde_json::from_slice(&body).map_err(|e| ReportError::Invalid(format!("body: {e}")))?;
+    let from = crate::report::range::parse_day("from", &input.from)?;
+    let to = crate::report::range::parse_day("to", &input.to)?;
+    crate::report::downloads::check_range(from, to, state.reports.today())?;
+    let name = input
+        .name
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("clicks {from}..{to}"));
+    if name.chars().count() > 100 {
+        return Err(ReportError::Invalid("name: at most 100 characters".into()).into());
+    }
+    let task = state
+        .reports
+        .catalog
+        .create_download(
+            &ws,
+            &name,
+            &from.to_string(),
+            &to.to_string(),
+            &format!("token:{}", info.id),
+        )
+        .map_err(ReportError::from)?;
+    Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+}
+
+async fn list_downloads(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(ws): Path<String>,
+) -> Result<Response, ReportApiError> {
+    authorize_workspace(&state, &headers, &ws, Role::ReadOnly)?;
+    let tasks = state
+        .reports
+        .catalog
+        .downloads(&ws)
+        .map_err(ReportError::from)?;
+    Ok(Json(tasks).into_response())
+}
+
+fn task_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: i64,
+) -> Result<crate::catalog::Download, ReportApiError> {
+    let info = authorize(state, headers, Role::ReadOnly)?;
+    let task = match state.reports.catalog.download(id) {
+        Ok(t) => t,
+        Err(crate::catalog::CatalogError::NotFound(m)) => {
+            return Err(ReportError::NotFound(m).into());
+        }
+        Err(e) => return Err(ReportError::from(e).into()),
+    };
+    match &info.workspace {
+        // Another workspace's task does not exist for this token.
+        Some(scoped) if *scoped != task.workspace => {
+            Err(ReportError::NotFound(format!("download {id}")).into())
+        }
+        _ => Ok(task),
+    }
+}
+
+async fn get_download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, ReportApiError> {
+    Ok(Json(task_for(&state, &headers, id)?).into_response())
+}
+
+async fn download_file(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, ReportApiError> {
+    let task = task_for(&state, &headers, id)?;
+    let bad = |status: StatusCode, message: String| {
+        (status, Json(json!({ "error": message }))).into_response()
+    };
+    if task.status != "succeeded" {
+        return Ok(bad(
+            StatusCode::CONFLICT,
+            format!("download {id} is {}, not succeeded", task.status),
+        ));
+    }
+    let Some(file) = task.file else {
+        return Ok(bad(
+            StatusCode::GONE,
+            format!(
+                "download {id} expired at {}",
+                task.expires_at.unwrap_or_default()
+            ),
+        ));
+    };
+    let body = tokio::fs::read(state.reports.downloads_dir.join(&file))
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading download {id}: {e}")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"clicks-{}-{id}.tar.gz\"",
+                    task.workspace
+                ),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }

@@ -8,6 +8,7 @@
 
 mod activities;
 mod batches;
+mod downloads;
 mod feedback;
 mod forward;
 mod quota;
@@ -21,6 +22,7 @@ use rusqlite::Connection;
 
 pub use activities::{Activity, ActivityEdit, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
+pub use downloads::Download;
 pub use feedback::FeedbackTask;
 pub use forward::{ForwardJob, ForwardQueueStats, NewForwardJob};
 pub use quota::{

@@ -78,6 +78,9 @@ pub struct DaemonConfig {
     /// `quota.staging_retention_days`: how long records staged for lack of quota wait for a
     /// top-up before they are purged (audited and counted), 1 to 365; default 30 (R63).
     pub quota_staging_retention_days: u32,
+    /// `reports.download_ttl_hours`: how long a finished click-detail download stays
+    /// downloadable before its archive is deleted (1 to 720 hours; default 72).
+    pub reports_download_ttl_hours: u32,
     /// `forward.*`: third-party monitoring forwarding (see [`ForwardConfig`]).
     pub forward: ForwardConfig,
     /// `enrich.geo_db`: a MaxMind DB City file (GeoLite2-City, DB-IP City Lite) for the geo_*
@@ -110,6 +113,7 @@ impl Default for DaemonConfig {
             shutdown_grace: Duration::from_secs(30),
             max_concurrent_runs: NonZeroUsize::MIN.saturating_add(2),
             quota_staging_retention_days: 30,
+            reports_download_ttl_hours: 72,
             forward: ForwardConfig::default(),
             enrich_geo_db: None,
             enrich_city_tiers: None,
@@ -164,6 +168,7 @@ const KEYS: &[&str] = &[
     "shutdown.grace_seconds",
     "scheduler.max_concurrent_runs",
     "quota.staging_retention_days",
+    "reports.download_ttl_hours",
     "forward.enabled",
     "forward.concurrency",
     "forward.timeout_seconds",
@@ -201,6 +206,8 @@ struct RawDaemon {
     scheduler: Option<RawSection<RawScheduler>>,
     /// `staging_retention_days`.
     quota: Option<RawSection<RawQuota>>,
+    /// `download_ttl_hours`.
+    reports: Option<RawSection<RawReports>>,
     /// Third-party forwarding.
     forward: Option<RawSection<RawForward>>,
     /// `geo_db`, `city_tiers`.
@@ -276,6 +283,13 @@ struct RawScheduler {
 struct RawQuota {
     /// 1 to 365.
     staging_retention_days: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReports {
+    /// 1 to 720.
+    download_ttl_hours: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,6 +388,10 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
         (
             "quota.staging_retention_days",
             raw.quota.and_then(|s| s.0.staging_retention_days),
+        ),
+        (
+            "reports.download_ttl_hours",
+            raw.reports.and_then(|s| s.0.download_ttl_hours),
         ),
         (
             "forward.enabled",
@@ -535,6 +553,9 @@ impl Resolver<'_> {
             quota_staging_retention_days: self
                 .get("quota.staging_retention_days", parse_retention_days)
                 .unwrap_or(d.quota_staging_retention_days),
+            reports_download_ttl_hours: self
+                .get("reports.download_ttl_hours", parse_ttl_hours)
+                .unwrap_or(d.reports_download_ttl_hours),
             forward: self.forward(d.forward),
             enrich_geo_db: self
                 .get("enrich.geo_db", parse_optional_path)
@@ -696,6 +717,14 @@ fn parse_runs(value: &str) -> Result<NonZeroUsize, String> {
         .ok_or_else(|| {
             format!("expected a number from 1 to {MAX_CONCURRENT_RUNS}, found `{value}`")
         })
+}
+
+fn parse_ttl_hours(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=720).contains(n))
+        .ok_or_else(|| format!("expected a number of hours from 1 to 720, found `{value}`"))
 }
 
 fn parse_retention_days(value: &str) -> Result<u32, String> {

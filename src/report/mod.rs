@@ -12,6 +12,7 @@
 pub mod ad_monitoring;
 pub mod cli;
 pub mod dashboard;
+pub mod downloads;
 pub mod lake;
 pub mod overview;
 pub mod params;
@@ -73,6 +74,8 @@ pub struct Reports {
     pub tz: Tz,
     /// Commit manifests already read (they are immutable once written).
     pub committed: Arc<CommittedFiles>,
+    /// Where click-detail download archives live (`{data_dir}/downloads` in `serve`).
+    pub downloads_dir: std::path::PathBuf,
 }
 
 impl Reports {
@@ -82,7 +85,14 @@ impl Reports {
             lake,
             tz,
             committed: Arc::new(CommittedFiles::default()),
+            downloads_dir: std::path::PathBuf::from("downloads"),
         }
+    }
+
+    /// The same, with download archives under `dir`.
+    pub fn with_downloads_dir(mut self, dir: std::path::PathBuf) -> Reports {
+        self.downloads_dir = dir;
+        self
     }
 
     /// Reports over a pipeline runtime's catalog, lake and time zone.

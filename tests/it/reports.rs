@@ -938,6 +938,109 @@ fn tencent_report_and_dashboard_equal_duckdb_over_the_lake() {
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("unknown monitoring type"), "{}", bad.body);
 
+    // Click-detail download: created, processed in the background, fetched twice, unpacked,
+    // and its lines are exactly DuckDB's clicks of ws1, in receive order.
+    let post = |body: serde_json::Value| -> (u16, serde_json::Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{}/api/v1/workspaces/ws1/downloads", d.admin))
+                .bearer_auth(&d.token)
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or_default())
+        })
+    };
+    let (status, task) = post(serde_json::json!({"from": from, "to": to, "name": "week"}));
+    assert_eq!(status, 202, "{task}");
+    assert_eq!(task["status"], "queued");
+    let id = task["id"].as_i64().expect("id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let task = loop {
+        let t = get(&d, &format!("/api/v1/downloads/{id}"), &d.token);
+        let t: serde_json::Value = serde_json::from_str(&t.body).expect("json");
+        if t["status"] == "succeeded" {
+            break t;
+        }
+        assert!(t["status"] != "failed", "{t}");
+        assert!(Instant::now() < deadline, "download not processed: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let fetch = || -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .get(format!("{}/api/v1/downloads/{id}/file", d.admin))
+                .bearer_auth(&d.token)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status().as_u16(), 200);
+            r.bytes().await.expect("body").to_vec()
+        })
+    };
+    let archive = fetch();
+    assert_eq!(archive, fetch(), "downloadable many times");
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&archive[..]), &mut tar)
+        .expect("gunzip");
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let mut at = 0;
+    while at + 512 <= tar.len() && tar[at] != 0 {
+        let name = String::from_utf8_lossy(&tar[at..at + 100])
+            .trim_end_matches('\0')
+            .to_string();
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&tar[at + 124..at + 135]).trim(), 8)
+                .expect("size");
+        assert!(
+            name.starts_with("clicks-") && name.ends_with(".log"),
+            "{name}"
+        );
+        let body = String::from_utf8(tar[at + 512..at + 512 + size].to_vec()).expect("utf8");
+        lines.extend(
+            body.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("ndjson")),
+        );
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    let ours: Vec<String> = lines
+        .iter()
+        .map(|l| l["event_id"].as_str().expect("event_id").to_string())
+        .collect();
+    let (_, _, rows) = duckdb(
+        p.path(),
+        &format!(
+            "SELECT event_id FROM {lake} WHERE workspace = 'ws1' AND endpoint IN ('click', 'feedback')
+             AND CAST(dt AS VARCHAR) BETWEEN '{from}' AND '{to}' ORDER BY received_at, event_id"
+        ),
+    )
+    .expect("duckdb");
+    let theirs: Vec<String> = rows
+        .iter()
+        .map(|r| r[0].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(ours, theirs);
+    assert_eq!(task["clicks"], theirs.len());
+    assert!(lines.iter().all(|l| l["raw_query"].is_string()));
+    let (status, body) = post(serde_json::json!({"from": "2020-01-01", "to": to}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("last month"),
+        "{body}"
+    );
+    let list = get(&d, "/api/v1/workspaces/ws1/downloads", &d.token);
+    assert!(list.body.contains("\"week\""), "{}", list.body);
+
     // Bad input is named; another workspace's task is unknown here.
     for (query, reason) in [
         (format!("task={}", elsewhere.0), "unknown feedback task"),
