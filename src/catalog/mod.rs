@@ -1,5 +1,5 @@
 //! The embedded state store (SQLite): tokens, activities, feedback tasks, batch intents and
-//! commits, ingested source files, run history and the audit log.
+//! commits, ingested source files, run history, published dataset versions and the audit log.
 //!
 //! SQLite runs in WAL mode with `synchronous = FULL`, so a committed transaction survives a
 //! power cut: the exactly-once protocol relies on "intent recorded" and "batch committed" being
@@ -8,6 +8,7 @@
 
 mod activities;
 mod batches;
+mod datasets;
 mod feedback;
 mod forward;
 mod quota;
@@ -21,6 +22,7 @@ use rusqlite::Connection;
 
 pub use activities::{Activity, ActivityEdit, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
+pub use datasets::DatasetVersion;
 pub use feedback::FeedbackTask;
 pub use forward::{ForwardJob, ForwardQueueStats, NewForwardJob};
 pub use quota::{
@@ -168,6 +170,20 @@ CREATE INDEX forward_jobs_due ON forward_jobs (next_at_ms, id);
 CREATE TABLE forward_progress (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
     next_position INTEGER NOT NULL
+);
+"#,
+    // Published dataset versions (`datasets.rs`): a record per `_current` pointer written.
+    r#"
+CREATE TABLE dataset_versions (
+    dataset      TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    version      TEXT NOT NULL,
+    job          TEXT NOT NULL,
+    run_id       INTEGER,
+    rows         INTEGER NOT NULL,
+    published_at TEXT NOT NULL,
+    deleted_at   TEXT,
+    PRIMARY KEY (dataset, seq)
 );
 "#,
 ];

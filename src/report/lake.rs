@@ -76,6 +76,42 @@ impl CommittedFiles {
                 }
             }
         }
+        self.committed(lake, dataset, candidates).await
+    }
+
+    /// Every committed data file of `dataset` (all partitions), relative to the lake root, in
+    /// path order.
+    pub async fn list_all(
+        &self,
+        lake: &Location,
+        dataset: &str,
+    ) -> Result<Vec<String>, ReportError> {
+        let prefix = lake.child(dataset);
+        let listed: Vec<_> =
+            lake.store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| ReportError::Storage {
+                    path: prefix.to_string(),
+                    source,
+                })?;
+        let candidates = listed
+            .iter()
+            .filter_map(|meta| lake.relative(&meta.location))
+            .filter(|relative| relative.ends_with(".parquet"))
+            .filter_map(|relative| Some((batch_of(&relative)?, relative)))
+            .collect();
+        self.committed(lake, dataset, candidates).await
+    }
+
+    /// The candidates (batch, relative path) a commit manifest lists, sorted.
+    async fn committed(
+        &self,
+        lake: &Location,
+        dataset: &str,
+        candidates: Vec<(i64, String)>,
+    ) -> Result<Vec<String>, ReportError> {
         let mut out = Vec::with_capacity(candidates.len());
         for (batch, relative) in candidates {
             if let Some(files) = self.manifest(lake, dataset, batch).await?
