@@ -20,7 +20,7 @@ use crate::collect::links::LinkCache;
 use crate::collect::registry::MediaRegistry;
 use crate::collect::service::ActivityService;
 use crate::config::daemon::DaemonConfig;
-use crate::config::model::{Pipeline, SourceConfig};
+use crate::config::model::{DatasetJob, Pipeline, SourceConfig};
 use crate::enrich::{EnrichError, EnrichOptions, Enricher};
 use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::pipeline::Runtime;
@@ -158,6 +158,7 @@ pub async fn serve(
     cfg: &DaemonConfig,
     runtime: Runtime,
     pipelines: Vec<Pipeline>,
+    datasets: Vec<DatasetJob>,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let collect = open_collect(cfg, &runtime).await?;
@@ -205,6 +206,7 @@ pub async fn serve(
     let jobs = Jobs::new(
         runtime,
         pipelines,
+        datasets,
         cfg.max_concurrent_runs.get(),
         shutdown.clone(),
         tracker.clone(),

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod collect;
 pub mod config;
 pub mod daemon;
+pub mod datasets;
 pub mod enrich;
 pub mod forward;
 pub mod journal;

@@ -14,10 +14,10 @@ use backflow::catalog::{Catalog, QuotaStatus, Role};
 use backflow::collect::registry::MediaRegistry;
 use backflow::config::daemon::{DaemonConfig, LogFormat};
 use backflow::config::load::{LoadOptions, LoadReport, load_pipelines};
-use backflow::config::model::Pipeline;
+use backflow::config::model::{DatasetJob, Pipeline};
 use backflow::pipeline::{RunOptions, testing};
 use backflow::report::cli::ReportCommand;
-use backflow::{daemon, telemetry};
+use backflow::{daemon, datasets, telemetry};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -26,6 +26,7 @@ Examples:
   backflow validate pipelines/a.yaml other/       # check some files and directories
   backflow run behavior_events                    # run one pipeline now, until its source is drained
   backflow run behavior_events --from 2026-11-01 --to 2026-11-07
+  backflow run behavior_dataset                   # refresh datasets/behavior now and publish it
   backflow test                                   # run the tests: blocks of every pipeline
   backflow token create --role analyst --label grafana
   backflow activity --api http://127.0.0.1:8081 --token $T create --workspace ws --name n \
@@ -68,9 +69,10 @@ enum Command {
         /// Files or directories (default: the configured pipelines_dir).
         paths: Vec<PathBuf>,
     },
-    /// Run one pipeline now until its source is drained (replaying an open batch first).
+    /// Run one pipeline now until its source is drained (replaying an open batch first), or
+    /// refresh a dataset job now (build, validate, publish a new version).
     Run {
-        /// Pipeline name (from pipelines_dir) or path to its YAML file.
+        /// Pipeline or dataset job name (from pipelines_dir) or path to its YAML file.
         pipeline: String,
         /// Only source files modified on or after this date (YYYY-MM-DD, workspace zone).
         #[arg(long)]
@@ -209,11 +211,18 @@ fn print_errors(report: &LoadReport) {
 
 /// Finds pipelines by name in pipelines_dir, or loads a path.
 fn select_pipelines(cfg: &DaemonConfig, which: Option<&str>) -> anyhow::Result<Vec<Pipeline>> {
+    select(cfg, which).map(|(pipelines, _)| pipelines)
+}
+
+/// Finds pipelines and dataset jobs by name in pipelines_dir, or loads a path.
+fn select(
+    cfg: &DaemonConfig,
+    which: Option<&str>,
+) -> anyhow::Result<(Vec<Pipeline>, Vec<DatasetJob>)> {
     let opts = load_options(cfg);
+    let is_path = |a: &str| a.ends_with(".yaml") || a.ends_with(".yml");
     let report = match which {
-        Some(arg) if arg.ends_with(".yaml") || arg.ends_with(".yml") => {
-            load_pipelines(&[PathBuf::from(arg)], &opts)
-        }
+        Some(arg) if is_path(arg) => load_pipelines(&[PathBuf::from(arg)], &opts),
         _ => load_pipelines(std::slice::from_ref(&cfg.pipelines_dir), &opts),
     };
     if !report.errors.is_empty() {
@@ -223,17 +232,18 @@ fn select_pipelines(cfg: &DaemonConfig, which: Option<&str>) -> anyhow::Result<V
             report.errors.len()
         );
     }
-    let mut pipelines = report.pipelines;
-    if let Some(name) = which.filter(|a| !(a.ends_with(".yaml") || a.ends_with(".yml"))) {
+    let (mut pipelines, mut jobs) = (report.pipelines, report.jobs);
+    if let Some(name) = which.filter(|a| !is_path(a)) {
         pipelines.retain(|p| p.name == name);
-        if pipelines.is_empty() {
+        jobs.retain(|j| j.name == name);
+        if pipelines.is_empty() && jobs.is_empty() {
             bail!(
-                "no pipeline named `{name}` in {}",
+                "no pipeline or dataset job named `{name}` in {}",
                 cfg.pipelines_dir.display()
             );
         }
     }
-    Ok(pipelines)
+    Ok((pipelines, jobs))
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -276,6 +286,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     report.files,
                     names.join(", ")
                 );
+                if !report.jobs.is_empty() {
+                    let jobs: Vec<String> = report
+                        .jobs
+                        .iter()
+                        .map(|j| format!("{} (datasets/{})", j.name, j.output()))
+                        .collect();
+                    println!("ok: {} dataset job(s): {}", jobs.len(), jobs.join(", "));
+                }
                 if let Some(registry) = registry {
                     println!(
                         "ok: media registry {}: {} media ({} of the manual), {} placement rows",
@@ -326,9 +344,28 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             max_batches,
             json,
         } => {
-            let pipelines = select_pipelines(&cfg, Some(&pipeline))?;
+            let (pipelines, jobs) = select(&cfg, Some(&pipeline))?;
             let runtime = daemon::open_runtime(&cfg)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            for job in &jobs {
+                let summary = rt.block_on(datasets::refresh(&runtime, job, "cli"))?;
+                if json {
+                    println!("{}", serde_json::to_string(&summary)?);
+                } else {
+                    println!(
+                        "{}: run {} {}: published {} version {} (pointer {}), {} rows from {} source rows; {} old version(s) deleted",
+                        job.name,
+                        summary.run_id,
+                        summary.status,
+                        summary.dataset,
+                        summary.version,
+                        summary.seq,
+                        summary.rows_out,
+                        summary.rows_in,
+                        summary.deleted_versions.len()
+                    );
+                }
+            }
             let mut summaries = Vec::new();
             for p in &pipelines {
                 let opts = RunOptions {
@@ -376,6 +413,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 &cfg,
                 runtime,
                 report.pipelines,
+                report.jobs,
                 CancellationToken::new(),
             ));
             // Work abandoned after the grace period (a Polars step of a batch) must not hold

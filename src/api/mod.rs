@@ -113,6 +113,8 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/api/v1/pipelines", get(list_pipelines))
         .route("/api/v1/pipelines/{name}/runs", post(trigger_run))
         .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{name}/runs", post(trigger_run))
         .route("/openapi.json", get(openapi_document))
         .merge(activities::routes())
         .merge(reports::routes())
@@ -236,12 +238,49 @@ async fn list_pipelines(
             "description": p.description,
             "file": p.file.display().to_string(),
             "schedule": p.schedule.as_ref().map(|s| json!({"cron": s.cron, "time_zone": s.time_zone.name()})),
+            "next_run_at": p.schedule.as_ref().and_then(Jobs::next_fire),
             "running": state.jobs.is_running(&p.name),
             "committed_batches": committed,
             "last_run": last_run,
         }));
     }
     Ok(Json(json!({ "pipelines": out })).into_response())
+}
+
+/// Dataset jobs: schedule and next fire time, the published version, the last run.
+async fn list_jobs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Role::ReadOnly)?;
+    let catalog = &state.jobs.runtime().catalog;
+    let internal = |e: crate::catalog::CatalogError| ApiError::Internal(e.to_string());
+    let mut out = Vec::new();
+    for j in state.jobs.datasets() {
+        let last_run = catalog
+            .recent_runs(Some(&j.name), 1)
+            .map_err(internal)?
+            .into_iter()
+            .next();
+        let versions = catalog.dataset_versions(j.output(), 50).map_err(internal)?;
+        let current = versions.iter().find(|v| v.deleted_at.is_none()).cloned();
+        let kept = versions.iter().filter(|v| v.deleted_at.is_none()).count();
+        out.push(json!({
+            "name": j.name,
+            "kind": "dataset",
+            "description": j.description,
+            "file": j.file.display().to_string(),
+            "dataset": j.output(),
+            "schedule": j.schedule.as_ref().map(|s| json!({"cron": s.cron, "time_zone": s.time_zone.name()})),
+            "next_run_at": j.schedule.as_ref().and_then(Jobs::next_fire),
+            "keep_versions": j.publish.keep_versions.get(),
+            "running": state.jobs.is_running(&j.name),
+            "current_version": current,
+            "kept_versions": kept,
+            "last_run": last_run,
+        }));
+    }
+    Ok(Json(json!({ "jobs": out })).into_response())
 }
 
 async fn trigger_run(
@@ -253,7 +292,7 @@ async fn trigger_run(
     let outcome = state
         .jobs
         .trigger(&name, "api")
-        .ok_or_else(|| ApiError::NotFound(format!("no pipeline named `{name}`")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no pipeline or dataset job named `{name}`")))?;
     let catalog = &state.jobs.runtime().catalog;
     catalog
         .audit(&format!("token:{}", who.id), "pipeline.run", &name)

@@ -198,6 +198,33 @@ pub fn document() -> Value {
         ),
     );
     add(
+        "/api/v1/jobs",
+        "get",
+        op(
+            "Dataset jobs: schedule, next run time, current published version, last run.",
+            "pipelines",
+            vec![],
+            None,
+            ("200", list_of("jobs", object.clone())),
+            &[],
+        ),
+    );
+    add(
+        "/api/v1/jobs/{name}/runs",
+        "post",
+        op(
+            "Start a dataset refresh now (workspace_admin); the same as the pipeline route.",
+            "pipelines",
+            vec![path_param("name", "Dataset job name.", false)],
+            None,
+            (
+                "202",
+                json!({"type": "object", "properties": {"pipeline": {"type": "string"}, "outcome": {"type": "string"}}}),
+            ),
+            &["404", "409"],
+        ),
+    );
+    add(
         "/api/v1/runs",
         "get",
         op(

@@ -1,5 +1,5 @@
 //! The embedded state store (SQLite): tokens, activities, feedback tasks, batch intents and
-//! commits, ingested source files, run history and the audit log.
+//! commits, ingested source files, run history, published dataset versions and the audit log.
 //!
 //! SQLite runs in WAL mode with `synchronous = FULL`, so a committed transaction survives a
 //! power cut: the exactly-once protocol relies on "intent recorded" and "batch committed" being
@@ -9,6 +9,7 @@
 mod activities;
 mod batches;
 mod downloads;
+mod datasets;
 mod feedback;
 mod forward;
 mod quota;
@@ -23,6 +24,7 @@ use rusqlite::Connection;
 pub use activities::{Activity, ActivityEdit, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
 pub use downloads::Download;
+pub use datasets::DatasetVersion;
 pub use feedback::FeedbackTask;
 pub use forward::{ForwardJob, ForwardQueueStats, NewForwardJob};
 pub use quota::{
@@ -208,6 +210,20 @@ INSERT INTO activity_day_counts_v2 (workspace, activity_id, day, impressions, cl
 DROP TABLE activity_day_counts;
 ALTER TABLE activity_day_counts_v2 RENAME TO activity_day_counts;
 CREATE INDEX activity_day_counts_by_workspace ON activity_day_counts (workspace, day);
+"#,
+    // Published dataset versions (`datasets.rs`): a record per `_current` pointer written.
+    r#"
+CREATE TABLE dataset_versions (
+    dataset      TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    version      TEXT NOT NULL,
+    job          TEXT NOT NULL,
+    run_id       INTEGER,
+    rows         INTEGER NOT NULL,
+    published_at TEXT NOT NULL,
+    deleted_at   TEXT,
+    PRIMARY KEY (dataset, seq)
+);
 "#,
 ];
 

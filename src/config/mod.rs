@@ -13,6 +13,7 @@ pub mod error;
 pub mod load;
 pub mod model;
 pub mod raw;
+pub mod raw_dataset;
 pub mod schema_file;
 
 pub use daemon::{DaemonConfig, LogFormat};

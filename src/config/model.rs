@@ -197,3 +197,98 @@ pub struct FieldSpec {
     pub allowed: Option<Vec<String>>,
     pub description: Option<String>,
 }
+
+/// A dataset job (`kind: dataset`), fully validated.
+#[derive(Debug, Clone)]
+pub struct DatasetJob {
+    /// Unique name (shared with pipeline names), the key of its run history.
+    pub name: String,
+    /// The YAML file it came from.
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub build: DatasetBuild,
+    pub publish: PublishPolicy,
+    pub schedule: Option<Schedule>,
+}
+
+impl DatasetJob {
+    /// The output dataset: the folder `datasets/{output}/` under the lake root.
+    pub fn output(&self) -> &str {
+        match &self.build {
+            DatasetBuild::Behavior(b) => &b.output,
+        }
+    }
+}
+
+/// What a dataset job builds. One variant per dataset kind.
+#[derive(Debug, Clone)]
+pub enum DatasetBuild {
+    Behavior(BehaviorBuild),
+}
+
+/// The behavior dataset (行为数据集) and its dimension tables.
+#[derive(Debug, Clone)]
+pub struct BehaviorBuild {
+    pub output: String,
+    pub time_grain: TimeGrain,
+    /// Lake dataset of behavior events, if used.
+    pub behavior_events: Option<String>,
+    pub ad_events: Option<AdEventsMapping>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeGrain {
+    Day,
+    Hour,
+}
+
+/// How monitoring-link hits become behaviors.
+#[derive(Debug, Clone)]
+pub struct AdEventsMapping {
+    /// Lake dataset of hits.
+    pub dataset: String,
+    /// (endpoint, behavior type), in the order written; other endpoints are left out.
+    pub behavior_types: Vec<(String, String)>,
+    pub object: AdObject,
+    pub include_flagged: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdObject {
+    Activity,
+    Creative,
+}
+
+/// Checks and retention of published versions.
+#[derive(Debug, Clone)]
+pub struct PublishPolicy {
+    pub keep_versions: NonZeroUsize,
+    pub allow_empty: bool,
+    /// (column, largest share of nulls), the always-checked required columns first.
+    pub max_null_ratio: Vec<(String, f64)>,
+}
+
+/// Columns of the behavior dataset's main table, in order (spec/datasets-admin.md §1.7.4).
+pub const BEHAVIOR_COLUMNS: &[&str] = &[
+    "user_id",
+    "user_id_2",
+    "user_id_3",
+    "id_type",
+    "behavior_type",
+    "behavior_time",
+    "behavior_count",
+    "behavior_amount",
+    "channel",
+    "object_attribute",
+    "object_attribute_value",
+    "object_attribute_value_id",
+];
+
+/// Columns of the behavior table that must never be null (the manual's required fields).
+pub const BEHAVIOR_REQUIRED: &[&str] = &[
+    "user_id",
+    "id_type",
+    "behavior_type",
+    "behavior_time",
+    "object_attribute",
+];

@@ -128,6 +128,9 @@ impl JsonSchema for TypeName {
 #[serde(deny_unknown_fields)]
 #[schemars(title = "backflow pipeline (format v1)")]
 pub struct RawPipeline {
+    /// `stream` (the default); dataset jobs say `kind: dataset`.
+    #[serde(default)]
+    pub kind: Option<super::raw_dataset::RawStreamKind>,
     /// Unique pipeline name, `[a-z][a-z0-9_]*`; also the key of its state (checkpoints, runs).
     pub name: Located<String>,
     /// Free text for people reading the pipeline list.
@@ -453,7 +456,7 @@ pub trait Tagged<'de>: Sized {
 }
 
 /// The visitor behind every [`Tagged`] enum's `Deserialize`.
-pub struct TaggedVisitor<T>(PhantomData<T>);
+pub struct TaggedVisitor<T>(pub PhantomData<T>);
 
 impl<'de, T: Tagged<'de>> Visitor<'de> for TaggedVisitor<T> {
     type Value = T;

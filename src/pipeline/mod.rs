@@ -278,7 +278,7 @@ impl Runtime {
         result.map(|()| summary)
     }
 
-    fn lock(&self, name: &str) -> Result<Option<std::fs::File>, PipelineError> {
+    pub(crate) fn lock(&self, name: &str) -> Result<Option<std::fs::File>, PipelineError> {
         let Some(dir) = &self.lock_dir else {
             return Ok(None);
         };

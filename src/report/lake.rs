@@ -99,6 +99,16 @@ impl CommittedFiles {
                 }
             }
         }
+        self.committed(lake, dataset, candidates).await
+    }
+
+    /// The candidates (batch, relative path) a commit manifest lists, sorted.
+    async fn committed(
+        &self,
+        lake: &Location,
+        dataset: &str,
+        candidates: Vec<(i64, String)>,
+    ) -> Result<Vec<String>, ReportError> {
         let mut out = Vec::with_capacity(candidates.len());
         for (batch, relative) in candidates {
             if let Some(files) = self.manifest(lake, dataset, batch).await?

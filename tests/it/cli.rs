@@ -28,7 +28,7 @@ fn validate_reports_every_error_of_every_file_with_its_location() {
     );
     assert!(err.contains("pipelines/typo.yaml:2:1"), "{err}");
     assert!(err.contains("unknown field `sourc`"), "{err}");
-    assert!(err.contains("error(s) in 5 file(s)"), "{err}");
+    assert!(err.contains("error(s) in 6 file(s)"), "{err}");
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn run_of_an_unknown_pipeline_is_a_clear_error() {
     let out = p.run(&["run", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("no pipeline named `nope`"),
+        stderr(&out).contains("no pipeline or dataset job named `nope`"),
         "{}",
         stderr(&out)
     );

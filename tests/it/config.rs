@@ -175,7 +175,7 @@ fn unknown_key_is_located_with_serdes_expected_list() {
     assert_eq!(
         error_lines("broken/unknown_key.yaml"),
         [
-            "tests/fixtures/config/broken/unknown_key.yaml:2:1: sourc: unknown field `sourc`, expected one of name, description, source, transforms, sink, schedule, tests"
+            "tests/fixtures/config/broken/unknown_key.yaml:2:1: sourc: unknown field `sourc`, expected one of kind, name, description, source, transforms, sink, schedule, tests"
         ]
     );
 }
@@ -365,8 +365,13 @@ fn json_schema_documents_the_fields() {
     let text = schema.to_string();
     assert!(text.contains("max_files_per_batch"));
     assert!(text.contains("Unique pipeline name"));
-    assert_eq!(
-        schema["additionalProperties"],
-        serde_json::Value::Bool(false)
-    );
+    // A file is a streaming pipeline or a dataset job; each denies unknown keys.
+    for def in ["Pipeline", "DatasetJob"] {
+        assert_eq!(
+            schema["$defs"][def]["additionalProperties"],
+            serde_json::Value::Bool(false),
+            "{def}"
+        );
+    }
+    assert!(text.contains("Output dataset name"));
 }

@@ -10,6 +10,7 @@ mod cli;
 mod collect;
 mod config;
 mod crash;
+mod datasets;
 mod duckdb;
 mod enrich;
 mod forward;

@@ -5,6 +5,8 @@
 //! `backflow validate` calls [`load_pipelines`] over the whole `pipelines/` folder, which adds the
 //! checks that span files (duplicate pipeline names, two writers of one dataset).
 
+mod job;
+
 use std::collections::HashMap;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -14,15 +16,16 @@ use serde_saphyr::Location;
 
 use super::error::{Collector, ConfigError, is_blank, parse_yaml};
 use super::model::{
-    ColumnType, CompiledExpr, Compression, CsvOptions, DatasetSchema, FileFormat, Granularity,
-    JournalSource, Keep, ObjectStoreFilesSource, ParquetSink, Pipeline, PipelineTest, Schedule,
-    SinkConfig, SourceConfig, TransformStep,
+    ColumnType, CompiledExpr, Compression, CsvOptions, DatasetJob, DatasetSchema, FileFormat,
+    Granularity, JournalSource, Keep, ObjectStoreFilesSource, ParquetSink, Pipeline, PipelineTest,
+    Schedule, SinkConfig, SourceConfig, TransformStep,
 };
 use super::raw::{
     Located, OrderedMap, RawCompression, RawCsvOptions, RawDedup, RawFileFormat, RawGranularity,
     RawKeep, RawObjectStoreFiles, RawParquetSink, RawPipeline, RawSchedule, RawSink, RawSource,
     RawTest, RawTransform, Row, TYPE_NAMES, TypeName,
 };
+use super::raw_dataset::{KindProbe, RawPipelineFile};
 use super::schema_file::load_schema_file;
 use crate::storage::StorageUrl;
 
@@ -80,6 +83,8 @@ impl LoadOptions {
 pub struct LoadReport {
     /// Pipelines without errors (a pipeline that clashes with an earlier one is left out).
     pub pipelines: Vec<Pipeline>,
+    /// Dataset jobs without errors (`kind: dataset` files).
+    pub jobs: Vec<DatasetJob>,
     /// Every error of every file, in file order.
     pub errors: Vec<ConfigError>,
     /// How many pipeline files were read.
@@ -92,6 +97,7 @@ pub fn load_pipelines(paths: &[PathBuf], opts: &LoadOptions) -> LoadReport {
     let mut report = LoadReport::default();
     let mut schemas = SchemaCache::default();
     let mut loaded = Vec::new();
+    let mut jobs = Vec::new();
     for file in expand_paths(paths, &mut report.errors) {
         report.files += 1;
         let text = match std::fs::read_to_string(&file) {
@@ -104,13 +110,95 @@ pub fn load_pipelines(paths: &[PathBuf], opts: &LoadOptions) -> LoadReport {
                 continue;
             }
         };
+        if is_dataset_job(&file, &text, &mut report.errors) {
+            match job::load_job(&file, &text, opts) {
+                Ok(job) => jobs.push(job),
+                Err(errors) => report.errors.extend(errors),
+            }
+            continue;
+        }
         match load_located(&file, &text, opts, &mut schemas) {
             Ok(pipeline) => loaded.push(pipeline),
             Err(errors) => report.errors.extend(errors),
         }
     }
     report.pipelines = check_unique(loaded, &mut report.errors);
+    report.jobs = check_unique_jobs(jobs, &report.pipelines, &mut report.errors);
     report
+}
+
+/// Whether a file says `kind: dataset`. An unknown kind is an error here and the file is then
+/// read as a pipeline (whose own errors follow); unparseable YAML is left to the full parse.
+fn is_dataset_job(file: &Path, text: &str, errors: &mut Vec<ConfigError>) -> bool {
+    let Ok(KindProbe { kind: Some(kind) }) = serde_saphyr::from_str::<KindProbe>(text) else {
+        return false;
+    };
+    match kind.value().as_str() {
+        "dataset" => true,
+        "stream" => false,
+        other => {
+            errors.push(ConfigError::at(
+                file,
+                kind.location(),
+                "kind",
+                format!("unknown kind `{other}`, expected `stream` (the default) or `dataset`"),
+            ));
+            false
+        }
+    }
+}
+
+/// Keeps the first job of each name and output; names are shared with pipelines.
+fn check_unique_jobs(
+    loaded: Vec<job::LoadedJob>,
+    pipelines: &[Pipeline],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<DatasetJob> {
+    let mut names: HashMap<String, (PathBuf, Location)> = HashMap::new();
+    let mut outputs: HashMap<String, String> = HashMap::new();
+    let mut jobs = Vec::new();
+    for job::LoadedJob {
+        job,
+        name_at,
+        output_at,
+    } in loaded
+    {
+        if let Some(p) = pipelines.iter().find(|p| p.name == job.name) {
+            let message = format!(
+                "name `{}` is already used by the pipeline in {}",
+                job.name,
+                p.file.display()
+            );
+            errors.push(ConfigError::at(&job.file, name_at, "name", message));
+            continue;
+        }
+        if let Some((first_file, first_at)) = names.get(&job.name) {
+            let message = format!(
+                "duplicate job name `{}`, already defined at {}",
+                job.name,
+                position(first_file, *first_at)
+            );
+            errors.push(ConfigError::at(&job.file, name_at, "name", message));
+            continue;
+        }
+        if let Some(writer) = outputs.get(job.output()) {
+            let message = format!(
+                "dataset `{}` is already built by job `{writer}`; a dataset has one writer",
+                job.output()
+            );
+            errors.push(ConfigError::at(
+                &job.file,
+                output_at,
+                "dataset.output",
+                message,
+            ));
+            continue;
+        }
+        names.insert(job.name.clone(), (job.file.clone(), name_at));
+        outputs.insert(job.output().to_string(), job.name.clone());
+        jobs.push(job);
+    }
+    jobs
 }
 
 /// Loads one pipeline from its text; `file` names it in errors and in [`Pipeline::file`].
@@ -124,7 +212,7 @@ pub fn load_pipeline_str(
 
 /// The JSON Schema of the pipeline format (checked in as `schemas/pipeline.schema.json`).
 pub fn pipeline_json_schema() -> serde_json::Value {
-    schemars::schema_for!(RawPipeline).to_value()
+    schemars::schema_for!(RawPipelineFile).to_value()
 }
 
 /// Checks a name against `[a-z][a-z0-9_]*`.

@@ -167,7 +167,10 @@ pub fn encode_quarantine(
     }))
 }
 
-fn write_parquet(df: &mut DataFrame, row_group_rows: usize) -> Result<Vec<u8>, PipelineError> {
+pub(crate) fn write_parquet(
+    df: &mut DataFrame,
+    row_group_rows: usize,
+) -> Result<Vec<u8>, PipelineError> {
     let mut buf = Vec::new();
     ParquetWriter::new(&mut buf)
         .with_compression(ParquetCompression::Zstd(None))

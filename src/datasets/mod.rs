@@ -1,0 +1,359 @@
+//! Dataset jobs (`kind: dataset`): rebuild a dataset from *committed* lake data, validate it,
+//! publish it as a new version, keep the last N.
+//!
+//! A refresh is one run in the catalog's run history (`rows_in` = source rows read,
+//! `rows_out` = rows of the main table, `error` = the reason shown to users):
+//! 1. read the committed files of each source (through the `_commits/` manifests, like reports);
+//! 2. build the tables with Polars ([`behavior`]);
+//! 3. validate the main table: rows (unless `allow_empty`), key uniqueness, null ratios;
+//! 4. write `datasets/{name}/version={ts}/{table}/part-0000.parquet` (create-only);
+//! 5. publish: the next `_current/{seq}.json` pointer, then a catalog record ([`publish`]);
+//! 6. retention: keep the last `keep_versions`, delete older and unpublished versions.
+//!
+//! Any failure before step 5 leaves the previous version current.
+
+pub mod behavior;
+pub mod publish;
+
+use std::time::Instant;
+
+use chrono_tz::Tz;
+use polars::prelude::*;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::catalog::{CatalogError, RunStatus, RunTotals};
+use crate::config::model::{BEHAVIOR_COLUMNS, DatasetBuild, DatasetJob, PublishPolicy};
+use crate::pipeline::failpoint::failpoint;
+use crate::pipeline::sink::parquet::write_parquet;
+use crate::pipeline::{PipelineError, Runtime};
+use crate::report::ReportError;
+use crate::report::lake::{self, CommittedFiles, Wanted};
+use crate::storage::Location;
+use crate::telemetry::RunLabels;
+pub use publish::{Pointer, TableFile};
+
+/// Rows per Parquet row group of dataset tables.
+const ROW_GROUP_ROWS: usize = 1_000_000;
+
+/// Why a refresh failed. The previous version stays current in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("storage {path}: {source}")]
+    Storage {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("reading source data: {0}")]
+    Source(#[from] ReportError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Run(#[from] PipelineError),
+    #[error("building the dataset ({stage}): {source}")]
+    Polars {
+        stage: &'static str,
+        source: PolarsError,
+    },
+    #[error("validation failed, not published: {0}")]
+    Invalid(String),
+    #[error("pointer {path} is unreadable: {reason}")]
+    Pointer { path: String, reason: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl DatasetError {
+    /// Whether trying again later may succeed without anyone changing anything.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            DatasetError::Storage { .. } | DatasetError::Task(_) | DatasetError::Conflict(_)
+        ) || matches!(self, DatasetError::Run(e) if e.retryable())
+    }
+}
+
+fn polars(stage: &'static str) -> impl Fn(PolarsError) -> DatasetError {
+    move |source| DatasetError::Polars { stage, source }
+}
+
+/// What a refresh did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RefreshSummary {
+    pub run_id: i64,
+    pub job: String,
+    pub dataset: String,
+    pub status: String,
+    /// The published version (`version=` value) and its pointer sequence number.
+    pub version: String,
+    pub seq: i64,
+    /// Source rows read.
+    pub rows_in: u64,
+    /// Rows of the main table, and of each table.
+    pub rows_out: u64,
+    pub tables: Vec<TableFile>,
+    /// Versions deleted by retention (pointer sequence numbers), and unpublished folders.
+    pub deleted_versions: Vec<i64>,
+    pub deleted_orphans: Vec<String>,
+}
+
+/// Built tables, encoded, ready to store.
+struct Built {
+    rows_in: u64,
+    rows_out: u64,
+    tables: Vec<(&'static str, Vec<u8>, u64)>,
+}
+
+/// Runs a refresh of `job` now, recorded in the run history. Holds the job's lock (shared with
+/// pipelines) for the whole run, so the daemon and `backflow run` never refresh one job at once.
+pub async fn refresh(
+    runtime: &Runtime,
+    job: &DatasetJob,
+    trigger: &str,
+) -> Result<RefreshSummary, DatasetError> {
+    let _lock = runtime.lock(&job.name)?;
+    let run_id = runtime.catalog.start_run(&job.name, trigger)?;
+    runtime.metrics.runs_in_progress.inc();
+    let started = Instant::now();
+    let mut summary = RefreshSummary {
+        run_id,
+        job: job.name.clone(),
+        dataset: job.output().to_string(),
+        ..RefreshSummary::default()
+    };
+    let result = run(runtime, job, &mut summary).await;
+    runtime.metrics.runs_in_progress.dec();
+    let status = if result.is_ok() {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    summary.status = status.to_string();
+    let totals = RunTotals {
+        batches: u64::from(result.is_ok()),
+        rows_in: summary.rows_in,
+        rows_out: summary.rows_out,
+        rows_quarantined: 0,
+    };
+    let error = result.as_ref().err().map(ToString::to_string);
+    runtime
+        .catalog
+        .finish_run(run_id, status, totals, error.as_deref())?;
+    runtime
+        .metrics
+        .runs
+        .get_or_create(&RunLabels {
+            pipeline: job.name.clone(),
+            status: status.to_string(),
+        })
+        .inc();
+    match &result {
+        Ok(()) => info!(
+            job = %job.name, dataset = %summary.dataset, version = %summary.version, seq = summary.seq,
+            rows_in = summary.rows_in, rows_out = summary.rows_out,
+            seconds = started.elapsed().as_secs_f64(), "dataset version published"
+        ),
+        Err(e) => {
+            warn!(job = %job.name, error = %e, "dataset refresh failed; the previous version stays current")
+        }
+    }
+    result.map(|()| summary)
+}
+
+async fn run(
+    runtime: &Runtime,
+    job: &DatasetJob,
+    summary: &mut RefreshSummary,
+) -> Result<(), DatasetError> {
+    let lake = &runtime.lake;
+    let started_at = chrono::Utc::now();
+    let DatasetBuild::Behavior(build) = &job.build;
+    let committed = CommittedFiles::default();
+    let behavior_events = match &build.behavior_events {
+        Some(ds) => source(lake, &committed, ds, behavior::BEHAVIOR_EVENT_COLUMNS).await?,
+        None => None,
+    };
+    let ad_events = match &build.ad_events {
+        Some(m) => source(lake, &committed, &m.dataset, behavior::AD_EVENT_COLUMNS).await?,
+        None => None,
+    };
+    let (build, policy, tz) = (build.clone(), job.publish.clone(), runtime.tz);
+    let built = tokio::task::spawn_blocking(move || {
+        build_tables(&build, behavior_events, ad_events, &policy, tz)
+    })
+    .await
+    .map_err(|e| DatasetError::Task(e.to_string()))??;
+    summary.rows_in = built.rows_in;
+    summary.rows_out = built.rows_out;
+
+    let version = publish::version_name(started_at);
+    let dir = format!("{}/version={version}", publish::dataset_root(job.output()));
+    for (table, bytes, rows) in built.tables {
+        let file = publish::write_table(lake, &dir, table, bytes, rows).await?;
+        summary.tables.push(file);
+    }
+    failpoint("dataset_before_publish");
+    let pointer = Pointer {
+        dataset: job.output().to_string(),
+        seq: 0,
+        version: version.clone(),
+        path: dir,
+        job: job.name.clone(),
+        run_id: Some(summary.run_id),
+        published_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        tables: summary.tables.clone(),
+    };
+    let pointer = publish::publish(lake, pointer).await?;
+    failpoint("dataset_after_publish");
+    summary.version = version;
+    summary.seq = pointer.seq;
+    runtime.catalog.record_dataset_version(
+        &pointer.dataset,
+        pointer.seq,
+        &pointer.version,
+        &job.name,
+        pointer.run_id,
+        summary.rows_out,
+    )?;
+    let retained = publish::retain(lake, job.output(), job.publish.keep_versions.get()).await?;
+    for seq in &retained.dropped {
+        runtime
+            .catalog
+            .mark_dataset_version_deleted(job.output(), *seq)?;
+    }
+    summary.deleted_versions = retained.dropped;
+    summary.deleted_orphans = retained.orphans;
+    Ok(())
+}
+
+/// A lazy frame over the committed files of a source dataset (`None`: no committed file).
+async fn source(
+    lake: &Location,
+    committed: &CommittedFiles,
+    dataset: &str,
+    wanted: &[Wanted],
+) -> Result<Option<LazyFrame>, DatasetError> {
+    let files = committed.list_all(lake, dataset).await?;
+    Ok(lake::frame(lake, &files, wanted).await?)
+}
+
+fn empty_main() -> PolarsResult<LazyFrame> {
+    let columns: Vec<Column> = BEHAVIOR_COLUMNS
+        .iter()
+        .map(|c| Column::new_empty((*c).into(), &behavior::dtype_of(c)))
+        .collect();
+    Ok(DataFrame::new_infer_height(columns)?.lazy())
+}
+
+fn count(lf: &LazyFrame) -> Result<u64, DatasetError> {
+    let df = lf
+        .clone()
+        .select([len().cast(DataType::Int64).alias("n")])
+        .collect()
+        .map_err(polars("count source rows"))?;
+    let n = df.column("n").map_err(polars("count source rows"))?;
+    Ok(n.i64().ok().and_then(|c| c.get(0)).unwrap_or(0).max(0) as u64)
+}
+
+fn build_tables(
+    build: &crate::config::model::BehaviorBuild,
+    behavior_events: Option<LazyFrame>,
+    ad_events: Option<LazyFrame>,
+    policy: &PublishPolicy,
+    tz: Tz,
+) -> Result<Built, DatasetError> {
+    let mut rows_in = 0;
+    let mut inputs = vec![empty_main().map_err(polars("empty frame"))?];
+    if let Some(lf) = behavior_events {
+        rows_in += count(&lf)?;
+        inputs.push(behavior::from_behavior_events(lf));
+    }
+    if let (Some(lf), Some(mapping)) = (ad_events, &build.ad_events) {
+        rows_in += count(&lf)?;
+        inputs.push(behavior::from_ad_events(lf, mapping).map_err(polars("map ad events"))?);
+    }
+    let mut main = behavior::aggregate(inputs, build.time_grain, tz)
+        .and_then(LazyFrame::collect)
+        .map_err(polars("aggregate"))?;
+    validate(&main, policy)?;
+    let mut types = behavior::value_dimension(main.clone().lazy(), "behavior_type")
+        .collect()
+        .map_err(polars("behavior type dimension"))?;
+    let mut channels = behavior::value_dimension(main.clone().lazy(), "channel")
+        .collect()
+        .map_err(polars("channel dimension"))?;
+    let mut objects = behavior::object_dimension(main.clone().lazy())
+        .collect()
+        .map_err(polars("object dimension"))?;
+    let rows_out = main.height() as u64;
+    let mut tables = Vec::with_capacity(4);
+    for (name, df) in [
+        ("behavior", &mut main),
+        ("behavior_type", &mut types),
+        ("channel", &mut channels),
+        ("object_attribute", &mut objects),
+    ] {
+        let rows = df.height() as u64;
+        tables.push((name, write_parquet(df, ROW_GROUP_ROWS)?, rows));
+    }
+    Ok(Built {
+        rows_in,
+        rows_out,
+        tables,
+    })
+}
+
+/// The publish checks of the main table; every failed check is in the message.
+pub fn validate(main: &DataFrame, policy: &PublishPolicy) -> Result<(), DatasetError> {
+    let mut problems = Vec::new();
+    let height = main.height();
+    if height == 0 && !policy.allow_empty {
+        problems.push(
+            "the new version has no rows (no committed source rows, or none mapped); set publish.allow_empty to publish empty versions".to_string(),
+        );
+    }
+    if height > 0 {
+        let keys: Vec<Expr> = behavior::key_columns().into_iter().map(col).collect();
+        let duplicates = main
+            .clone()
+            .lazy()
+            .group_by(keys)
+            .agg([len().alias("n")])
+            .filter(col("n").gt(lit(1)))
+            .collect()
+            .map_err(polars("key uniqueness"))?
+            .height();
+        if duplicates > 0 {
+            problems.push(format!(
+                "{duplicates} key(s) occur more than once (key: {})",
+                behavior::key_columns().join(", ")
+            ));
+        }
+        for (column, max) in &policy.max_null_ratio {
+            let nulls = main
+                .column(column)
+                .map(|c| c.null_count())
+                .unwrap_or(height);
+            let ratio = nulls as f64 / height as f64;
+            if ratio > *max {
+                problems.push(format!(
+                    "column `{column}` is {:.1}% null ({nulls} of {height} rows), more than the allowed {:.1}%",
+                    ratio * 100.0,
+                    max * 100.0
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DatasetError::Invalid(problems.join("; ")))
+    }
+}
+
+/// The published version of a dataset readers should read, if any.
+pub async fn current(lake: &Location, dataset: &str) -> Result<Option<Pointer>, DatasetError> {
+    publish::current(lake, dataset).await
+}
