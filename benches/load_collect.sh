@@ -5,8 +5,9 @@
 #   benches/load_collect.sh            # DURATION=20 CONNS=64 by default
 #
 # For each server: peak requests/s (wrk, CONNS connections), then p99 latency at 50 % of our
-# peak (wrk paced by a Lua `delay()`), and the daemon's peak RSS. Installs wrk and nginx-light
-# from Debian if missing. Prints a Markdown table for the README.
+# peak (wrk paced by a Lua `delay()`), the daemon's peak RSS, and the freshness of every hit
+# (receive → its `ad_events` batch committed). Installs wrk and nginx-light from Debian if
+# missing. Prints a Markdown table for the README.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +28,8 @@ fi
 log "building backflow (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin backflow)
 BIN=$CARGO_TARGET_DIR/release/backflow
+PY=$CACHE/tools/py/bin/python   # DuckDB for the freshness figure (`scripts/dev tools` installs it)
+[ -x "$PY" ] || "$ROOT/scripts/dev" tools
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -109,6 +112,42 @@ for target in "nginx empty_gif|http://127.0.0.1:$NGINX_PORT/i/x?a=1" "backflow /
 done
 
 records=$(find "$WORK/bf/data/journal" -name '*.seg' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
+
+# Freshness (hit → committed Parquet) at the default settings: once the lake stops growing, each
+# row's batch commit time (catalog) minus its received_at, over every hit of the runs above.
+log "waiting for ad_events to land every accepted hit"
+FRESH=$("$PY" - "$WORK/bf/data" <<'PYEOF'
+import duckdb, sqlite3, sys, time, re, datetime as dt
+data = sys.argv[1]
+glob = f"{data}/lake/ad_events/**/*.parquet"
+def count():
+    try:
+        return duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchone()[0]
+    except duckdb.IOException:
+        return 0
+last, stable = -1, 0
+for _ in range(600):  # at most 10 minutes
+    n = count()
+    stable = stable + 1 if n == last else 0
+    last = n
+    if stable >= 25:   # unchanged for 25 s: the pipeline has caught up
+        break
+    time.sleep(1)
+commits = {seq: dt.datetime.fromisoformat(at.replace("Z", "+00:00")) for seq, at in sqlite3.connect(
+    f"{data}/catalog.sqlite").execute(
+    "select seq, committed_at from batches where pipeline = 'ad_events' and state = 'committed'")}
+lat = []
+for name, received in duckdb.sql(
+        f"select filename, received_at from read_parquet('{glob}', filename = true)").fetchall():
+    seq = int(re.search(r"part-(\d{12})-", name).group(1))
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=dt.timezone.utc)
+    lat.append((commits[seq] - received).total_seconds())
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
+print(f"{len(lat)} hits landed; hit → committed Parquet: p50 {q(0.5):.1f} s, p95 {q(0.95):.1f} s, max {lat[-1]:.1f} s")
+PYEOF
+)
 echo
 echo "wrk -t2 -c$CONNS -d${DURATION}s on 127.0.0.1, $(nproc) cores; backflow answers only after fsync of the journal"
 echo
@@ -117,3 +156,4 @@ echo "|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"
 echo
 echo "backflow peak RSS: $(( $(cat "$RSS_FILE" 2>/dev/null || echo 0) / 1024 )) MiB; journal bytes written: $records"
+echo "freshness (ad_events at its defaults: every 10 s, ≤ 50 000 records a batch): $FRESH"
