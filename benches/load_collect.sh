@@ -116,15 +116,15 @@ records=$(find "$WORK/bf/data/journal" -name '*.seg' -printf '%s\n' | awk '{s+=$
 # Freshness (hit → committed Parquet) at the default settings: once the lake stops growing, each
 # row's batch commit time (catalog) minus its received_at, over every hit of the runs above.
 log "waiting for ad_events to land every accepted hit"
-FRESH=$("$PY" - "$WORK/bf/data" <<'PYEOF'
+FRESH=$("$PY" - "$WORK/bf/data" 2>&1 <<'PYEOF' || true
 import duckdb, sqlite3, sys, time, re, datetime as dt
 data = sys.argv[1]
 glob = f"{data}/lake/ad_events/**/*.parquet"
 def count():
     try:
         return duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchone()[0]
-    except duckdb.IOException:
-        return 0
+    except duckdb.Error:  # a file being renamed into place, or none yet
+        return -1
 last, stable = -1, 0
 for _ in range(600):  # at most 10 minutes
     n = count()
