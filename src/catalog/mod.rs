@@ -8,8 +8,8 @@
 
 mod activities;
 mod batches;
-mod downloads;
 mod datasets;
+mod downloads;
 mod feedback;
 mod forward;
 mod quota;
@@ -23,8 +23,8 @@ use rusqlite::Connection;
 
 pub use activities::{Activity, ActivityEdit, ActivityStatus, NewActivity};
 pub use batches::{BatchIntent, BatchStats};
-pub use downloads::Download;
 pub use datasets::DatasetVersion;
+pub use downloads::Download;
 pub use feedback::FeedbackTask;
 pub use forward::{ForwardJob, ForwardQueueStats, NewForwardJob};
 pub use quota::{
