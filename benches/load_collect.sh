@@ -156,4 +156,4 @@ echo "|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"
 echo
 echo "backflow peak RSS: $(( $(cat "$RSS_FILE" 2>/dev/null || echo 0) / 1024 )) MiB; journal bytes written: $records"
-echo "freshness (ad_events at its defaults: every 10 s, ≤ 50 000 records a batch): $FRESH"
+echo "freshness (ad_events at its defaults: every 10 s, ≤ 20 000 records a batch): $FRESH"
