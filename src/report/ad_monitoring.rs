@@ -634,29 +634,66 @@ impl Report {
     /// The detail table as CSV: one line per dimension × bucket cell with data, in the
     /// dimension → bucket order.
     pub fn to_csv(&self) -> Result<Vec<u8>, csv::Error> {
-        let mut out = csv::Writer::from_writer(Vec::new());
-        let mut header: Vec<String> = Vec::new();
-        if self.by == Dimension::Activity {
-            header.push("activity_id".into());
-        }
-        header.push(self.by.as_str().into());
-        header.push(self.table.bucket.into());
-        header.extend(self.metrics.iter().map(|m| m.as_str().to_string()));
-        out.write_record(&header)?;
-        for row in &self.table.by_dimension {
-            for child in &row.children {
-                let mut record: Vec<String> = Vec::new();
-                if self.by == Dimension::Activity {
-                    record.push(row.key.clone());
-                }
-                record.push(row.label.clone());
-                record.push(child.key.clone());
-                record.extend(self.metrics.iter().map(|m| child.metrics.text(*m)));
-                out.write_record(&record)?;
-            }
-        }
-        out.into_inner().map_err(|e| e.into_error().into())
+        let metric_names: Vec<&str> = self.metrics.iter().map(|m| m.as_str()).collect();
+        let rows = self.table.by_dimension.iter().map(|row| DetailRow {
+            key: &row.key,
+            label: &row.label,
+            cells: row
+                .children
+                .iter()
+                .map(|c| {
+                    (
+                        c.key.as_str(),
+                        self.metrics.iter().map(|m| c.metrics.text(*m)).collect(),
+                    )
+                })
+                .collect(),
+        });
+        let id_column = (self.by == Dimension::Activity).then_some("activity_id");
+        detail_csv(
+            id_column,
+            self.by.as_str(),
+            self.table.bucket,
+            &metric_names,
+            rows,
+        )
     }
+}
+
+/// One dimension row of a detail table: its key, its label, and its bucket cells (bucket key,
+/// metric values as text).
+pub(crate) struct DetailRow<'a> {
+    pub key: &'a str,
+    pub label: &'a str,
+    pub cells: Vec<(&'a str, Vec<String>)>,
+}
+
+/// The CSV detail table every report exports: `[id_column,] dimension, bucket, metrics…`, one
+/// line per dimension × bucket cell with data, in dimension → bucket order.
+pub(crate) fn detail_csv<'a>(
+    id_column: Option<&str>,
+    dimension: &str,
+    bucket: &str,
+    metric_names: &[&str],
+    rows: impl Iterator<Item = DetailRow<'a>>,
+) -> Result<Vec<u8>, csv::Error> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<&str> = id_column.into_iter().collect();
+    header.extend([dimension, bucket]);
+    header.extend(metric_names);
+    out.write_record(&header)?;
+    for row in rows {
+        for (bucket_key, values) in row.cells {
+            let mut record: Vec<&str> = Vec::new();
+            if id_column.is_some() {
+                record.push(row.key);
+            }
+            record.extend([row.label, bucket_key]);
+            record.extend(values.iter().map(String::as_str));
+            out.write_record(&record)?;
+        }
+    }
+    out.into_inner().map_err(|e| e.into_error().into())
 }
 
 #[cfg(test)]

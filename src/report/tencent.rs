@@ -16,8 +16,8 @@ use polars::prelude::*;
 use serde::Serialize;
 
 use super::ad_monitoring::{
-    BUCKET, Bucket, Cells, DEVICE, DIM, Form, IS_CLICK, Metrics, Pivot, RegionLevel, Row,
-    bucket_expr, cells, day_expr, device_key_expr, pivot, wanted,
+    BUCKET, Bucket, Cells, DEVICE, DIM, DetailRow, Form, IS_CLICK, Metrics, Pivot, RegionLevel,
+    Row, bucket_expr, cells, day_expr, detail_csv, device_key_expr, pivot, wanted,
 };
 use super::lake::{self, AD_EVENTS, Wanted};
 use super::{DateRange, ReportError, Reports};
@@ -339,31 +339,26 @@ impl Reports {
 impl TencentReport {
     /// The detail table as CSV: one line per ad × bucket cell with data.
     pub fn to_csv(&self) -> Result<Vec<u8>, csv::Error> {
-        let mut out = csv::Writer::from_writer(Vec::new());
-        let mut header: Vec<String> = Vec::new();
-        if self.by == TencentDimension::Task {
-            header.push("task_id".into());
-        }
-        header.push(self.by.as_str().into());
-        header.push(self.table.bucket.into());
-        header.extend(self.metrics.iter().map(|m| m.as_str().to_string()));
-        out.write_record(&header)?;
-        for row in &self.table.by_dimension {
-            for child in &row.children {
-                let mut record: Vec<String> = Vec::new();
-                if self.by == TencentDimension::Task {
-                    record.push(row.key.clone());
-                }
-                record.push(row.label.clone());
-                record.push(child.key.clone());
-                record.extend(
-                    self.metrics
-                        .iter()
-                        .map(|m| child.metrics.value(*m).to_string()),
-                );
-                out.write_record(&record)?;
-            }
-        }
-        out.into_inner().map_err(|e| e.into_error().into())
+        let metric_names: Vec<&str> = self.metrics.iter().map(|m| m.as_str()).collect();
+        let rows = self.table.by_dimension.iter().map(|row| DetailRow {
+            key: &row.key,
+            label: &row.label,
+            cells: row
+                .children
+                .iter()
+                .map(|c| {
+                    let values = self.metrics.iter().map(|m| c.metrics.value(*m).to_string());
+                    (c.key.as_str(), values.collect())
+                })
+                .collect(),
+        });
+        let id_column = (self.by == TencentDimension::Task).then_some("task_id");
+        detail_csv(
+            id_column,
+            self.by.as_str(),
+            self.table.bucket,
+            &metric_names,
+            rows,
+        )
     }
 }
