@@ -15,6 +15,7 @@ mod enrich;
 mod forward;
 mod hits;
 mod journal;
+mod kafka;
 mod media_e2e;
 mod pipeline;
 mod quota;

@@ -24,6 +24,8 @@ use super::raw::{
     RawTest, RawTransform, Row, TYPE_NAMES, TypeName,
 };
 use super::schema_file::load_schema_file;
+
+mod kafka;
 use crate::storage::StorageUrl;
 
 /// Default of `source.max_files_per_batch`.
@@ -398,6 +400,7 @@ impl Converter<'_> {
             RawSource::ObjectStoreFiles(files) => {
                 self.files_source(files).map(SourceConfig::ObjectStoreFiles)
             }
+            RawSource::Kafka(raw) => self.kafka_source(raw).map(SourceConfig::Kafka),
             RawSource::Journal(raw) => {
                 let records = self.limit(
                     raw.max_records_per_batch,
