@@ -283,7 +283,8 @@ pub struct RawKafka {
     #[serde(default)]
     pub idle_ms: Option<Located<u64>>,
     /// How long to wait for the group to assign partitions (and for a replayed batch's messages),
-    /// in milliseconds (> 0, default 30000); past it the run fails.
+    /// in milliseconds (> 0, default 60000: longer than the session timeout after which the
+    /// broker lets go of a crashed member); past it the run fails.
     #[serde(default)]
     pub join_timeout_ms: Option<Located<u64>>,
 }

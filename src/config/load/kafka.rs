@@ -47,7 +47,7 @@ impl Converter<'_> {
             )
             .and_then(|n| self.usize_limit(n, "source.max_bytes_per_batch"));
         let idle = self.limit(raw.idle_ms, "source.idle_ms", 2_000);
-        let join = self.limit(raw.join_timeout_ms, "source.join_timeout_ms", 30_000);
+        let join = self.limit(raw.join_timeout_ms, "source.join_timeout_ms", 60_000);
         Some(KafkaSource {
             brokers: brokers?,
             topics: topics?,
