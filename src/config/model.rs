@@ -31,6 +31,45 @@ pub struct Pipeline {
 pub enum SourceConfig {
     ObjectStoreFiles(ObjectStoreFilesSource),
     Journal(JournalSource),
+    Kafka(KafkaSource),
+}
+
+/// Messages of Kafka topics read by a consumer group. Positions are per-partition offset ranges
+/// `[from, to)`; the catalog is the truth, the group's offsets are committed after the lake.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    pub topics: KafkaTopics,
+    pub group_id: String,
+    pub format: KafkaFormat,
+    pub start_from: StartFrom,
+    pub headers_column: Option<String>,
+    pub key_column: Option<String>,
+    pub max_records_per_batch: NonZeroUsize,
+    pub max_bytes_per_batch: NonZeroUsize,
+    pub idle: std::time::Duration,
+    pub join_timeout: std::time::Duration,
+}
+
+/// Which topics a Kafka source subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaTopics {
+    Names(Vec<String>),
+    /// A regular expression, always starting with `^` (librdkafka's pattern marker).
+    Pattern(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaFormat {
+    Json,
+    HitRecord,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
 }
 
 /// Monitoring-link hits from the daemon's journal. Positions are `[from, to)` journal positions;

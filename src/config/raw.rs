@@ -165,6 +165,8 @@ pub enum RawSource {
     ObjectStoreFiles(RawObjectStoreFiles),
     /// Monitoring-link hits from the daemon's own journal (runs inside `backflow serve`).
     Journal(RawJournal),
+    /// Messages from Kafka topics, read by a consumer group.
+    Kafka(RawKafka),
 }
 
 /// The `type` values of a source.
@@ -173,11 +175,12 @@ pub enum RawSource {
 pub enum SourceKind {
     ObjectStoreFiles,
     Journal,
+    Kafka,
 }
 
 impl<'de> Tagged<'de> for RawSource {
     type Kind = SourceKind;
-    const KINDS: &'static str = "object_store_files, journal";
+    const KINDS: &'static str = "object_store_files, journal, kafka";
 
     fn from_kind<A: MapAccess<'de>>(kind: SourceKind, rest: A) -> Result<Self, A::Error> {
         let rest = de::value::MapAccessDeserializer::new(rest);
@@ -186,6 +189,7 @@ impl<'de> Tagged<'de> for RawSource {
                 RawObjectStoreFiles::deserialize(rest).map(Self::ObjectStoreFiles)
             }
             SourceKind::Journal => RawJournal::deserialize(rest).map(Self::Journal),
+            SourceKind::Kafka => RawKafka::deserialize(rest).map(Self::Kafka),
         }
     }
 }
@@ -239,6 +243,78 @@ pub struct RawJournal {
     /// At most about this many bytes of records per batch (> 0, default 134217728 = 128 MiB).
     #[serde(default)]
     pub max_bytes_per_batch: Option<Located<u64>>,
+}
+
+/// `type: kafka`: messages of Kafka topics, read by a consumer group. The batch's intent records
+/// each partition's offset range; the group's offsets are committed only after the batch is in
+/// the lake (a rerun replays an open batch over the same offsets: exactly-once output).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "Kafka")]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// Bootstrap brokers, `host:port` each.
+    pub brokers: Located<Vec<Located<String>>>,
+    /// Topics to read. Exactly one of `topics` and `topic_pattern`.
+    #[serde(default)]
+    pub topics: Option<Located<Vec<Located<String>>>>,
+    /// Regular expression of the topics to read (anchored at the start; topics created later
+    /// are picked up). Exactly one of `topics` and `topic_pattern`.
+    #[serde(default)]
+    pub topic_pattern: Option<Located<String>>,
+    /// Consumer group id; the group's committed offsets follow the lake.
+    pub group_id: Located<String>,
+    /// Payload format (default `json`).
+    #[serde(default)]
+    pub format: RawKafkaFormat,
+    /// Where a partition without a committed offset starts (default `earliest`).
+    #[serde(default)]
+    pub start_from: RawStartFrom,
+    /// When set, the message headers are kept in this column, as a JSON object of strings.
+    #[serde(default)]
+    pub headers_column: Option<Located<String>>,
+    /// When set, the message key (UTF-8, lossy) is kept in this column.
+    #[serde(default)]
+    pub key_column: Option<Located<String>>,
+    /// At most this many messages per batch (> 0, default 200000).
+    #[serde(default)]
+    pub max_records_per_batch: Option<Located<u64>>,
+    /// At most about this many payload bytes per batch (> 0, default 134217728 = 128 MiB).
+    #[serde(default)]
+    pub max_bytes_per_batch: Option<Located<u64>>,
+    /// A batch ends when no message arrived for this long, in milliseconds (> 0, default 2000);
+    /// it ends at once when every assigned partition is at its end.
+    #[serde(default)]
+    pub idle_ms: Option<Located<u64>>,
+    /// How long to wait for the group to assign partitions (and for a replayed batch's messages),
+    /// in milliseconds (> 0, default 60000: longer than the session timeout after which the
+    /// broker lets go of a crashed member); past it the run fails.
+    #[serde(default)]
+    pub join_timeout_ms: Option<Located<u64>>,
+}
+
+/// Payload format of Kafka messages.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[schemars(rename = "KafkaFormat")]
+#[serde(rename_all = "snake_case")]
+pub enum RawKafkaFormat {
+    /// One JSON object per message; members become columns as the `ndjson` file format does.
+    #[default]
+    Json,
+    /// The collection endpoints' own hit record, decoded with the media registry like the
+    /// journal (runs inside `backflow serve`).
+    HitRecord,
+}
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[schemars(rename = "StartFrom")]
+#[serde(rename_all = "snake_case")]
+pub enum RawStartFrom {
+    /// The oldest retained message.
+    #[default]
+    Earliest,
+    /// Only messages produced after the group first joined.
+    Latest,
 }
 
 /// File format of a source.

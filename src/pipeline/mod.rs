@@ -39,6 +39,7 @@ use crate::telemetry::{Metrics, RunLabels};
 use failpoint::failpoint;
 use frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
 use sink::parquet::{self as parquet_sink, EncodedFile, Put};
+use source::kafka::{self as kafka_source, KafkaPositions, KafkaRecord};
 use source::object_store_files::{
     self as files_source, Decoded, FilePositions, SourceFile, Window,
 };
@@ -76,6 +77,8 @@ pub enum PipelineError {
     NoJournal,
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+    #[error("kafka: {0}")]
+    Kafka(String),
     #[error("pipeline `{0}` is being run by another process (lock {1})")]
     Busy(String, String),
     #[error("cannot use lock file {path}: {source}")]
@@ -88,7 +91,10 @@ pub enum PipelineError {
 impl PipelineError {
     /// Whether trying again later may succeed without anyone changing anything.
     pub fn retryable(&self) -> bool {
-        matches!(self, PipelineError::Storage { .. } | PipelineError::Task(_))
+        matches!(
+            self,
+            PipelineError::Storage { .. } | PipelineError::Task(_) | PipelineError::Kafka(_)
+        )
     }
 }
 
@@ -162,6 +168,12 @@ enum Fetched {
         registry: Arc<MediaRegistry>,
         enricher: Arc<Enricher>,
     },
+    Kafka {
+        cfg: crate::config::model::KafkaSource,
+        records: Vec<KafkaRecord>,
+        /// For `format: hit_record`.
+        hits: Option<(Arc<MediaRegistry>, Arc<Enricher>)>,
+    },
 }
 
 impl Fetched {
@@ -198,6 +210,10 @@ impl Fetched {
                         }),
                     }
                 }
+                0
+            }
+            Fetched::Kafka { cfg, records, hits } => {
+                kafka_source::decode(&cfg, records, hits.as_ref(), rows, quarantine);
                 0
             }
         }
@@ -312,6 +328,11 @@ impl Runtime {
         summary: &mut RunSummary,
     ) -> Result<(), PipelineError> {
         let labels = Metrics::labels(&pipeline.name);
+        // A Kafka source keeps one group member for the whole run.
+        let mut kafka = match &pipeline.source {
+            SourceConfig::Kafka(cfg) => Some(kafka_source::Session::connect(cfg, &pipeline.name)?),
+            _ => None,
+        };
         loop {
             if cancel.is_cancelled()
                 || opts
@@ -328,7 +349,9 @@ impl Runtime {
                     (intent, None)
                 }
                 None => {
-                    let Some((positions, prefetched)) = self.plan(pipeline, opts).await? else {
+                    let Some((positions, prefetched)) =
+                        self.plan(pipeline, opts, kafka.as_mut()).await?
+                    else {
                         return Ok(());
                     };
                     let planned_at =
@@ -341,7 +364,10 @@ impl Runtime {
             };
             failpoint("after_intent");
             let started = Instant::now();
-            match self.execute(pipeline, &intent, prefetched).await {
+            match self
+                .execute(pipeline, &intent, prefetched, kafka.as_mut())
+                .await
+            {
                 Ok((stats, files_failed)) => {
                     summary.batches += 1;
                     summary.rows_in += stats.rows_in;
@@ -372,6 +398,7 @@ impl Runtime {
         &self,
         pipeline: &Pipeline,
         opts: &RunOptions,
+        kafka: Option<&mut kafka_source::Session>,
     ) -> Result<Option<(serde_json::Value, Option<Fetched>)>, PipelineError> {
         match &pipeline.source {
             SourceConfig::ObjectStoreFiles(cfg) => {
@@ -419,6 +446,46 @@ impl Runtime {
                 };
                 Ok(Some((positions, Some(fetched))))
             }
+            SourceConfig::Kafka(cfg) => {
+                let Some(session) = kafka else {
+                    return Err(PipelineError::Task("kafka session missing".to_string()));
+                };
+                if session.needs_offsets() {
+                    // The catalog is the truth: where the last committed batch left each partition.
+                    let next = self
+                        .catalog
+                        .last_committed_positions(&pipeline.name)?
+                        .map(serde_json::from_value::<KafkaPositions>)
+                        .transpose()
+                        .map_err(|e| PipelineError::Positions(e.to_string()))?
+                        .map(|p| p.next_offsets())
+                        .unwrap_or_default();
+                    session.set_offsets(next);
+                }
+                let hits = self.kafka_hits(cfg)?;
+                let Some((positions, records)) = session.plan().await? else {
+                    return Ok(None);
+                };
+                info!(pipeline = %pipeline.name, messages = records.len(), ranges = %kafka_source::describe(&positions), "kafka batch planned");
+                let fetched = Fetched::Kafka {
+                    cfg: cfg.clone(),
+                    records,
+                    hits,
+                };
+                Ok(Some((to_positions(positions)?, Some(fetched))))
+            }
+        }
+    }
+
+    /// The media registry and enricher for `format: hit_record` (set by `backflow serve`).
+    #[allow(clippy::type_complexity, reason = "a pair of shared tables")]
+    fn kafka_hits(
+        &self,
+        cfg: &crate::config::model::KafkaSource,
+    ) -> Result<Option<(Arc<MediaRegistry>, Arc<Enricher>)>, PipelineError> {
+        match cfg.format {
+            crate::config::model::KafkaFormat::Json => Ok(None),
+            crate::config::model::KafkaFormat::HitRecord => self.hit_decoding().map(Some),
         }
     }
 
@@ -470,6 +537,18 @@ impl Runtime {
                     enricher,
                 })
             }
+            SourceConfig::Kafka(cfg) => {
+                let p: KafkaPositions =
+                    serde_json::from_value(positions.clone()).map_err(parse_err)?;
+                info!(pipeline = %pipeline.name, ranges = %kafka_source::describe(&p), "re-reading the batch's kafka offsets");
+                let hits = self.kafka_hits(cfg)?;
+                let records = kafka_source::fetch(cfg, &p).await?;
+                Ok(Fetched::Kafka {
+                    cfg: cfg.clone(),
+                    records,
+                    hits,
+                })
+            }
         }
     }
 
@@ -481,7 +560,21 @@ impl Runtime {
     }
 
     /// Lets the source forget what a committed batch consumed (journal: cursor and retention).
-    async fn after_commit(&self, pipeline: &Pipeline, positions: &serde_json::Value) {
+    async fn after_commit(
+        &self,
+        pipeline: &Pipeline,
+        positions: &serde_json::Value,
+        kafka: Option<&mut kafka_source::Session>,
+    ) {
+        if let Some(session) = kafka {
+            match serde_json::from_value::<KafkaPositions>(positions.clone()) {
+                Ok(p) => session.committed(&p).await,
+                Err(e) => {
+                    warn!(pipeline = %pipeline.name, error = %e, "kafka positions unreadable; offsets not committed")
+                }
+            }
+            return;
+        }
         if let (SourceConfig::Journal(_), Some(journal)) = (&pipeline.source, self.journal.get()) {
             let Ok(p) = serde_json::from_value::<JournalPositions>(positions.clone()) else {
                 return;
@@ -509,6 +602,7 @@ impl Runtime {
         pipeline: &Pipeline,
         intent: &BatchIntent,
         prefetched: Option<Fetched>,
+        kafka: Option<&mut kafka_source::Session>,
     ) -> Result<(BatchStats, u64), PipelineError> {
         let SinkConfig::Parquet(sink_cfg) = &pipeline.sink;
         let labels = Metrics::labels(&pipeline.name);
@@ -524,6 +618,7 @@ impl Runtime {
                 files.len(),
             ),
             Fetched::Hits { records, .. } => (Vec::new(), records.len()),
+            Fetched::Kafka { records, .. } => (Vec::new(), records.len()),
         };
         if let Fetched::Files { files, .. } = &fetched {
             self.metrics
@@ -682,7 +777,7 @@ impl Runtime {
             "batch committed"
         );
         failpoint("after_commit");
-        self.after_commit(pipeline, &intent.positions).await;
+        self.after_commit(pipeline, &intent.positions, kafka).await;
         Ok((stats, encoded.files_failed))
     }
 }

@@ -16,6 +16,7 @@ mod enrich;
 mod forward;
 mod hits;
 mod journal;
+mod kafka;
 mod media_e2e;
 mod pipeline;
 mod quota;

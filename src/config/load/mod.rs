@@ -27,6 +27,8 @@ use super::raw::{
 };
 use super::raw_dataset::{KindProbe, RawPipelineFile};
 use super::schema_file::load_schema_file;
+
+mod kafka;
 use crate::storage::StorageUrl;
 
 /// Default of `source.max_files_per_batch`.
@@ -486,6 +488,7 @@ impl Converter<'_> {
             RawSource::ObjectStoreFiles(files) => {
                 self.files_source(files).map(SourceConfig::ObjectStoreFiles)
             }
+            RawSource::Kafka(raw) => self.kafka_source(raw).map(SourceConfig::Kafka),
             RawSource::Journal(raw) => {
                 let records = self.limit(
                     raw.max_records_per_batch,

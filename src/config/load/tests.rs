@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::model::{KafkaFormat, KafkaTopics, StartFrom};
 
 const MINIMAL: &str = "name: p\nsource: {type: object_store_files, url: memory://in}\n\
                        sink: {type: parquet, dataset: d, partition_by: {column: ts}}\n";
@@ -178,4 +179,43 @@ fn cron_with_the_wrong_field_count_says_what_is_expected() {
     let err = parse_cron("* * *").err().unwrap_or_default();
     assert!(err.contains("expected 5 fields"), "{err}");
     assert!(parse_cron("0 0 * * 8").is_err());
+}
+
+const KAFKA_SINK: &str = "sink: {type: parquet, dataset: d, partition_by: {column: ts}}\n";
+
+#[test]
+fn kafka_source_gets_its_defaults_and_an_anchored_pattern() {
+    let text = format!(
+        "name: p\nsource:\n  type: kafka\n  brokers: [\"127.0.0.1:9092\"]\n  topic_pattern: \"events\\\\..*\"\n  group_id: g\n{KAFKA_SINK}"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::Kafka(source) = &pipeline.source else {
+        panic!("expected a kafka source");
+    };
+    assert_eq!(
+        source.topics,
+        KafkaTopics::Pattern("^events\\..*".to_string())
+    );
+    assert_eq!(
+        (source.format, source.start_from),
+        (KafkaFormat::Json, StartFrom::Earliest)
+    );
+    assert_eq!(source.max_records_per_batch.get(), 200_000);
+    assert_eq!(source.idle.as_millis(), 2_000);
+    assert!(source.headers_column.is_none() && source.key_column.is_none());
+}
+
+#[test]
+fn kafka_source_errors_are_located_and_all_reported() {
+    let text = format!(
+        "name: p\nsource:\n  type: kafka\n  brokers: [\"127.0.0.1\", \"ok:9092\"]\n  topics: [\"a b\"]\n  topic_pattern: \"(\"\n  group_id: \"\"\n  idle_ms: 0\n{KAFKA_SINK}"
+    );
+    let errors = errors(&text);
+    let want = [
+        "p.yaml:4:13: source.brokers[0]: expected `host:port`, found `127.0.0.1`",
+        "p.yaml:6:18: source.topic_pattern: give either `topics` or `topic_pattern`, not both",
+        "p.yaml:7:13: source.group_id: group id must not be empty",
+        "p.yaml:8:12: source.idle_ms: expected a number greater than 0, found 0",
+    ];
+    assert_eq!(errors, want, "{errors:#?}");
 }

@@ -1,3 +1,4 @@
 //! Sources: where a batch's rows come from and how far a batch reaches (its positions).
 
+pub mod kafka;
 pub mod object_store_files;

@@ -231,26 +231,29 @@ fn decode_ndjson(
             source_line: Some(line_no),
             raw: Some(String::from_utf8_lossy(line).into_owned()),
         };
-        match serde_json::from_slice::<RawObject<'_>>(line) {
-            Ok(RawObject(members)) => {
-                let fields: Result<Vec<_>, serde_json::Error> = members
-                    .iter()
-                    .map(|(k, v)| Ok((k, raw_to_text(v)?)))
-                    .collect();
-                match fields {
-                    Ok(fields) => rows.push(&file.path, line_no, fields),
-                    Err(e) => quarantine.push(bad(format!("invalid JSON: {e}"))),
-                }
-            }
-            // Not an object (or not JSON): say what it is, from a full parse of this rare line.
-            Err(_) => match serde_json::from_slice::<serde_json::Value>(line) {
-                Ok(other) => quarantine.push(bad(format!(
-                    "expected a JSON object, found {}",
-                    json_kind(&other)
-                ))),
-                Err(e) => quarantine.push(bad(format!("invalid JSON: {e}"))),
-            },
+        match parse_object(line) {
+            Ok(fields) => rows.push(&file.path, line_no, fields),
+            Err(reason) => quarantine.push(bad(reason)),
         }
+    }
+}
+
+/// A field of a decoded JSON object: its name and its value as text (see [`raw_to_text`]).
+pub type Field<'a> = (Cow<'a, str>, Option<Cow<'a, str>>);
+
+/// Decodes one JSON object (an NDJSON line, a Kafka message) into fields; the error says why
+/// it is not one (invalid JSON, or which kind of value it is instead).
+pub fn parse_object(data: &[u8]) -> Result<Vec<Field<'_>>, String> {
+    match serde_json::from_slice::<RawObject<'_>>(data) {
+        Ok(RawObject(members)) => members
+            .into_iter()
+            .map(|(k, v)| Ok((k, raw_to_text(v).map_err(|e| format!("invalid JSON: {e}"))?)))
+            .collect(),
+        // Not an object (or not JSON): say what it is, from a full parse of this rare input.
+        Err(_) => Err(match serde_json::from_slice::<serde_json::Value>(data) {
+            Ok(other) => format!("expected a JSON object, found {}", json_kind(&other)),
+            Err(e) => format!("invalid JSON: {e}"),
+        }),
     }
 }
 

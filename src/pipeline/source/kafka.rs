@@ -1,0 +1,501 @@
+//! Kafka topics as a pipeline source: a consumer group reads, the catalog decides.
+//!
+//! A batch's positions are the offset ranges `[from, to)` it took from each partition, plus
+//! `next`: where every partition the pipeline has ever read continues after this batch. The
+//! catalog is the truth, the group's committed offsets follow it:
+//!
+//! * planning reads from the group's position, skipping any message below the catalog's `next`
+//!   (the group's commit lags when the process died between the catalog commit and the offset
+//!   commit) — so nothing already in the lake is read into a new batch;
+//! * an open batch is replayed by assigning its partitions at `from` without joining the group
+//!   (no rebalance, no commit) and taking exactly the recorded ranges back, in the same order;
+//! * the group's offsets are committed (`next`, for the partitions this member holds) only after
+//!   the catalog commit.
+//!
+//! Kafka delivers at least once; the lake gets every message once. Records are ordered by
+//! (topic, partition, offset) before decoding, so a replay encodes byte-identical files.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::super::PipelineError;
+use super::super::frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
+use super::object_store_files::parse_object;
+use crate::collect::decode as hit_decode;
+use crate::collect::registry::MediaRegistry;
+use crate::config::model::{KafkaFormat, KafkaSource, KafkaTopics, StartFrom};
+use crate::enrich::Enricher;
+
+/// One message as read.
+#[derive(Debug, Clone)]
+pub struct KafkaRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// What one batch took from one partition: offsets `[from, to)`, `records` messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRange {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+    pub records: u64,
+}
+
+/// Where a partition continues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A Kafka batch's positions, as recorded in its intent and manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaPositions {
+    pub ranges: Vec<PartitionRange>,
+    /// Every partition's next offset after this batch (cumulative over the pipeline's batches).
+    pub next: Vec<PartitionOffset>,
+}
+
+type Offsets = BTreeMap<(String, i32), i64>;
+
+impl KafkaPositions {
+    /// `next` as a map.
+    pub fn next_offsets(&self) -> Offsets {
+        self.next
+            .iter()
+            .map(|p| ((p.topic.clone(), p.partition), p.offset))
+            .collect()
+    }
+}
+
+fn kafka_err(what: &str) -> impl Fn(KafkaError) -> PipelineError + '_ {
+    move |e| PipelineError::Kafka(format!("{what}: {e}"))
+}
+
+fn client_config(cfg: &KafkaSource) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", cfg.brokers.join(","))
+        .set("client.id", "backflow")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "auto.offset.reset",
+            match cfg.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        );
+    config
+}
+
+fn record_of(m: &impl Message) -> KafkaRecord {
+    KafkaRecord {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn sort_records(records: &mut [KafkaRecord]) {
+    records.sort_by(|a, b| {
+        (a.topic.as_str(), a.partition, a.offset).cmp(&(b.topic.as_str(), b.partition, b.offset))
+    });
+}
+
+/// A run's group member: subscribed once, read batch after batch.
+pub struct Session {
+    consumer: Arc<StreamConsumer>,
+    cfg: KafkaSource,
+    pipeline: String,
+    /// Where each partition continues (the catalog's view), loaded on the first plan.
+    next: Option<Offsets>,
+    /// The group's offsets are behind the catalog: commit `next` at the next chance.
+    commit_pending: bool,
+    /// A message or partition end has been seen: the group has assigned partitions.
+    joined: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("kafka::Session")
+            .field("pipeline", &self.pipeline)
+            .field("group_id", &self.cfg.group_id)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Creates the consumer and subscribes (the group is joined on the first read).
+    pub fn connect(cfg: &KafkaSource, pipeline: &str) -> Result<Session, PipelineError> {
+        let consumer: StreamConsumer = client_config(cfg)
+            .set("group.id", &cfg.group_id)
+            .create()
+            .map_err(kafka_err("creating the consumer"))?;
+        match &cfg.topics {
+            KafkaTopics::Names(names) => {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                consumer.subscribe(&names)
+            }
+            KafkaTopics::Pattern(pattern) => consumer.subscribe(&[pattern.as_str()]),
+        }
+        .map_err(kafka_err("subscribing"))?;
+        Ok(Session {
+            consumer: Arc::new(consumer),
+            cfg: cfg.clone(),
+            pipeline: pipeline.to_string(),
+            next: None,
+            commit_pending: false,
+            joined: false,
+        })
+    }
+
+    /// Whether the catalog's offsets are still to be loaded.
+    pub fn needs_offsets(&self) -> bool {
+        self.next.is_none()
+    }
+
+    /// Sets the catalog's view of where each partition continues.
+    pub fn set_offsets(&mut self, next: Offsets) {
+        self.next = Some(next);
+    }
+
+    /// Reads the next batch: its positions and records, or `None` when every assigned
+    /// partition is drained (or nothing arrived for `idle`).
+    pub async fn plan(
+        &mut self,
+    ) -> Result<Option<(KafkaPositions, Vec<KafkaRecord>)>, PipelineError> {
+        let mut next = self.next.clone().unwrap_or_default();
+        let mut ranges: BTreeMap<(String, i32), PartitionRange> = BTreeMap::new();
+        let mut records = Vec::new();
+        let (mut bytes, mut skipped) = (0usize, 0u64);
+        let mut at_end: HashSet<i32> = HashSet::new();
+        let mut last_error: Option<String> = None;
+        let started = Instant::now();
+        while records.len() < self.cfg.max_records_per_batch.get()
+            && bytes < self.cfg.max_bytes_per_batch.get()
+        {
+            let wait = if self.joined {
+                self.cfg.idle
+            } else {
+                self.cfg.join_timeout.saturating_sub(started.elapsed())
+            };
+            let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Err(_) if self.joined => break,
+                Err(_) => {
+                    let assigned = self.assigned()?;
+                    if assigned.is_empty() {
+                        return Err(PipelineError::Kafka(format!(
+                            "no partition assigned to group `{}` within {} ms (brokers down, topic missing?); last client error: {}",
+                            self.cfg.group_id,
+                            self.cfg.join_timeout.as_millis(),
+                            last_error.as_deref().unwrap_or("none")
+                        )));
+                    }
+                    warn!(pipeline = %self.pipeline, partitions = assigned.len(), "no message and no partition end within the join timeout");
+                    break;
+                }
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.joined = true;
+                    at_end.insert(partition);
+                    let assigned = self.assigned()?;
+                    if !assigned.is_empty() && assigned.iter().all(|(_, p)| at_end.contains(p)) {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    // librdkafka retries transient errors itself; these are reports.
+                    warn!(pipeline = %self.pipeline, error = %e, "kafka client error");
+                    last_error = Some(e.to_string());
+                    continue;
+                }
+                Ok(Ok(message)) => message,
+            };
+            self.joined = true;
+            at_end.remove(&message.partition());
+            let key = (message.topic().to_string(), message.partition());
+            let offset = message.offset();
+            let from = next.get(&key).copied();
+            if from.is_some_and(|from| offset < from) {
+                // Already in the lake: the group's commit lags behind the catalog.
+                skipped += 1;
+                continue;
+            }
+            ranges
+                .entry(key.clone())
+                .or_insert_with(|| PartitionRange {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    from: from.unwrap_or(offset),
+                    to: offset + 1,
+                    records: 0,
+                })
+                .records += 1;
+            if let Some(range) = ranges.get_mut(&key) {
+                range.to = offset + 1;
+            }
+            next.insert(key, offset + 1);
+            bytes += message.payload_len();
+            records.push(record_of(&message));
+        }
+        if skipped > 0 {
+            info!(pipeline = %self.pipeline, messages = skipped, "skipped messages already in the lake (group offsets were behind the catalog)");
+            self.commit_pending = true;
+        }
+        if records.is_empty() {
+            if self.commit_pending {
+                self.commit().await;
+            }
+            return Ok(None);
+        }
+        sort_records(&mut records);
+        let positions = KafkaPositions {
+            ranges: ranges.into_values().collect(),
+            next: next
+                .into_iter()
+                .map(|((topic, partition), offset)| PartitionOffset {
+                    topic,
+                    partition,
+                    offset,
+                })
+                .collect(),
+        };
+        Ok(Some((positions, records)))
+    }
+
+    fn assigned(&self) -> Result<Vec<(String, i32)>, PipelineError> {
+        let list = self
+            .consumer
+            .assignment()
+            .map_err(kafka_err("reading the assignment"))?;
+        Ok(list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect())
+    }
+
+    /// After the catalog committed a batch: remember its `next` and commit it to the group.
+    pub async fn committed(&mut self, positions: &KafkaPositions) {
+        self.next = Some(positions.next_offsets());
+        self.commit_pending = true;
+        self.commit().await;
+    }
+
+    /// Commits `next` for the partitions this member holds. A failure is logged and retried
+    /// after the next batch: the catalog, not the group, decides what is read again.
+    async fn commit(&mut self) {
+        let Some(next) = &self.next else {
+            return;
+        };
+        let assigned: HashSet<(String, i32)> = match self.assigned() {
+            Ok(a) => a.into_iter().collect(),
+            Err(e) => {
+                warn!(pipeline = %self.pipeline, error = %e, "kafka offsets not committed");
+                return;
+            }
+        };
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if assigned.contains(&(topic.clone(), *partition))
+                && let Err(e) =
+                    list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            {
+                warn!(pipeline = %self.pipeline, error = %e, "kafka offsets not committed");
+                return;
+            }
+        }
+        if list.count() == 0 {
+            // Not in the group yet (a replay before the first read): commit after the next plan.
+            return;
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let result =
+            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
+        match result {
+            Ok(Ok(())) => {
+                self.commit_pending = false;
+                info!(pipeline = %self.pipeline, group = %self.cfg.group_id, partitions = assigned.len(), "kafka offsets committed");
+            }
+            Ok(Err(e)) => {
+                warn!(pipeline = %self.pipeline, error = %e, "kafka offsets not committed; retried after the next batch")
+            }
+            Err(e) => {
+                warn!(pipeline = %self.pipeline, error = %e, "kafka offset commit task failed")
+            }
+        }
+    }
+}
+
+/// Reads exactly the ranges of a planned batch again (a replay), outside the group.
+pub async fn fetch(
+    cfg: &KafkaSource,
+    positions: &KafkaPositions,
+) -> Result<Vec<KafkaRecord>, PipelineError> {
+    // librdkafka wants a group for `assign`; assigning (unlike subscribing) never joins it, and
+    // nothing is committed from here.
+    let consumer: StreamConsumer = client_config(cfg)
+        .set("group.id", &cfg.group_id)
+        .create()
+        .map_err(kafka_err("creating the replay consumer"))?;
+    let mut list = TopicPartitionList::new();
+    let mut wanted: BTreeMap<(String, i32), &PartitionRange> = BTreeMap::new();
+    for range in &positions.ranges {
+        list.add_partition_offset(&range.topic, range.partition, Offset::Offset(range.from))
+            .map_err(kafka_err("assigning the batch's partitions"))?;
+        wanted.insert((range.topic.clone(), range.partition), range);
+    }
+    consumer
+        .assign(&list)
+        .map_err(kafka_err("assigning the batch's partitions"))?;
+    let mut pending: HashSet<(String, i32)> = wanted.keys().cloned().collect();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + cfg.join_timeout;
+    while !pending.is_empty() {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(wait, consumer.recv()).await {
+            Err(_) => {
+                return Err(PipelineError::Kafka(format!(
+                    "replaying a batch: {} partition(s) did not deliver their recorded offsets within {} ms (deleted by retention, or brokers down)",
+                    pending.len(),
+                    cfg.join_timeout.as_millis()
+                )));
+            }
+            Ok(Err(KafkaError::PartitionEOF(_))) => continue,
+            Ok(Err(e)) => {
+                warn!(error = %e, "kafka client error during a replay");
+                continue;
+            }
+            Ok(Ok(message)) => message,
+        };
+        let key = (message.topic().to_string(), message.partition());
+        let Some(range) = wanted.get(&key) else {
+            continue;
+        };
+        let offset = message.offset();
+        if offset >= range.from && offset < range.to && pending.contains(&key) {
+            records.push(record_of(&message));
+        }
+        if offset >= range.to - 1 {
+            pending.remove(&key);
+        }
+    }
+    let got = records.len() as u64;
+    let expected: u64 = positions.ranges.iter().map(|r| r.records).sum();
+    if got != expected {
+        return Err(PipelineError::Positions(format!(
+            "kafka offset ranges of the batch hold {got} messages now, {expected} when planned"
+        )));
+    }
+    sort_records(&mut records);
+    Ok(records)
+}
+
+/// Decodes messages into rows; poison messages go to quarantine with topic, partition, offset.
+pub fn decode(
+    cfg: &KafkaSource,
+    records: Vec<KafkaRecord>,
+    hits: Option<&(Arc<MediaRegistry>, Arc<Enricher>)>,
+    rows: &mut TextFrameBuilder,
+    quarantine: &mut Quarantine,
+) {
+    for record in records {
+        let lineage = format!("{}/{}", record.topic, record.partition);
+        let bad = |reason: String, raw: Option<&[u8]>| QuarantinedRow {
+            reason: format!("kafka {lineage}@{}: {reason}", record.offset),
+            source_file: Some(lineage.clone()),
+            source_line: Some(record.offset),
+            raw: raw.map(|r| String::from_utf8_lossy(r).into_owned()),
+        };
+        let Some(payload) = record.payload.as_deref() else {
+            quarantine.push(bad("message without a payload".to_string(), None));
+            continue;
+        };
+        let mut fields: Vec<(Cow<'_, str>, Option<Cow<'_, str>>)> = Vec::new();
+        if let Some(column) = &cfg.headers_column {
+            let headers: serde_json::Map<String, serde_json::Value> = record
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let v = v
+                        .as_deref()
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
+                    (
+                        k.clone(),
+                        v.map_or(serde_json::Value::Null, serde_json::Value::String),
+                    )
+                })
+                .collect();
+            let text = serde_json::Value::Object(headers).to_string();
+            fields.push((Cow::Borrowed(column), Some(Cow::Owned(text))));
+        }
+        if let Some(column) = &cfg.key_column {
+            let key = record.key.as_deref().map(String::from_utf8_lossy);
+            fields.push((Cow::Borrowed(column), key));
+        }
+        match (cfg.format, hits) {
+            (KafkaFormat::Json, _) => match parse_object(payload) {
+                Ok(members) => {
+                    fields.extend(members);
+                    rows.push(&lineage, record.offset, fields);
+                }
+                Err(reason) => quarantine.push(bad(reason, Some(payload))),
+            },
+            (KafkaFormat::HitRecord, Some((registry, enricher))) => {
+                match hit_decode::decode(payload, registry, enricher) {
+                    Ok(row) => {
+                        fields.extend(
+                            row.into_iter()
+                                .map(|(k, v)| (Cow::Borrowed(k), v.map(Cow::Owned))),
+                        );
+                        rows.push(&lineage, record.offset, fields);
+                    }
+                    Err(reason) => quarantine.push(bad(reason, Some(payload))),
+                }
+            }
+            (KafkaFormat::HitRecord, None) => quarantine.push(bad(
+                "hit records are decoded with the media registry: run this pipeline inside `backflow serve`".to_string(),
+                Some(payload),
+            )),
+        }
+    }
+}
+
+/// Logs a replayed or planned batch's reach.
+pub fn describe(positions: &KafkaPositions) -> String {
+    positions
+        .ranges
+        .iter()
+        .map(|r| format!("{}/{}[{},{})", r.topic, r.partition, r.from, r.to))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
