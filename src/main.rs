@@ -107,6 +107,9 @@ enum Command {
         #[command(subcommand)]
         command: QuotaCommand,
     },
+    /// Click-detail downloads (下载数据明细): create, list, get — through a running daemon's
+    /// admin API (--api / BACKFLOW_API) or the catalog and lake of the data dir.
+    Download(cli::DownloadArgs),
     /// Reports (报表分析), computed from the catalog and the committed lake.
     Report {
         #[command(subcommand)]
@@ -426,6 +429,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Feedback(args) => cli::feedback(&cfg, args, data_dir_given),
         Command::Quota { command } => quota_command(&cfg, command),
         Command::Report { command } => report_command(&cfg, command),
+        Command::Download(args) => cli::download(&cfg, args, data_dir_given),
         Command::Token { command } => {
             let catalog = Catalog::open(&cfg.catalog_path)?;
             match command {

@@ -11,10 +11,12 @@
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
+use crate::catalog::Download;
 use crate::collect::service::{
     ActivityInput, ActivityView, BatchInput, EditInput, FeedbackInput, FeedbackView, RenameInput,
     SwitchInput,
 };
+use crate::report::downloads::DownloadInput;
 
 fn path_param(name: &str, description: &str, integer: bool) -> Value {
     json!({
@@ -105,6 +107,8 @@ pub fn document() -> Value {
     let feedback_input = generator.subschema_for::<FeedbackInput>().to_value();
     let rename_input = generator.subschema_for::<RenameInput>().to_value();
     let feedback = generator.subschema_for::<FeedbackView>().to_value();
+    let download_input = generator.subschema_for::<DownloadInput>().to_value();
+    let download = generator.subschema_for::<Download>().to_value();
     let mut components = generator.take_definitions(true);
     components.insert(
         "Error".into(),
@@ -415,12 +419,14 @@ pub fn document() -> Value {
         ),
     );
 
+    reports(&mut add, download_input, download);
+
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": "backflow admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Monitoring activities, Tencent feedback tasks, pipelines and runs. \
+            "description": "Monitoring activities, Tencent feedback tasks, reports, click-detail downloads, pipelines and runs. \
                             Bearer tokens carry a role (org_admin, workspace_admin, analyst, read_only) \
                             and optionally a workspace; writes need workspace_admin or higher."
         },
@@ -432,6 +438,210 @@ pub fn document() -> Value {
             "schemas": components,
         }
     })
+}
+
+fn query(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "description": description, "schema": schema })
+}
+
+fn string_enum(values: &[&str]) -> Value {
+    json!({ "type": "string", "enum": values })
+}
+
+/// The report and download routes (`src/api/reports.rs`).
+fn reports(add: &mut impl FnMut(&str, &str, Value), download_input: Value, download: Value) {
+    let day = |name: &str, what: &str| {
+        query(
+            name,
+            &format!("{what} (YYYY-MM-DD, workspace time zone)."),
+            json!({"type": "string", "format": "date"}),
+        )
+    };
+    let range = || {
+        vec![
+            ws(),
+            day("from", "First day; default 7 days before today"),
+            day("to", "Last day, included; default yesterday"),
+        ]
+    };
+    let list = |name: &str, what: &str| {
+        query(
+            name,
+            &format!("{what}; repeat or comma-separate (default: all)."),
+            json!({"type": "string"}),
+        )
+    };
+    let format = query(
+        "format",
+        "`json` (default) or `csv` (the detail table, UTF-8).",
+        string_enum(&["json", "csv"]),
+    );
+    let form = query(
+        "form",
+        "`date` (per day), `hour` (hour of day over the range) or `audience` (region and OS).",
+        string_enum(&["date", "hour", "audience"]),
+    );
+    let region = query(
+        "region",
+        "Audience form: `province` (default) or `city`.",
+        string_enum(&["province", "city"]),
+    );
+    let report = json!({"type": "object", "description": "The report: rows per dimension with per-bucket cells, the dimension–date and date–dimension pivots, totals."});
+    let errors = ["400", "404"];
+    let with_csv = |mut o: Value| {
+        o["responses"]["200"]["content"]["text/csv"] = json!({"schema": {"type": "string"}});
+        o
+    };
+
+    let mut params = range();
+    params.extend([
+        form.clone(),
+        query(
+            "by",
+            "Dimension: `group` (default), `channel` or `activity`.",
+            string_enum(&["group", "channel", "activity"]),
+        ),
+        list("group", "Activity groups"),
+        list("channel", "Channels (media ids)"),
+        list("activity", "Activity ids"),
+        region.clone(),
+        list(
+            "metrics",
+            "impressions, clicks, unique_impressions, unique_clicks, ctr",
+        ),
+        format.clone(),
+    ]);
+    add(
+        "/api/v1/workspaces/{ws}/reports/ad-monitoring",
+        "get",
+        with_csv(op(
+            "Ad monitoring report (广告监测数据, R24–R32): impressions, clicks, uniques, CTR; at most 60 days.",
+            "reports",
+            params,
+            None,
+            ("200", report.clone()),
+            &errors,
+        )),
+    );
+    let mut params = range();
+    params.extend([
+        form,
+        query(
+            "by",
+            "Dimension: `task` (feedback task, default) or `adgroup` (Tencent ad id).",
+            string_enum(&["task", "adgroup"]),
+        ),
+        list("task", "Feedback task ids"),
+        list("adgroup", "Tencent ad ids"),
+        region,
+        list("metrics", "clicks, unique_clicks"),
+        format,
+    ]);
+    add(
+        "/api/v1/workspaces/{ws}/reports/tencent",
+        "get",
+        with_csv(op(
+            "Tencent Ads report (腾讯广告数据): clicks and unique clicks of the feedback tasks.",
+            "reports",
+            params,
+            None,
+            ("200", report),
+            &errors,
+        )),
+    );
+    let mut params = range();
+    params.push(query(
+        "type",
+        "Monitoring type of the growth trend.",
+        string_enum(&["all", "impression", "click"]),
+    ));
+    add(
+        "/api/v1/workspaces/{ws}/reports/dashboard",
+        "get",
+        op(
+            "Dashboard (仪表盘): quota, volume with change, distinct IDs per type, growth trend.",
+            "reports",
+            params,
+            None,
+            ("200", json!({"type": "object"})),
+            &errors,
+        ),
+    );
+    add(
+        "/api/v1/workspaces/{ws}/reports/overview",
+        "get",
+        op(
+            "Data overview (数据概览): new total and billable data, today / 7 days / month / cumulative.",
+            "reports",
+            range(),
+            None,
+            ("200", json!({"type": "object"})),
+            &errors,
+        ),
+    );
+    add(
+        "/api/v1/workspaces/{ws}/reports/resources",
+        "get",
+        op(
+            "Resource records (数据资源): purchases and daily usage; default 7 days, at most 90.",
+            "reports",
+            range(),
+            None,
+            ("200", json!({"type": "object"})),
+            &errors,
+        ),
+    );
+    add(
+        "/api/v1/workspaces/{ws}/downloads",
+        "get",
+        op(
+            "Click-detail download tasks of a workspace, newest first.",
+            "downloads",
+            vec![ws()],
+            None,
+            ("200", json!({"type": "array", "items": download.clone()})),
+            &[],
+        ),
+    );
+    add(
+        "/api/v1/workspaces/{ws}/downloads",
+        "post",
+        op(
+            "Queue a click-detail download (R68–R70, analyst): raw clicks of days within the last month, built in the background into a .tar.gz.",
+            "downloads",
+            vec![ws()],
+            Some(download_input),
+            ("202", download.clone()),
+            &["400"],
+        ),
+    );
+    add(
+        "/api/v1/downloads/{id}",
+        "get",
+        op(
+            "One download task: `queued`, `processing`, `succeeded` (with clicks, bytes, expiry) or `failed` (with the reason).",
+            "downloads",
+            vec![id("Download task")],
+            None,
+            ("200", download),
+            &["404"],
+        ),
+    );
+    let mut file = op(
+        "The archive of a succeeded task (downloadable many times until it expires).",
+        "downloads",
+        vec![id("Download task")],
+        None,
+        (
+            "200",
+            json!({"type": "string", "contentMediaType": "application/gzip"}),
+        ),
+        &["404"],
+    );
+    file["responses"]["200"]["content"] = json!({"application/gzip": {"schema": {"type": "string", "contentMediaType": "application/gzip"}}});
+    file["responses"]["409"] = error("The task has not succeeded (yet).");
+    file["responses"]["410"] = error("The archive expired.");
+    add("/api/v1/downloads/{id}/file", "get", file);
 }
 
 #[cfg(test)]
@@ -486,6 +696,7 @@ mod tests {
             .unwrap_or_default();
         let mut routes = routes_in(admin);
         routes.extend(routes_in(include_str!("activities.rs")));
+        routes.extend(routes_in(include_str!("reports.rs")));
         assert!(routes.len() > 15, "{routes:?}");
         let doc = document();
         let mut documented = BTreeSet::new();

@@ -8,11 +8,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, authorize};
 use crate::catalog::{Role, TokenInfo};
+use crate::report::downloads::DownloadInput;
 use crate::report::params::{self, Format};
 use crate::report::{Report, ReportError};
 
@@ -203,19 +203,6 @@ fn respond(report: Report, format: Format) -> Result<Response, ReportApiError> {
     }
 }
 
-/// A new click-detail download task.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DownloadInput {
-    /// First day (YYYY-MM-DD, workspace time zone); within the last month.
-    pub from: String,
-    /// Last day, included; at most today.
-    pub to: String,
-    /// Task name (default: `clicks {from}..{to}`).
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
 async fn create_download(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -225,28 +212,9 @@ async fn create_download(
     let info = authorize_workspace(&state, &headers, &ws, Role::Analyst)?;
     let input: DownloadInput =
         serde_json::from_slice(&body).map_err(|e| ReportError::Invalid(format!("body: {e}")))?;
-    let from = crate::report::range::parse_day("from", &input.from)?;
-    let to = crate::report::range::parse_day("to", &input.to)?;
-    crate::report::downloads::check_range(from, to, state.reports.today())?;
-    let name = input
-        .name
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("clicks {from}..{to}"));
-    if name.chars().count() > 100 {
-        return Err(ReportError::Invalid("name: at most 100 characters".into()).into());
-    }
     let task = state
         .reports
-        .catalog
-        .create_download(
-            &ws,
-            &name,
-            &from.to_string(),
-            &to.to_string(),
-            &format!("token:{}", info.id),
-        )
-        .map_err(ReportError::from)?;
+        .queue_download(&ws, input, &format!("token:{}", info.id))?;
     Ok((StatusCode::ACCEPTED, Json(task)).into_response())
 }
 
@@ -318,12 +286,26 @@ async fn download_file(
             ),
         ));
     };
-    let body = tokio::fs::read(state.reports.downloads_dir.join(&file))
+    // Streamed: an archive of a month of clicks need not fit in memory.
+    let path = state.reports.downloads_dir.join(&file);
+    let opened = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        // Expired between the check and the open.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(bad(StatusCode::GONE, format!("download {id} expired")));
+        }
+        Err(e) => return Err(ApiError::Internal(format!("reading download {id}: {e}")).into()),
+    };
+    let length = opened
+        .metadata()
         .await
-        .map_err(|e| ApiError::Internal(format!("reading download {id}: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("reading download {id}: {e}")))?
+        .len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(opened));
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!(

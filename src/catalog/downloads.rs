@@ -108,26 +108,37 @@ impl Catalog {
         )?)
     }
 
-    /// Takes the oldest queued task and marks it `processing`.
+    /// Takes the oldest queued task and marks it `processing` — one statement, so two
+    /// processes on one catalog (the daemon's worker, `backflow download create`) never both
+    /// take a task.
     pub fn claim_download(&self) -> Result<Option<Download>, CatalogError> {
-        let id: Option<i64> = {
-            let conn = self.conn();
-            let id = conn
-                .query_row(
-                    "SELECT id FROM downloads WHERE status = 'queued' ORDER BY id LIMIT 1",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(id) = id {
-                conn.execute(
-                    "UPDATE downloads SET status = 'processing', updated_at = ?2 WHERE id = ?1",
-                    (id, now()),
-                )?;
-            }
-            id
-        };
-        id.map(|id| self.download(id)).transpose()
+        self.claim_where(
+            "(SELECT id FROM downloads WHERE status = 'queued' ORDER BY id LIMIT 1)",
+            None,
+        )
+    }
+
+    /// Marks task `id` `processing` if it is still queued; `None` when someone else took it.
+    pub fn claim_download_id(&self, id: i64) -> Result<Option<Download>, CatalogError> {
+        self.claim_where("?2", Some(id))
+    }
+
+    fn claim_where(&self, which: &str, id: Option<i64>) -> Result<Option<Download>, CatalogError> {
+        let claimed: Option<i64> = self
+            .conn()
+            .query_row(
+                &format!(
+                    "UPDATE downloads SET status = 'processing', updated_at = ?1
+                     WHERE id = {which} AND status = 'queued' RETURNING id"
+                ),
+                rusqlite::params_from_iter(
+                    std::iter::once(rusqlite::types::Value::Text(now()))
+                        .chain(id.map(rusqlite::types::Value::Integer)),
+                ),
+                |r| r.get(0),
+            )
+            .optional()?;
+        claimed.map(|id| self.download(id)).transpose()
     }
 
     /// Marks a task succeeded with its archive.

@@ -116,6 +116,53 @@ impl ApiClient {
         self.send(Method::GET, segments, query, None)
     }
 
+    /// GETs a file and writes it to `path` as it arrives (via `{path}.part`, renamed when
+    /// complete); returns the bytes written.
+    pub fn download_to(&self, segments: &[&str], path: &std::path::Path) -> anyhow::Result<u64> {
+        use std::io::Write as _;
+        let url = self.url(segments, &[])?;
+        self.rt.block_on(async {
+            let mut response = self
+                .client
+                .get(url.clone())
+                .bearer_auth(&self.token)
+                .timeout(std::time::Duration::from_secs(3600))
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                let bytes = response.bytes().await.unwrap_or_default();
+                let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
+                let message = answer
+                    .as_ref()
+                    .and_then(|v| v["error"].as_str())
+                    .map_or_else(
+                        || String::from_utf8_lossy(&bytes).trim().to_string(),
+                        str::to_string,
+                    );
+                bail!("{message} (HTTP {})", status.as_u16());
+            }
+            let part = path.with_extension("part");
+            let mut out = std::fs::File::create(&part)
+                .with_context(|| format!("creating {}", part.display()))?;
+            let mut written = 0u64;
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .with_context(|| format!("GET {url}"))?
+            {
+                out.write_all(&chunk)
+                    .with_context(|| format!("writing {}", part.display()))?;
+                written += chunk.len() as u64;
+            }
+            out.sync_all()?;
+            std::fs::rename(&part, path)
+                .with_context(|| format!("renaming {} to {}", part.display(), path.display()))?;
+            Ok(written)
+        })
+    }
+
     pub fn post(&self, segments: &[&str], body: &Value) -> anyhow::Result<Value> {
         self.json(Method::POST, segments, &[], Some(body))
     }

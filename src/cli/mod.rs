@@ -5,6 +5,9 @@
 //! ([`backflow::collect::service`]) and print the same JSON.
 
 mod client;
+mod download;
+
+pub use download::{DownloadArgs, download};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -59,6 +59,85 @@ pub fn check_range(from: NaiveDate, to: NaiveDate, today: NaiveDate) -> Result<(
     Ok(())
 }
 
+/// A new click-detail download task (the admin API's body, the CLI's flags).
+#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadInput {
+    /// First day (YYYY-MM-DD, workspace time zone); within the last month.
+    pub from: String,
+    /// Last day, included; at most today.
+    pub to: String,
+    /// Task name (default: `clicks {from}..{to}`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Reports {
+    /// Checks a download request and queues it (`queued`, audited as `actor`).
+    pub fn queue_download(
+        &self,
+        workspace: &str,
+        input: DownloadInput,
+        actor: &str,
+    ) -> Result<Download, ReportError> {
+        let from = super::range::parse_day("from", &input.from)?;
+        let to = super::range::parse_day("to", &input.to)?;
+        check_range(from, to, self.today())?;
+        let name = input
+            .name
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("clicks {from}..{to}"));
+        if name.chars().count() > 100 {
+            return Err(ReportError::Invalid("name: at most 100 characters".into()));
+        }
+        Ok(self.catalog.create_download(
+            workspace,
+            &name,
+            &from.to_string(),
+            &to.to_string(),
+            actor,
+        )?)
+    }
+
+    fn finished(&self, status: &'static str) {
+        self.metrics
+            .downloads
+            .get_or_create(&crate::telemetry::StatusLabels { status })
+            .inc();
+    }
+
+    /// Builds a claimed (`processing`) task's archive under `dir` and records the outcome:
+    /// `succeeded` with an expiry `ttl_hours` from now, or `failed` with the reason.
+    pub async fn process_download(
+        &self,
+        task: &Download,
+        dir: &Path,
+        ttl_hours: u32,
+    ) -> Result<Download, ReportError> {
+        let saved = match self.build_download(task, dir).await {
+            Ok((clicks, bytes, file)) => {
+                let expires = (chrono::Utc::now() + chrono::Duration::hours(i64::from(ttl_hours)))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                info!(
+                    download = task.id,
+                    clicks, bytes, "download archive written"
+                );
+                self.finished("succeeded");
+                self.catalog
+                    .finish_download(task.id, clicks, bytes, &file, &expires)
+            }
+            Err(e) => {
+                warn!(download = task.id, error = %e, "download task failed");
+                self.finished("failed");
+                self.catalog.fail_download(task.id, &e.to_string())
+            }
+        };
+        saved?;
+        Ok(self.catalog.download(task.id)?)
+    }
+}
+
 fn polars(stage: &'static str) -> impl Fn(PolarsError) -> ReportError {
     move |source| ReportError::Polars { stage, source }
 }
@@ -246,28 +325,10 @@ pub async fn run_worker(
         };
         if let Some(task) = claimed {
             let outcome = tokio::select! {
-                r = reports.build_download(&task, &dir) => r,
+                r = reports.process_download(&task, &dir, ttl_hours) => r,
                 () = stop.cancelled() => return,
             };
-            let saved = match outcome {
-                Ok((clicks, bytes, file)) => {
-                    let expires = (chrono::Utc::now()
-                        + chrono::Duration::hours(i64::from(ttl_hours)))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-                    info!(
-                        download = task.id,
-                        clicks, bytes, "download archive written"
-                    );
-                    reports
-                        .catalog
-                        .finish_download(task.id, clicks, bytes, &file, &expires)
-                }
-                Err(e) => {
-                    warn!(download = task.id, error = %e, "download task failed");
-                    reports.catalog.fail_download(task.id, &e.to_string())
-                }
-            };
-            if let Err(e) = saved {
+            if let Err(e) = outcome {
                 warn!(download = task.id, error = %e, "cannot record the download outcome");
             }
             continue;
@@ -290,6 +351,7 @@ fn expire(reports: &Reports, dir: &Path) -> Result<(), ReportError> {
             }
         }
         reports.catalog.clear_download_file(task.id)?;
+        reports.finished("expired");
         info!(download = task.id, "download archive expired");
     }
     Ok(())

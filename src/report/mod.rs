@@ -76,6 +76,8 @@ pub struct Reports {
     pub committed: Arc<CommittedFiles>,
     /// Where click-detail download archives live (`{data_dir}/downloads` in `serve`).
     pub downloads_dir: std::path::PathBuf,
+    /// The daemon's metrics (a private set for reports opened by the CLI).
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl Reports {
@@ -86,6 +88,7 @@ impl Reports {
             tz,
             committed: Arc::new(CommittedFiles::default()),
             downloads_dir: std::path::PathBuf::from("downloads"),
+            metrics: Arc::new(crate::telemetry::Metrics::new()),
         }
     }
 
@@ -97,11 +100,14 @@ impl Reports {
 
     /// Reports over a pipeline runtime's catalog, lake and time zone.
     pub fn from_runtime(runtime: &crate::pipeline::Runtime) -> Reports {
-        Reports::new(
-            Arc::clone(&runtime.catalog),
-            runtime.lake.clone(),
-            runtime.tz,
-        )
+        Reports {
+            metrics: Arc::clone(&runtime.metrics),
+            ..Reports::new(
+                Arc::clone(&runtime.catalog),
+                runtime.lake.clone(),
+                runtime.tz,
+            )
+        }
     }
 
     /// Today in the report time zone.

@@ -46,6 +46,12 @@ pub struct ForwardLabels {
     pub destination: String,
 }
 
+/// An outcome with a fixed set of values (`succeeded`, `failed` …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub listener: &'static str,
@@ -188,6 +194,8 @@ pub struct Metrics {
     pub quota_billable_clicks: Family<WorkspaceLabels, Counter>,
     /// Third-party forwarding (`forward`), per destination host.
     pub forward: ForwardMetrics,
+    /// Click-detail download tasks finished, by outcome (`succeeded`, `failed`, `expired`).
+    pub downloads: Family<StatusLabels, Counter>,
 }
 
 /// Metrics of third-party forwarding, per destination host.
@@ -234,6 +242,7 @@ impl Metrics {
             http_requests: Family::default(),
             auth_failures: Counter::default(),
             hits: Family::default(),
+            downloads: Family::default(),
             quota_remaining: Family::default(),
             quota_staged: Family::default(),
             quota_staged_total: Family::default(),
@@ -391,6 +400,11 @@ impl Metrics {
             "Age of the oldest queued hit, by destination host",
             prometheus_client::registry::Unit::Seconds,
             f.oldest_job_age.clone(),
+        );
+        r.register(
+            "downloads",
+            "Click-detail download tasks finished, by outcome (succeeded, failed; expired archives deleted)",
+            m.downloads.clone(),
         );
         r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));
         Metrics { registry, ..m }
