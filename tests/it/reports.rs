@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::serve::{Daemon, free_port, http, start_with};
 use crate::support::*;
 
-fn project() -> Project {
+pub(crate) fn project() -> Project {
     let p = Project::new();
     p.edit_pipeline(
         "schedule:\n  cron: \"* * * * *\"\n  time_zone: Asia/Shanghai\n",
@@ -24,7 +24,7 @@ fn project() -> Project {
     p
 }
 
-fn create(
+pub(crate) fn create(
     p: &Project,
     env: &[(&str, String)],
     ws: &str,
@@ -58,9 +58,9 @@ fn create(
 }
 
 /// A device as the media report it: (oaid, idfa, ip, ua); empty means not sent.
-type Device = (&'static str, &'static str, &'static str, &'static str);
+pub(crate) type Device = (&'static str, &'static str, &'static str, &'static str);
 
-const DEVICES: [Device; 6] = [
+pub(crate) const DEVICES: [Device; 6] = [
     ("OA-1", "", "10.0.0.1", "ua-1"),
     ("OA-2", "", "10.0.0.2", "ua-1"),
     ("", "IDFA-1", "10.0.0.3", "ua-2"),
@@ -69,7 +69,7 @@ const DEVICES: [Device; 6] = [
     ("", "", "", ""),
 ];
 
-fn hit(activity: &serde_json::Value, kind: &str, d: Device) -> u16 {
+pub(crate) fn hit(activity: &serde_json::Value, kind: &str, d: Device) -> u16 {
     let url = activity[format!("{kind}_url")].as_str().expect("url");
     let url = url
         .replace("__OAID__", d.0)
@@ -95,7 +95,7 @@ fn hit(activity: &serde_json::Value, kind: &str, d: Device) -> u16 {
     })
 }
 
-fn get(d: &Daemon, path: &str, token: &str) -> http::Reply {
+pub(crate) fn get(d: &Daemon, path: &str, token: &str) -> http::Reply {
     http::send(
         reqwest::Method::GET,
         &format!("{}{path}", d.admin),
@@ -105,7 +105,7 @@ fn get(d: &Daemon, path: &str, token: &str) -> http::Reply {
 }
 
 /// Triggers ad_events until a run started after this call has succeeded.
-fn drain(d: &Daemon) {
+pub(crate) fn drain(d: &Daemon) {
     let last = || -> serde_json::Value {
         let runs = get(d, "/api/v1/runs?pipeline=ad_events&limit=1", &d.token);
         serde_json::from_str::<serde_json::Value>(&runs.body).expect("json")["runs"][0].clone()
@@ -990,29 +990,7 @@ fn tencent_report_and_dashboard_equal_duckdb_over_the_lake() {
     };
     let archive = fetch();
     assert_eq!(archive, fetch(), "downloadable many times");
-    let mut tar = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&archive[..]), &mut tar)
-        .expect("gunzip");
-    let mut lines: Vec<serde_json::Value> = Vec::new();
-    let mut at = 0;
-    while at + 512 <= tar.len() && tar[at] != 0 {
-        let name = String::from_utf8_lossy(&tar[at..at + 100])
-            .trim_end_matches('\0')
-            .to_string();
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&tar[at + 124..at + 135]).trim(), 8)
-                .expect("size");
-        assert!(
-            name.starts_with("clicks-") && name.ends_with(".log"),
-            "{name}"
-        );
-        let body = String::from_utf8(tar[at + 512..at + 512 + size].to_vec()).expect("utf8");
-        lines.extend(
-            body.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("ndjson")),
-        );
-        at += 512 + size.div_ceil(512) * 512;
-    }
+    let lines = archive_lines(&archive);
     let ours: Vec<String> = lines
         .iter()
         .map(|l| l["event_id"].as_str().expect("event_id").to_string())
@@ -1052,4 +1030,32 @@ fn tencent_report_and_dashboard_equal_duckdb_over_the_lake() {
         assert_eq!(reply.status, 400, "{query}: {}", reply.body);
         assert!(reply.body.contains(reason), "{query}: {}", reply.body);
     }
+}
+
+/// The NDJSON lines of every `clicks-*.log` in a download archive (.tar.gz).
+pub(crate) fn archive_lines(archive: &[u8]) -> Vec<serde_json::Value> {
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(archive), &mut tar)
+        .expect("gunzip");
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let mut at = 0;
+    while at + 512 <= tar.len() && tar[at] != 0 {
+        let name = String::from_utf8_lossy(&tar[at..at + 100])
+            .trim_end_matches('\0')
+            .to_string();
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&tar[at + 124..at + 135]).trim(), 8)
+                .expect("size");
+        assert!(
+            name.starts_with("clicks-") && name.ends_with(".log"),
+            "{name}"
+        );
+        let body = String::from_utf8(tar[at + 512..at + 512 + size].to_vec()).expect("utf8");
+        lines.extend(
+            body.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("ndjson")),
+        );
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    lines
 }

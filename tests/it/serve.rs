@@ -50,10 +50,19 @@ pub(crate) fn start_with(
         .spawn()
         .expect("spawn serve");
     let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read token line");
+    // The token line comes only from a fresh catalog: never wait for it forever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        panic!(
+            "no initial admin token line within 30 s (a catalog that has tokens prints none: use start_again)"
+        );
+    };
     let token = line
         .trim()
         .rsplit(' ')
