@@ -225,6 +225,24 @@ CREATE TABLE dataset_versions (
     PRIMARY KEY (dataset, seq)
 );
 "#,
+    // Deduplicated-click keys per workspace: Tencent feedback rows all have activity 0, so
+    // without the workspace one device's feedback clicks in two workspaces counted once.
+    // Keys of activity 0 cannot be attributed and are dropped (they only feed today's
+    // deduplicated feedback count, which restarts from the next batch).
+    r#"
+CREATE TABLE activity_day_click_keys_v2 (
+    workspace   TEXT NOT NULL,
+    activity_id INTEGER NOT NULL,
+    day         TEXT NOT NULL,
+    key         INTEGER NOT NULL,
+    PRIMARY KEY (workspace, activity_id, day, key)
+) WITHOUT ROWID;
+INSERT INTO activity_day_click_keys_v2 (workspace, activity_id, day, key)
+    SELECT a.workspace, k.activity_id, k.day, k.key
+    FROM activity_day_click_keys k JOIN activities a ON a.id = k.activity_id;
+DROP TABLE activity_day_click_keys;
+ALTER TABLE activity_day_click_keys_v2 RENAME TO activity_day_click_keys;
+"#,
 ];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.

@@ -186,8 +186,8 @@ pub struct Tally {
     pub usage: BTreeMap<(String, String), u64>,
     /// Per (workspace, activity, day).
     pub activity_days: BTreeMap<(String, i64, String), ActivityDayDelta>,
-    /// Device-key hashes of clicks per (activity, day).
-    pub click_keys: Vec<(i64, String, i64)>,
+    /// Device-key hashes of clicks per (workspace, activity, day).
+    pub click_keys: Vec<(String, i64, String, i64)>,
 }
 
 /// A stable 64-bit hash of a device key (the first 8 bytes of its SHA-256).
@@ -234,7 +234,7 @@ pub fn tally(df: &DataFrame, day_column: &str, tz: Tz) -> PolarsResult<Tally> {
         .map(|f| text(f))
         .collect::<PolarsResult<_>>()?;
     let (ip, ua) = (text("user_ip")?, text("user_agent")?);
-    let mut seen: HashSet<(i64, String, i64)> = HashSet::new();
+    let mut seen: HashSet<(String, i64, String, i64)> = HashSet::new();
     for row in 0..df.height() {
         let (Some(ws), Some(ep), Some(activity), Some(t)) = (
             workspace.get(row),
@@ -259,7 +259,7 @@ pub fn tally(df: &DataFrame, day_column: &str, tz: Tz) -> PolarsResult<Tally> {
                 counts.clicks += 1;
                 *out.usage.entry((ws.to_string(), day.clone())).or_default() += 1;
                 let key = device_key(&keys, ip.as_ref(), ua.as_ref(), row);
-                let hashed = (activity, day, key_hash(&key));
+                let hashed = (ws.to_string(), activity, day, key_hash(&key));
                 if seen.insert(hashed.clone()) {
                     out.click_keys.push(hashed);
                 }

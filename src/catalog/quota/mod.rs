@@ -194,7 +194,7 @@ pub struct MeterEffects {
     /// Per (workspace, activity, day).
     pub activity_days: BTreeMap<(String, i64, String), ActivityDayDelta>,
     /// Device-key hashes of landed clicks per (activity, day), for deduplicated clicks.
-    pub click_keys: Vec<(i64, String, i64)>,
+    pub click_keys: Vec<(String, i64, String, i64)>,
 }
 
 /// What a metered commit did beyond the batch.
@@ -606,14 +606,17 @@ impl Catalog {
             touched.push(workspace.to_string());
         }
 
-        let mut new_keys: HashMap<(i64, &str), u64> = HashMap::new();
+        let mut new_keys: HashMap<(&str, i64, &str), u64> = HashMap::new();
         {
             let mut insert = tx.prepare(
-                "INSERT OR IGNORE INTO activity_day_click_keys (activity_id, day, key) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO activity_day_click_keys (workspace, activity_id, day, key)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for (activity, day, key) in &effects.click_keys {
-                if insert.execute((activity, day, key))? == 1 {
-                    *new_keys.entry((*activity, day.as_str())).or_default() += 1;
+            for (workspace, activity, day, key) in &effects.click_keys {
+                if insert.execute((workspace, activity, day, key))? == 1 {
+                    *new_keys
+                        .entry((workspace.as_str(), *activity, day.as_str()))
+                        .or_default() += 1;
                 }
             }
         }
@@ -627,7 +630,9 @@ impl Catalog {
                      dedup_clicks = dedup_clicks + excluded.dedup_clicks",
             )?;
             for ((workspace, activity, day), delta) in &effects.activity_days {
-                let dedup = new_keys.remove(&(*activity, day.as_str())).unwrap_or(0);
+                let dedup = new_keys
+                    .remove(&(workspace.as_str(), *activity, day.as_str()))
+                    .unwrap_or(0);
                 upsert.execute(rusqlite::params![
                     activity,
                     day,

@@ -80,7 +80,10 @@ fn a_commit_charges_usage_counts_once_and_pauses_when_quota_runs_out() -> Result
             clicks: 2,
         },
     );
-    effects.click_keys = vec![(a, "2026-01-01".into(), 7), (a, "2026-01-01".into(), 7)];
+    effects.click_keys = vec![
+        ("ws".into(), a, "2026-01-01".into(), 7),
+        ("ws".into(), a, "2026-01-01".into(), 7),
+    ];
     let outcome = batch(&c, &effects)?;
     assert!(outcome.paused.is_empty());
     assert_eq!(c.quota("ws")?.remaining, Some(1));
@@ -109,7 +112,7 @@ fn a_commit_charges_usage_counts_once_and_pauses_when_quota_runs_out() -> Result
             clicks: 1,
         },
     );
-    next.click_keys = vec![(a, "2026-01-01".into(), 7)];
+    next.click_keys = vec![("ws".into(), a, "2026-01-01".into(), 7)];
     next.activity_days.insert(
         ("ws".into(), a, "2026-01-02".into()),
         ActivityDayDelta {
@@ -117,7 +120,8 @@ fn a_commit_charges_usage_counts_once_and_pauses_when_quota_runs_out() -> Result
             clicks: 1,
         },
     );
-    next.click_keys.push((a, "2026-01-02".into(), 7));
+    next.click_keys
+        .push(("ws".into(), a, "2026-01-02".into(), 7));
     let outcome = batch(&c, &next)?;
     assert_eq!(outcome.paused.get("ws"), Some(&vec![a]), "quota ran out");
     assert_eq!(c.activity(a)?.status, ActivityStatus::PausedQuota);
@@ -220,7 +224,10 @@ fn old_staged_records_are_purged_and_audited() -> Result<(), CatalogError> {
             staged("ws", 2, false, "2026-01-02T00:00:00.000000Z"),
             staged("ws", 3, true, "2026-02-05T00:00:00.000000Z"),
         ],
-        click_keys: vec![(1, "2026-01-01".into(), 1), (1, "2026-02-05".into(), 1)],
+        click_keys: vec![
+            ("ws".into(), 1, "2026-01-01".into(), 1),
+            ("ws".into(), 1, "2026-02-05".into(), 1),
+        ],
         ..MeterEffects::default()
     };
     batch(&c, &effects)?;
@@ -241,5 +248,30 @@ fn old_staged_records_are_purged_and_audited() -> Result<(), CatalogError> {
             .iter()
             .any(|(_, _, action, detail)| action == "quota.purge" && detail.contains("records=2"))
     );
+    Ok(())
+}
+
+#[test]
+fn feedback_dedup_clicks_are_counted_per_workspace() -> Result<(), CatalogError> {
+    // Tencent feedback rows carry activity 0 in every workspace: one device clicking in two
+    // workspaces is a deduplicated click in each.
+    let c = Catalog::open_in_memory()?;
+    let mut effects = MeterEffects::default();
+    for ws in ["ws1", "ws2"] {
+        effects.activity_days.insert(
+            (ws.into(), 0, "2026-01-01".into()),
+            ActivityDayDelta {
+                impressions: 0,
+                clicks: 1,
+            },
+        );
+        effects
+            .click_keys
+            .push((ws.into(), 0, "2026-01-01".into(), 42));
+    }
+    batch(&c, &effects)?;
+    for ws in ["ws1", "ws2"] {
+        assert_eq!(c.activity_totals(ws)?[&0].dedup_clicks, 1, "{ws}");
+    }
     Ok(())
 }
