@@ -584,10 +584,7 @@ fn scheduled_command(
         // A period is done when its latest attempt succeeded.
         let mut last: std::collections::BTreeMap<String, &str> = Default::default();
         for r in &runs {
-            last.insert(
-                r.period.clone().unwrap_or_default(),
-                r.status.as_str(),
-            );
+            last.insert(r.period.clone().unwrap_or_default(), r.status.as_str());
         }
         let failed = last.values().filter(|s| **s != "succeeded").count();
         if !json {

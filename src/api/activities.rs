@@ -193,7 +193,9 @@ fn parse_id(raw: &str, what: &str) -> Result<i64, AdminError> {
 }
 
 /// Parses a JSON body; errors name the offending key.
-pub(super) fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, AdminError> {
+pub(super) fn body<T: DeserializeOwned>(
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<T, AdminError> {
     let bytes = raw.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             AdminError::TooLarge

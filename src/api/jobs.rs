@@ -43,9 +43,9 @@ fn internal(e: CatalogError) -> AdminError {
 
 fn request_error(e: RequestError) -> AdminError {
     match e {
-        RequestError::UnknownJob(_) | RequestError::UnknownRun(_) => {
-            AdminError::Service(ServiceError::NotFound(e.to_string().replace(" not found", "")))
-        }
+        RequestError::UnknownJob(_) | RequestError::UnknownRun(_) => AdminError::Service(
+            ServiceError::NotFound(e.to_string().replace(" not found", "")),
+        ),
         RequestError::Invalid(message) => AdminError::Service(ServiceError::Invalid {
             field: None,
             message,
@@ -165,9 +165,10 @@ async fn trigger_run(
 ) -> Answer {
     let who = authorize(&state, &headers, Role::WorkspaceAdmin)?;
     check_workspace(&state, &who, &name)?;
-    let outcome = state.jobs.trigger(&name, "api").ok_or_else(|| {
-        ApiError::NotFound(format!("no pipeline or dataset job named `{name}`"))
-    })?;
+    let outcome = state
+        .jobs
+        .trigger(&name, "api")
+        .ok_or_else(|| ApiError::NotFound(format!("no pipeline or dataset job named `{name}`")))?;
     let catalog = &state.jobs.runtime().catalog;
     catalog
         .audit(&actor(&who), "pipeline.run", &name)

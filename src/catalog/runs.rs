@@ -111,7 +111,8 @@ pub struct NewRun {
     pub rerun_of: Option<i64>,
 }
 
-const COLUMNS: &str = "id, pipeline, trigger, status, started_at, finished_at, batches, rows_in, rows_out,
+const COLUMNS: &str =
+    "id, pipeline, trigger, status, started_at, finished_at, batches, rows_in, rows_out,
     rows_quarantined, error, workspace, queued_at, scheduled_for, period, period_start, period_end,
     attempt, rerun_of";
 

@@ -209,6 +209,7 @@ async fn run(
 ) -> Result<(), DatasetError> {
     let lake = &runtime.lake;
     let started_at = chrono::Utc::now();
+    failpoint::injected_delay("dataset_read_sources").await;
     if let Some(message) = failpoint::injected_error("dataset_read_sources") {
         return Err(DatasetError::Storage {
             path: "(failpoint)".to_string(),
@@ -373,9 +374,8 @@ fn build_tables(
         inputs.push(mapped);
     }
     if let (Some(lf), Some(mapping)) = (sources.ad_events, &build.ad_events) {
-        let mapped = window(
-            behavior::from_ad_events(lf.clone(), mapping).map_err(polars("map ad events"))?,
-        );
+        let mapped =
+            window(behavior::from_ad_events(lf.clone(), mapping).map_err(polars("map ad events"))?);
         rows_in += count(if windowed { &mapped } else { &lf })?;
         inputs.push(mapped);
     }

@@ -34,7 +34,29 @@ pub fn injected_error(name: &str) -> Option<String> {
     let times: u64 = times.parse().ok()?;
     let n = REACHED.fetch_add(1, Ordering::SeqCst) + 1;
     (n <= times).then(|| {
-        tracing::warn!(failpoint = name, n, times, "BACKFLOW_FAILPOINT_ERROR: injecting an error");
+        tracing::warn!(
+            failpoint = name,
+            n,
+            times,
+            "BACKFLOW_FAILPOINT_ERROR: injecting an error"
+        );
         format!("injected transient error {n} of {times} (BACKFLOW_FAILPOINT_ERROR={spec})")
     })
+}
+
+/// Delay injection for the concurrency tests: with `BACKFLOW_FAILPOINT_DELAY=<name>:<ms>`,
+/// reaching the point waits that long (a long-running step, deterministic to observe).
+pub async fn injected_delay(name: &str) {
+    let Ok(spec) = std::env::var("BACKFLOW_FAILPOINT_DELAY") else {
+        return;
+    };
+    let Some((point, ms)) = spec.split_once(':') else {
+        return;
+    };
+    if point == name
+        && let Ok(ms) = ms.parse::<u64>()
+    {
+        tracing::warn!(failpoint = name, ms, "BACKFLOW_FAILPOINT_DELAY: delaying");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
 }

@@ -301,7 +301,9 @@ impl Runtime {
         // A run over the whole source that ended because nothing was left committed everything
         // that reached the source before it started: the source watermark (dataset jobs wait
         // for it, `schedule::watermark`).
-        if status == RunStatus::Succeeded && opts.max_batches.is_none() && opts.window == (None, None)
+        if status == RunStatus::Succeeded
+            && opts.max_batches.is_none()
+            && opts.window == (None, None)
         {
             let up_to = started.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             self.catalog.advance_watermark(&pipeline.name, &up_to)?;

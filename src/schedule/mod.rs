@@ -296,10 +296,7 @@ impl Jobs {
         self.lines().get(name).map_or(0, |l| l.active)
     }
 
-    fn queued_gauge(
-        &self,
-        workspace: &str,
-    ) -> prometheus_client::metrics::gauge::Gauge {
+    fn queued_gauge(&self, workspace: &str) -> prometheus_client::metrics::gauge::Gauge {
         self.runtime
             .metrics
             .schedule
@@ -415,7 +412,8 @@ impl Jobs {
                 jobs.cancelled_before_start(run_id);
                 return;
             }
-            jobs.execute(target, new, run_id, request.period, turn).await;
+            jobs.execute(target, new, run_id, request.period, turn)
+                .await;
         });
         Ok(Some(submitted))
     }
@@ -458,15 +456,8 @@ impl Jobs {
             && let Some(policy) = job.refresh.wait_for_sources
         {
             let _ = catalog.set_run_status(run_id, RunStatus::Waiting);
-            let outcome = watermark::wait(
-                &catalog,
-                &self.producers,
-                job,
-                period,
-                policy,
-                &self.cancel,
-            )
-            .await;
+            let outcome =
+                watermark::wait(&catalog, &self.producers, job, period, policy, &self.cancel).await;
             let label = |outcome| JobOutcomeLabels {
                 pipeline: name.clone(),
                 outcome,
@@ -528,10 +519,8 @@ impl Jobs {
             let attempt = new.attempt.max(1);
             if !retryable || attempt > retries.max {
                 if retryable && retries.max > 0 {
-                    let _ = catalog.append_run_note(
-                        run_id,
-                        &format!("gave up after {attempt} attempt(s)"),
-                    );
+                    let _ = catalog
+                        .append_run_note(run_id, &format!("gave up after {attempt} attempt(s)"));
                 }
                 return;
             }
@@ -574,7 +563,10 @@ impl Jobs {
     }
 
     /// A workspace slot, then a daemon slot; `None` on shutdown.
-    async fn acquire(&self, workspace: &str) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    async fn acquire(
+        &self,
+        workspace: &str,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
         let ws = self.workspace_slots(workspace);
         tokio::select! {
             permits = async {
@@ -751,7 +743,13 @@ impl Jobs {
     }
 
     /// The request for a fire at `at`.
-    fn fire_request(target: &Target, schedule: &Schedule, at: DateTime<Utc>, trigger: &str, tz: chrono_tz::Tz) -> Request {
+    fn fire_request(
+        target: &Target,
+        schedule: &Schedule,
+        at: DateTime<Utc>,
+        trigger: &str,
+        tz: chrono_tz::Tz,
+    ) -> Request {
         let period = match target {
             Target::Dataset(job) => Period::before(job.refresh.period, at, tz),
             Target::Pipeline(_) => None,
@@ -771,7 +769,14 @@ impl Jobs {
         }
     }
 
-    fn misfire(self: &Arc<Self>, name: &str, target: &Target, schedule: &Schedule, at: DateTime<Utc>, missed: usize) {
+    fn misfire(
+        self: &Arc<Self>,
+        name: &str,
+        target: &Target,
+        schedule: &Schedule,
+        at: DateTime<Utc>,
+        missed: usize,
+    ) {
         let outcome = match schedule.misfire {
             Misfire::RunOnce => "run_once",
             Misfire::Skip => "skipped",
@@ -805,7 +810,9 @@ impl Jobs {
                     self.misfire(&name, &target, &schedule, fire, 1);
                 }
                 Ok(_) => {}
-                Err(e) => error!(pipeline = %name, error = %e, "cannot read the run history for misfires"),
+                Err(e) => {
+                    error!(pipeline = %name, error = %e, "cannot read the run history for misfires")
+                }
             }
         }
         let mut backwards_seen = false;
@@ -869,10 +876,10 @@ impl Jobs {
         let mut seen: HashMap<i64, String> = HashMap::new();
         loop {
             let finished = !self.is_running(name) || self.cancel.is_cancelled();
-            let mut records = self
-                .runtime
-                .catalog
-                .find_runs(Some(name), None, MAX_QUEUED_PER_JOB * 4)?;
+            let mut records =
+                self.runtime
+                    .catalog
+                    .find_runs(Some(name), None, MAX_QUEUED_PER_JOB * 4)?;
             records.retain(|r| r.id >= since_id);
             records.reverse();
             for r in &records {

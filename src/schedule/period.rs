@@ -32,10 +32,7 @@ impl Period {
         match unit {
             PeriodUnit::Day => Period::day(local.date_naive(), tz),
             PeriodUnit::Hour => {
-                let start = local
-                    .with_minute(0)?
-                    .with_second(0)?
-                    .with_nanosecond(0)?;
+                let start = local.with_minute(0)?.with_second(0)?.with_nanosecond(0)?;
                 Some(Period {
                     unit,
                     start,
@@ -98,11 +95,7 @@ impl Period {
 
     /// (label, start, end) as the run history stores them (bounds in RFC 3339 with the offset).
     pub fn record(&self) -> (String, String, String) {
-        (
-            self.label(),
-            self.start.to_rfc3339(),
-            self.end.to_rfc3339(),
-        )
+        (self.label(), self.start.to_rfc3339(), self.end.to_rfc3339())
     }
 
     /// Reads a period back from the run history.

@@ -23,4 +23,5 @@ mod quota;
 mod registry;
 mod reports;
 mod s3;
+mod schedule;
 mod serve;

@@ -261,7 +261,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> 
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     let expected = || {
-        format!("invalid duration `{text}`: expected a whole number with a unit ms, s, m or h, such as `30s` or `2h`")
+        format!(
+            "invalid duration `{text}`: expected a whole number with a unit ms, s, m or h, such as `30s` or `2h`"
+        )
     };
     let n: u64 = digits.parse().map_err(|_| expected())?;
     let millis = match unit {
@@ -272,7 +274,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> 
         _ => return Err(expected()),
     };
     match millis {
-        Some(0) => Err(format!("invalid duration `{text}`: it must be greater than 0")),
+        Some(0) => Err(format!(
+            "invalid duration `{text}`: it must be greater than 0"
+        )),
         Some(ms) if ms <= 7 * 24 * 3_600_000 => Ok(std::time::Duration::from_millis(ms)),
         _ => Err(format!("invalid duration `{text}`: longer than 7 days")),
     }
@@ -887,8 +891,11 @@ impl Converter<'_> {
                 "cron expression `{}` never fires: no date matches it (e.g. February 30)",
                 raw.cron.value()
             );
-            self.errors
-                .check(raw.cron.location(), "schedule.cron", fires.then_some(parsed).ok_or(never))
+            self.errors.check(
+                raw.cron.location(),
+                "schedule.cron",
+                fires.then_some(parsed).ok_or(never),
+            )
         });
         let retries = match raw.retries {
             None => Some(RetryPolicy::default()),
@@ -949,9 +956,7 @@ impl Converter<'_> {
             self.errors.push(
                 at,
                 "schedule.retries.backoff_max",
-                format!(
-                    "backoff_max ({most:?}) is shorter than backoff_initial ({initial:?})"
-                ),
+                format!("backoff_max ({most:?}) is shorter than backoff_initial ({initial:?})"),
             );
             return None;
         }
