@@ -91,14 +91,14 @@ impl Converter<'_> {
             RawPeriodUnit::Day => PeriodUnit::Day,
             RawPeriodUnit::Hour => PeriodUnit::Hour,
         };
-        if period == PeriodUnit::Hour && grain == Some(TimeGrain::Day) {
+        let period_ok = !(period == PeriodUnit::Hour && grain == Some(TimeGrain::Day));
+        if !period_ok {
             // An hour of a day-grain row cannot be replaced on its own: the row sums the day.
             self.errors.push(
                 at,
                 "refresh.period",
                 "`hour` periods need `dataset.time_grain: hour` (a day row cannot be rebuilt one hour at a time)",
             );
-            return None;
         }
         let wait = match raw.wait_for_sources {
             None => Some(None),
@@ -122,9 +122,10 @@ impl Converter<'_> {
                 }
             }
         };
-        Some(RefreshPolicy {
+        let wait = wait?;
+        period_ok.then_some(RefreshPolicy {
             period,
-            wait_for_sources: wait?,
+            wait_for_sources: wait,
         })
     }
 

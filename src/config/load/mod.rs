@@ -897,13 +897,13 @@ impl Converter<'_> {
                 fires.then_some(parsed).ok_or(never),
             )
         });
-        let retries = match raw.retries {
-            None => Some(RetryPolicy::default()),
-            Some(r) => self.retries(r),
-        };
         let workspace = match &raw.workspace {
             None => Some(DEFAULT_WORKSPACE.to_string()),
             Some(w) => self.non_empty(w, "schedule.workspace", "the workspace"),
+        };
+        let retries = match raw.retries {
+            None => Some(RetryPolicy::default()),
+            Some(r) => self.retries(r),
         };
         Some(Schedule {
             cron: raw.cron.into_value(),
