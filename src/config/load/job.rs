@@ -63,10 +63,10 @@ impl Converter<'_> {
         };
         let publish = self.publish(raw.publish.unwrap_or_default());
         let schedule = raw.schedule.map(|schedule| self.schedule(schedule));
-        let grain = match &build {
-            Some(DatasetBuild::Behavior(b)) => Some(b.time_grain),
-            None => None,
-        };
+        // The grain of builds that have one (a period must not split a row).
+        let grain = build.as_ref().map(|b| match b {
+            DatasetBuild::Behavior(b) => b.time_grain,
+        });
         let refresh = self.refresh(raw.refresh.unwrap_or_default(), grain);
         Some(DatasetJob {
             name: name?,
