@@ -207,7 +207,10 @@ pub async fn serve(
         runtime,
         pipelines,
         datasets,
-        cfg.max_concurrent_runs.get(),
+        crate::schedule::Limits {
+            max_concurrent_runs: cfg.max_concurrent_runs.get(),
+            max_runs_per_workspace: cfg.max_runs_per_workspace.get(),
+        },
         shutdown.clone(),
         tracker.clone(),
     );

@@ -17,6 +17,7 @@ use backflow::config::load::{LoadOptions, LoadReport, load_pipelines};
 use backflow::config::model::{DatasetJob, Pipeline};
 use backflow::pipeline::{RunOptions, testing};
 use backflow::report::cli::ReportCommand;
+use backflow::schedule::{Jobs, Limits};
 use backflow::{daemon, datasets, telemetry};
 
 const EXAMPLES: &str = "\
@@ -27,6 +28,8 @@ Examples:
   backflow run behavior_events                    # run one pipeline now, until its source is drained
   backflow run behavior_events --from 2026-11-01 --to 2026-11-07
   backflow run behavior_dataset                   # refresh datasets/behavior now and publish it
+  backflow backfill behavior_dataset --from 2026-11-01 --to 2026-11-07   # one instance per day
+  backflow rerun 42                               # rerun failed run 42 for its period
   backflow test                                   # run the tests: blocks of every pipeline
   backflow token create --role analyst --label grafana
   backflow activity --api http://127.0.0.1:8081 --token $T create --workspace ws --name n \
@@ -84,6 +87,33 @@ enum Command {
         #[arg(long)]
         max_batches: Option<usize>,
         /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Backfill a dataset job: one recorded run per period (day or hour, `refresh.period`) from
+    /// --from to --to, in order, with the job's retries and source wait; periods that already
+    /// succeeded are skipped unless --force. Exits 1 if any run did not succeed.
+    Backfill {
+        /// Dataset job name (from pipelines_dir).
+        job: String,
+        /// First date (YYYY-MM-DD, the daemon's time zone).
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last date, inclusive.
+        #[arg(long)]
+        to: NaiveDate,
+        /// Also rebuild periods that already succeeded.
+        #[arg(long)]
+        force: bool,
+        /// Print the runs as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rerun a failed, timed-out or cancelled run (by id) for its period. Exits 1 if the rerun
+    /// did not succeed.
+    Rerun {
+        run_id: i64,
+        /// Print the runs as JSON lines.
         #[arg(long)]
         json: bool,
     },
@@ -351,7 +381,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = daemon::open_runtime(&cfg)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             for job in &jobs {
-                let summary = rt.block_on(datasets::refresh(&runtime, job, "cli"))?;
+                let opts = datasets::RefreshOptions::now("cli");
+                let summary = rt.block_on(datasets::refresh(&runtime, job, &opts))?;
                 if json {
                     println!("{}", serde_json::to_string(&summary)?);
                 } else {
@@ -375,6 +406,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     trigger: "cli".into(),
                     window: (from, to),
                     max_batches,
+                    run_id: None,
                 };
                 let summary = rt.block_on(runtime.run(p, &opts, &CancellationToken::new()))?;
                 if json {
@@ -397,6 +429,39 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backfill {
+            job,
+            from,
+            to,
+            force,
+            json,
+        } => scheduled_command(&cfg, json, |jobs| {
+            let plan = jobs.backfill(&job, from, to, force)?;
+            if !plan.skipped.is_empty() && !json {
+                println!(
+                    "{job}: {} period(s) already succeeded, skipped (use --force to rebuild): {}",
+                    plan.skipped.len(),
+                    plan.skipped.join(", ")
+                );
+            }
+            if !json {
+                println!("{job}: {} run(s) queued", plan.runs.len());
+            }
+            Ok((job.clone(), plan.runs.first().map(|r| r.run_id)))
+        }),
+        Command::Rerun { run_id, json } => scheduled_command(&cfg, json, |jobs| {
+            let submitted = jobs.rerun(run_id)?;
+            let name = jobs
+                .runtime()
+                .catalog
+                .run(submitted.run_id)?
+                .map(|r| r.pipeline)
+                .unwrap_or_default();
+            if !json {
+                println!("{name}: run {run_id} rerun as run {}", submitted.run_id);
+            }
+            Ok((name, Some(submitted.run_id)))
+        }),
         Command::Serve => {
             let report = load_pipelines(
                 std::slice::from_ref(&cfg.pipelines_dir),
@@ -456,6 +521,88 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Backfill and rerun in this process: the daemon's scheduler rules (order, concurrency,
+/// retries, source wait) over the catalog, progress printed as runs change state.
+fn scheduled_command(
+    cfg: &DaemonConfig,
+    json: bool,
+    submit: impl FnOnce(&std::sync::Arc<Jobs>) -> anyhow::Result<(String, Option<i64>)>,
+) -> anyhow::Result<ExitCode> {
+    let (pipelines, jobs) = select(cfg, None)?;
+    let runtime = std::sync::Arc::new(daemon::open_runtime(cfg)?);
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async {
+        let cancel = CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let jobs = Jobs::new(
+            runtime,
+            pipelines,
+            jobs,
+            Limits {
+                max_concurrent_runs: cfg.max_concurrent_runs.get(),
+                max_runs_per_workspace: cfg.max_runs_per_workspace.get(),
+            },
+            cancel.clone(),
+            tracker.clone(),
+        );
+        let (name, first) = submit(&jobs)?;
+        let Some(first) = first else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: runs not started are recorded as cancelled");
+                stop.cancel();
+            }
+        });
+        let runs = jobs
+            .follow(&name, first, |r| {
+                if json {
+                    if let Ok(line) = serde_json::to_string(r) {
+                        println!("{line}");
+                    }
+                    return;
+                }
+                let period = r.period.as_deref().unwrap_or("-");
+                match r.status.as_str() {
+                    "succeeded" => println!(
+                        "{name} {period}: run {} succeeded: {} rows from {} source rows",
+                        r.id, r.rows_out, r.rows_in
+                    ),
+                    "queued" | "waiting" | "running" => {
+                        println!("{name} {period}: run {} {}", r.id, r.status)
+                    }
+                    other => println!(
+                        "{name} {period}: run {} {other}: {}",
+                        r.id,
+                        r.error.as_deref().unwrap_or("")
+                    ),
+                }
+            })
+            .await?;
+        tracker.close();
+        tracker.wait().await;
+        // A period is done when its latest attempt succeeded.
+        let mut last: std::collections::BTreeMap<String, &str> = Default::default();
+        for r in &runs {
+            last.insert(r.period.clone().unwrap_or_default(), r.status.as_str());
+        }
+        let failed = last.values().filter(|s| **s != "succeeded").count();
+        if !json {
+            println!(
+                "{name}: {} period(s) succeeded, {failed} not",
+                last.len() - failed
+            );
+        }
+        Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
 }
 
 fn print_quota(q: &QuotaStatus) {

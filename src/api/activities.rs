@@ -159,7 +159,7 @@ fn service(state: &AppState) -> Result<&Arc<ActivityService>, AdminError> {
 }
 
 /// The workspaces a token may see: `None` = all (org admins and unscoped tokens).
-fn scope(info: &TokenInfo) -> Option<&str> {
+pub(super) fn scope(info: &TokenInfo) -> Option<&str> {
     if info.role == Role::OrgAdmin {
         None
     } else {
@@ -167,7 +167,7 @@ fn scope(info: &TokenInfo) -> Option<&str> {
     }
 }
 
-fn actor(info: &TokenInfo) -> String {
+pub(super) fn actor(info: &TokenInfo) -> String {
     format!("token:{}", info.id)
 }
 
@@ -193,7 +193,9 @@ fn parse_id(raw: &str, what: &str) -> Result<i64, AdminError> {
 }
 
 /// Parses a JSON body; errors name the offending key.
-fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, AdminError> {
+pub(super) fn body<T: DeserializeOwned>(
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<T, AdminError> {
     let bytes = raw.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             AdminError::TooLarge

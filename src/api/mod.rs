@@ -1,32 +1,32 @@
 //! HTTP: the public listener (health, monitoring links) and the admin listener (bearer token
-//! with a role; pipelines, runs, metrics, activities and feedback tasks in [`activities`], the
-//! OpenAPI document in [`openapi`]).
+//! with a role; metrics; pipelines, dataset jobs and runs in [`jobs`]; activities and feedback
+//! tasks in [`activities`]; the OpenAPI document in [`openapi`]).
 //!
 //! Every request is counted by listener, matched route and status; bodies are limited to
 //! 64 KiB and requests time out after 30 s. Errors are answered as JSON `{"error": …}` and never
 //! carry internals.
 
 mod activities;
+mod jobs;
 mod openapi;
 pub mod reports;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
 use tracing::error;
 
 use crate::catalog::{Role, TokenInfo};
 use crate::collect::service::ActivityService;
-use crate::schedule::{Jobs, Triggered};
+use crate::schedule::Jobs;
 use crate::telemetry::HttpLabels;
 
 const BODY_LIMIT: usize = 64 * 1024;
@@ -110,12 +110,8 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/whoami", get(whoami))
-        .route("/api/v1/pipelines", get(list_pipelines))
-        .route("/api/v1/pipelines/{name}/runs", post(trigger_run))
-        .route("/api/v1/runs", get(list_runs))
-        .route("/api/v1/jobs", get(list_jobs))
-        .route("/api/v1/jobs/{name}/runs", post(trigger_run))
         .route("/openapi.json", get(openapi_document))
+        .merge(jobs::routes())
         .merge(activities::routes())
         .merge(reports::routes())
         .layer(middleware::from_fn_with_state(
@@ -215,117 +211,4 @@ async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
     let info = authorize(&state, &headers, Role::ReadOnly)?;
     Ok(Json(json!({"id": info.id, "role": info.role.as_str(), "workspace": info.workspace, "label": info.label}))
         .into_response())
-}
-
-async fn list_pipelines(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Role::ReadOnly)?;
-    let catalog = &state.jobs.runtime().catalog;
-    let mut out = Vec::new();
-    for p in state.jobs.pipelines() {
-        let last_run = catalog
-            .recent_runs(Some(&p.name), 1)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .into_iter()
-            .next();
-        let committed = catalog
-            .committed_batches(&p.name)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        out.push(json!({
-            "name": p.name,
-            "description": p.description,
-            "file": p.file.display().to_string(),
-            "schedule": p.schedule.as_ref().map(|s| json!({"cron": s.cron, "time_zone": s.time_zone.name()})),
-            "next_run_at": p.schedule.as_ref().and_then(Jobs::next_fire),
-            "running": state.jobs.is_running(&p.name),
-            "committed_batches": committed,
-            "last_run": last_run,
-        }));
-    }
-    Ok(Json(json!({ "pipelines": out })).into_response())
-}
-
-/// Dataset jobs: schedule and next fire time, the published version, the last run.
-async fn list_jobs(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Role::ReadOnly)?;
-    let catalog = &state.jobs.runtime().catalog;
-    let internal = |e: crate::catalog::CatalogError| ApiError::Internal(e.to_string());
-    let mut out = Vec::new();
-    for j in state.jobs.datasets() {
-        let last_run = catalog
-            .recent_runs(Some(&j.name), 1)
-            .map_err(internal)?
-            .into_iter()
-            .next();
-        let versions = catalog.dataset_versions(j.output(), 50).map_err(internal)?;
-        let current = versions.iter().find(|v| v.deleted_at.is_none()).cloned();
-        let kept = versions.iter().filter(|v| v.deleted_at.is_none()).count();
-        out.push(json!({
-            "name": j.name,
-            "kind": "dataset",
-            "description": j.description,
-            "file": j.file.display().to_string(),
-            "dataset": j.output(),
-            "schedule": j.schedule.as_ref().map(|s| json!({"cron": s.cron, "time_zone": s.time_zone.name()})),
-            "next_run_at": j.schedule.as_ref().and_then(Jobs::next_fire),
-            "keep_versions": j.publish.keep_versions.get(),
-            "running": state.jobs.is_running(&j.name),
-            "current_version": current,
-            "kept_versions": kept,
-            "last_run": last_run,
-        }));
-    }
-    Ok(Json(json!({ "jobs": out })).into_response())
-}
-
-async fn trigger_run(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    let who = authorize(&state, &headers, Role::WorkspaceAdmin)?;
-    let outcome = state
-        .jobs
-        .trigger(&name, "api")
-        .ok_or_else(|| ApiError::NotFound(format!("no pipeline or dataset job named `{name}`")))?;
-    let catalog = &state.jobs.runtime().catalog;
-    catalog
-        .audit(&format!("token:{}", who.id), "pipeline.run", &name)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let status = match outcome {
-        Triggered::Started => StatusCode::ACCEPTED,
-        Triggered::AlreadyRunning => StatusCode::CONFLICT,
-    };
-    Ok((
-        status,
-        Json(json!({ "pipeline": name, "outcome": outcome })),
-    )
-        .into_response())
-}
-
-#[derive(Debug, Deserialize)]
-struct RunsQuery {
-    pipeline: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn list_runs(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<RunsQuery>,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Role::ReadOnly)?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let runs = state
-        .jobs
-        .runtime()
-        .catalog
-        .recent_runs(q.pipeline.as_deref(), limit)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(json!({ "runs": runs })).into_response())
 }

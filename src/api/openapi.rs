@@ -11,7 +11,9 @@
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
+use super::jobs::BackfillInput;
 use crate::catalog::Download;
+use crate::catalog::RunRecord;
 use crate::collect::service::{
     ActivityInput, ActivityView, BatchInput, EditInput, FeedbackInput, FeedbackView, RenameInput,
     SwitchInput,
@@ -109,6 +111,8 @@ pub fn document() -> Value {
     let feedback = generator.subschema_for::<FeedbackView>().to_value();
     let download_input = generator.subschema_for::<DownloadInput>().to_value();
     let download = generator.subschema_for::<Download>().to_value();
+    let run = generator.subschema_for::<RunRecord>().to_value();
+    let backfill_input = generator.subschema_for::<BackfillInput>().to_value();
     let mut components = generator.take_definitions(true);
     components.insert(
         "Error".into(),
@@ -205,7 +209,7 @@ pub fn document() -> Value {
         "/api/v1/jobs",
         "get",
         op(
-            "Dataset jobs: schedule, next run time, current published version, last run.",
+            "Dataset jobs: schedule with policies and the next 3 fire times, refresh period, current published version, last run.",
             "pipelines",
             vec![],
             None,
@@ -229,18 +233,66 @@ pub fn document() -> Value {
         ),
     );
     add(
+        "/api/v1/jobs/{name}/backfill",
+        "post",
+        op(
+            "Backfill a dataset job (workspace_admin): one queued run per day or hour from `from` to `to`, in order; periods that already succeeded are skipped unless `force`.",
+            "pipelines",
+            vec![path_param("name", "Dataset job name.", false)],
+            Some(backfill_input),
+            (
+                "202",
+                json!({"type": "object", "properties": {
+                    "job": {"type": "string"},
+                    "runs": {"type": "array", "items": {"type": "object", "properties": {
+                        "run_id": {"type": "integer"}, "period": {"type": ["string", "null"]}}}},
+                    "skipped": {"type": "array", "items": {"type": "string"}}}}),
+            ),
+            &["400", "404", "409", "422"],
+        ),
+    );
+    add(
         "/api/v1/runs",
         "get",
         op(
-            "Recent runs, newest first.",
+            "Recent runs, newest first: status (queued, waiting, running, succeeded, failed, cancelled, timed_out), period, reason.",
             "pipelines",
             vec![
                 json!({"name": "pipeline", "in": "query", "schema": {"type": "string"}}),
+                json!({"name": "status", "in": "query", "schema": {"type": "string",
+                    "enum": ["queued", "waiting", "running", "succeeded", "failed", "cancelled", "timed_out"]}}),
                 json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}),
             ],
             None,
-            ("200", list_of("runs", object.clone())),
-            &[],
+            ("200", list_of("runs", run.clone())),
+            &["400"],
+        ),
+    );
+    add(
+        "/api/v1/runs/{id}",
+        "get",
+        op(
+            "One run.",
+            "pipelines",
+            vec![id("Run")],
+            None,
+            ("200", run.clone()),
+            &["404"],
+        ),
+    );
+    add(
+        "/api/v1/runs/{id}/rerun",
+        "post",
+        op(
+            "Rerun a failed, timed-out or cancelled run for its period (workspace_admin).",
+            "pipelines",
+            vec![id("Run")],
+            None,
+            (
+                "202",
+                json!({"type": "object", "properties": {"run_id": {"type": "integer"}, "period": {"type": ["string", "null"]}}}),
+            ),
+            &["404", "409", "422"],
         ),
     );
     add(
@@ -697,6 +749,7 @@ mod tests {
         let mut routes = routes_in(admin);
         routes.extend(routes_in(include_str!("activities.rs")));
         routes.extend(routes_in(include_str!("reports.rs")));
+        routes.extend(routes_in(include_str!("jobs.rs")));
         assert!(routes.len() > 15, "{routes:?}");
         let doc = document();
         let mut documented = BTreeSet::new();

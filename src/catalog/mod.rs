@@ -31,7 +31,7 @@ pub use quota::{
     ActivityDay, ActivityDayDelta, ActivityTotals, DayUsage, MeterEffects, MeterOutcome, NewStaged,
     Purchase, Purged, QuotaStatus, Release, ReleasePlan, StagedRecord,
 };
-pub use runs::{RunRecord, RunStatus, RunTotals};
+pub use runs::{NewRun, RunRecord, RunStatus, RunTotals};
 pub use tokens::{IssuedToken, Role, TokenInfo};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,21 @@ pub enum CatalogError {
     NotFound(String),
     #[error("catalog schema version {found} is newer than this binary understands ({supported})")]
     TooNew { found: i64, supported: i64 },
+}
+
+impl CatalogError {
+    /// Whether the same call may succeed later: the database was busy or locked by another
+    /// process beyond the busy timeout.
+    pub fn retryable(&self) -> bool {
+        let sql = match self {
+            CatalogError::Sql(e) | CatalogError::Open { source: e, .. } => e,
+            _ => return false,
+        };
+        matches!(
+            sql.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
 }
 
 /// Each entry migrates the schema from version `index` to `index + 1`.
@@ -242,6 +257,24 @@ INSERT INTO activity_day_click_keys_v2 (workspace, activity_id, day, key)
     FROM activity_day_click_keys k JOIN activities a ON a.id = k.activity_id;
 DROP TABLE activity_day_click_keys;
 ALTER TABLE activity_day_click_keys_v2 RENAME TO activity_day_click_keys;
+"#,
+    // The scheduler (`runs.rs`): queued and waiting runs, the period an instance covers, the
+    // fire time it was made for, retries and reruns; source watermarks per pipeline.
+    r#"
+ALTER TABLE runs ADD COLUMN workspace TEXT;
+ALTER TABLE runs ADD COLUMN queued_at TEXT;
+ALTER TABLE runs ADD COLUMN scheduled_for TEXT;
+ALTER TABLE runs ADD COLUMN period TEXT;
+ALTER TABLE runs ADD COLUMN period_start TEXT;
+ALTER TABLE runs ADD COLUMN period_end TEXT;
+ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE runs ADD COLUMN rerun_of INTEGER;
+CREATE INDEX runs_by_status ON runs (status);
+CREATE TABLE watermarks (
+    pipeline    TEXT PRIMARY KEY,
+    up_to       TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
 "#,
 ];
 

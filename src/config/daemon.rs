@@ -75,6 +75,9 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// `scheduler.max_concurrent_runs`: pipeline runs at once, 1 to 10; default 3.
     pub max_concurrent_runs: NonZeroUsize,
+    /// `scheduler.max_runs_per_workspace`: runs of one workspace's jobs at once, 1 to 10;
+    /// default 3 (spec/datasets-admin.md §1.10.8). Further runs wait as `queued`.
+    pub max_runs_per_workspace: NonZeroUsize,
     /// `quota.staging_retention_days`: how long records staged for lack of quota wait for a
     /// top-up before they are purged (audited and counted), 1 to 365; default 30 (R63).
     pub quota_staging_retention_days: u32,
@@ -112,6 +115,7 @@ impl Default for DaemonConfig {
             log_level: "info".to_string(),
             shutdown_grace: Duration::from_secs(30),
             max_concurrent_runs: NonZeroUsize::MIN.saturating_add(2),
+            max_runs_per_workspace: NonZeroUsize::MIN.saturating_add(2),
             quota_staging_retention_days: 30,
             reports_download_ttl_hours: 72,
             forward: ForwardConfig::default(),
@@ -167,6 +171,7 @@ const KEYS: &[&str] = &[
     "log.level",
     "shutdown.grace_seconds",
     "scheduler.max_concurrent_runs",
+    "scheduler.max_runs_per_workspace",
     "quota.staging_retention_days",
     "reports.download_ttl_hours",
     "forward.enabled",
@@ -202,7 +207,7 @@ struct RawDaemon {
     log: Option<RawSection<RawLog>>,
     /// `grace_seconds`.
     shutdown: Option<RawSection<RawShutdown>>,
-    /// `max_concurrent_runs`.
+    /// `max_concurrent_runs`, `max_runs_per_workspace`.
     scheduler: Option<RawSection<RawScheduler>>,
     /// `staging_retention_days`.
     quota: Option<RawSection<RawQuota>>,
@@ -276,6 +281,8 @@ struct RawShutdown {
 struct RawScheduler {
     /// 1 to 10.
     max_concurrent_runs: Option<Located<String>>,
+    /// 1 to 10.
+    max_runs_per_workspace: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,7 +390,13 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
         ),
         (
             "scheduler.max_concurrent_runs",
-            raw.scheduler.and_then(|s| s.0.max_concurrent_runs),
+            raw.scheduler
+                .as_ref()
+                .and_then(|s| s.0.max_concurrent_runs.clone()),
+        ),
+        (
+            "scheduler.max_runs_per_workspace",
+            raw.scheduler.and_then(|s| s.0.max_runs_per_workspace),
         ),
         (
             "quota.staging_retention_days",
@@ -550,6 +563,9 @@ impl Resolver<'_> {
             max_concurrent_runs: self
                 .get("scheduler.max_concurrent_runs", parse_runs)
                 .unwrap_or(d.max_concurrent_runs),
+            max_runs_per_workspace: self
+                .get("scheduler.max_runs_per_workspace", parse_runs)
+                .unwrap_or(d.max_runs_per_workspace),
             quota_staging_retention_days: self
                 .get("quota.staging_retention_days", parse_retention_days)
                 .unwrap_or(d.quota_staging_retention_days),
@@ -794,15 +810,17 @@ mod tests {
     #[test]
     fn values_from_the_file_are_located() {
         let errors = load_text(
-            "scheduler:\n  max_concurrent_runs: 11\nlog: {format: xml}\n",
+            "scheduler:\n  max_concurrent_runs: 11\n  max_runs_per_workspace: 0\nlog: {format: xml}\n",
             &[],
         );
         assert_eq!(
             errors,
             Err(vec![
-                "F:3:15: log.format: unknown log format `xml`, expected one of text, json"
+                "F:4:15: log.format: unknown log format `xml`, expected one of text, json"
                     .to_string(),
                 "F:2:24: scheduler.max_concurrent_runs: expected a number from 1 to 10, found `11`"
+                    .to_string(),
+                "F:3:27: scheduler.max_runs_per_workspace: expected a number from 1 to 10, found `0`"
                     .to_string(),
             ])
         );

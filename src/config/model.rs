@@ -198,13 +198,99 @@ pub enum Granularity {
     Hour,
 }
 
-/// A parsed cron schedule in a named time zone.
+/// A parsed cron schedule in a named time zone, with its run policies.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     /// As written (five fields are accepted and mean seconds = 0).
     pub cron: String,
     pub parsed: cron::Schedule,
     pub time_zone: chrono_tz::Tz,
+    pub overlap: Overlap,
+    pub misfire: Misfire,
+    pub retries: RetryPolicy,
+    /// The workspace whose concurrency limit the job's runs count against.
+    pub workspace: String,
+}
+
+/// What a fire does while the previous run is queued or running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    #[default]
+    Skip,
+    Queue,
+}
+
+/// What happens to fire times missed during downtime or a clock jump.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Misfire {
+    #[default]
+    RunOnce,
+    Skip,
+}
+
+/// Retries of runs that failed with a retryable error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0: none).
+    pub max: u32,
+    #[serde(with = "millis")]
+    pub backoff_initial: std::time::Duration,
+    #[serde(with = "millis")]
+    pub backoff_max: std::time::Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max: 0,
+            backoff_initial: std::time::Duration::from_secs(30),
+            backoff_max: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry `n` (1-based): the initial backoff doubled `n - 1` times, capped.
+    pub fn backoff(&self, n: u32) -> std::time::Duration {
+        let factor = 2u32.saturating_pow(n.saturating_sub(1));
+        self.backoff_initial
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+/// The period unit of dataset refresh instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeriodUnit {
+    #[default]
+    Day,
+    Hour,
+}
+
+/// How period instances of a dataset job are refreshed.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshPolicy {
+    pub period: PeriodUnit,
+    pub wait_for_sources: Option<WaitForSources>,
+}
+
+/// The wait for source watermarks before a period instance runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitForSources {
+    pub timeout: std::time::Duration,
+    pub poll_interval: std::time::Duration,
 }
 
 /// A pipeline's own behaviour test: input rows through the transforms, expected output rows.
@@ -248,6 +334,7 @@ pub struct DatasetJob {
     pub build: DatasetBuild,
     pub publish: PublishPolicy,
     pub schedule: Option<Schedule>,
+    pub refresh: RefreshPolicy,
 }
 
 impl DatasetJob {

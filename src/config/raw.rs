@@ -501,6 +501,64 @@ pub struct RawSchedule {
     /// (default: the daemon's `time_zone`).
     #[serde(default)]
     pub time_zone: Option<Located<String>>,
+    /// What a fire does while the previous run of this job is still queued or running: `skip`
+    /// (default; counted in `backflow_schedule_overlaps_skipped_total`) or `queue` (a `queued`
+    /// run that starts when the previous one ends).
+    #[serde(default)]
+    pub overlap: RawOverlap,
+    /// What happens to fire times missed while the daemon was down (or the clock jumped):
+    /// `run_once` (default: one run for the latest missed fire time, at startup) or `skip`.
+    #[serde(default)]
+    pub misfire: RawMisfire,
+    /// Retries of a run that failed with a retryable error (storage, network, Kafka, a busy
+    /// catalog or job lock); configuration and validation errors are never retried.
+    /// Default: no retries.
+    #[serde(default)]
+    pub retries: Option<RawRetries>,
+    /// The workspace whose run concurrency (`scheduler.max_runs_per_workspace`) this job counts
+    /// against (default `default`).
+    #[serde(default)]
+    pub workspace: Option<Located<String>>,
+}
+
+/// The overlap policy of a schedule.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[schemars(rename = "Overlap")]
+#[serde(rename_all = "snake_case")]
+pub enum RawOverlap {
+    /// Drop the fire (logged and counted).
+    #[default]
+    Skip,
+    /// Record a `queued` run that starts after the previous one.
+    Queue,
+}
+
+/// The misfire policy of a schedule.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[schemars(rename = "Misfire")]
+#[serde(rename_all = "snake_case")]
+pub enum RawMisfire {
+    /// Run once for the latest missed fire time.
+    #[default]
+    RunOnce,
+    /// Skip missed fire times (logged and counted); wait for the next one.
+    Skip,
+}
+
+/// Retries with exponential backoff.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "Retries")]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Retries after the first attempt, 0 to 20.
+    pub max: Located<u64>,
+    /// Wait before the first retry: a duration such as `500ms`, `30s`, `10m`, `2h`
+    /// (default `30s`); doubled for each further retry.
+    #[serde(default)]
+    pub backoff_initial: Option<Located<String>>,
+    /// Longest wait between retries (default `10m`); not less than `backoff_initial`.
+    #[serde(default)]
+    pub backoff_max: Option<Located<String>>,
 }
 
 /// A behaviour test of a pipeline.

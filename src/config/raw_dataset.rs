@@ -67,6 +67,52 @@ pub struct RawDatasetJob {
     /// When to refresh. Without a schedule the job runs only on demand (`backflow run`).
     #[serde(default)]
     pub schedule: Option<RawSchedule>,
+    /// The period each scheduled, backfill or rerun instance covers, and the wait for its
+    /// sources.
+    #[serde(default)]
+    pub refresh: Option<RawRefresh>,
+}
+
+/// How period instances of a dataset job are refreshed.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(rename = "Refresh")]
+#[serde(deny_unknown_fields)]
+pub struct RawRefresh {
+    /// The period one instance covers, in the daemon's `time_zone`: `day` (default) or `hour`
+    /// (needs `dataset.time_grain: hour`). A scheduled run covers the last whole period before
+    /// its fire time; an instance rebuilds the rows of its period and keeps the rest of the
+    /// current version.
+    #[serde(default)]
+    pub period: Option<Located<RawPeriodUnit>>,
+    /// Wait until the pipelines writing the sources have committed everything that arrived
+    /// before the period's end; without this the run starts at once.
+    #[serde(default)]
+    pub wait_for_sources: Option<RawWaitForSources>,
+}
+
+/// The unit of a refresh period.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[schemars(rename = "PeriodUnit")]
+#[serde(rename_all = "snake_case")]
+pub enum RawPeriodUnit {
+    /// Local midnight to midnight.
+    #[default]
+    Day,
+    /// One local hour.
+    Hour,
+}
+
+/// The wait for source watermarks.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "WaitForSources")]
+#[serde(deny_unknown_fields)]
+pub struct RawWaitForSources {
+    /// Longest wait, e.g. `2h`; then the run ends `timed_out` and the previous version stays
+    /// current.
+    pub timeout: Located<String>,
+    /// How often the watermarks are checked (default `30s`).
+    #[serde(default)]
+    pub poll_interval: Option<Located<String>>,
 }
 
 /// The only `kind` of a dataset job.

@@ -11,6 +11,11 @@
 //! 6. retention: keep the last `keep_versions`, delete older and unpublished versions.
 //!
 //! Any failure before step 5 leaves the previous version current.
+//!
+//! A refresh for a **period** (scheduled, backfill and rerun instances, [`RefreshOptions`])
+//! rebuilds only the rows whose behavior time falls in the period and carries every other row
+//! of the current version over unchanged, so re-running a period is idempotent and older
+//! periods can be backfilled without touching the rest.
 
 pub mod behavior;
 pub mod publish;
@@ -24,11 +29,12 @@ use tracing::{info, warn};
 
 use crate::catalog::{CatalogError, RunStatus, RunTotals};
 use crate::config::model::{BEHAVIOR_COLUMNS, DatasetBuild, DatasetJob, PublishPolicy};
-use crate::pipeline::failpoint::failpoint;
+use crate::pipeline::failpoint::{self, failpoint};
 use crate::pipeline::sink::parquet::write_parquet;
 use crate::pipeline::{PipelineError, Runtime};
 use crate::report::ReportError;
 use crate::report::lake::{self, CommittedFiles, Wanted};
+use crate::schedule::Period;
 use crate::storage::Location;
 use crate::telemetry::RunLabels;
 pub use publish::{Pointer, TableFile};
@@ -68,10 +74,15 @@ pub enum DatasetError {
 impl DatasetError {
     /// Whether trying again later may succeed without anyone changing anything.
     pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            DatasetError::Storage { .. } | DatasetError::Task(_) | DatasetError::Conflict(_)
-        ) || matches!(self, DatasetError::Run(e) if e.retryable())
+        match self {
+            DatasetError::Storage { .. } | DatasetError::Task(_) | DatasetError::Conflict(_) => {
+                true
+            }
+            DatasetError::Run(e) => e.retryable(),
+            DatasetError::Catalog(e) => e.retryable(),
+            DatasetError::Source(ReportError::Storage { .. }) => true,
+            _ => false,
+        }
     }
 }
 
@@ -99,6 +110,28 @@ pub struct RefreshSummary {
     pub deleted_orphans: Vec<String>,
 }
 
+/// How a refresh is run.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshOptions {
+    /// `schedule`, `backfill`, `rerun`, `api`, `cli`…, recorded in the run history.
+    pub trigger: String,
+    /// The run already recorded for this refresh (queued by the scheduler); `None` records a
+    /// new one.
+    pub run_id: Option<i64>,
+    /// Rebuild only this period and keep the current version's other rows; `None` rebuilds
+    /// everything.
+    pub period: Option<Period>,
+}
+
+impl RefreshOptions {
+    pub fn now(trigger: &str) -> RefreshOptions {
+        RefreshOptions {
+            trigger: trigger.to_string(),
+            ..RefreshOptions::default()
+        }
+    }
+}
+
 /// Built tables, encoded, ready to store.
 struct Built {
     rows_in: u64,
@@ -111,10 +144,16 @@ struct Built {
 pub async fn refresh(
     runtime: &Runtime,
     job: &DatasetJob,
-    trigger: &str,
+    opts: &RefreshOptions,
 ) -> Result<RefreshSummary, DatasetError> {
     let _lock = runtime.lock(&job.name)?;
-    let run_id = runtime.catalog.start_run(&job.name, trigger)?;
+    let run_id = match opts.run_id {
+        Some(id) => {
+            runtime.catalog.begin_run(id)?;
+            id
+        }
+        None => runtime.catalog.start_run(&job.name, &opts.trigger)?,
+    };
     runtime.metrics.runs_in_progress.inc();
     let started = Instant::now();
     let mut summary = RefreshSummary {
@@ -123,7 +162,7 @@ pub async fn refresh(
         dataset: job.output().to_string(),
         ..RefreshSummary::default()
     };
-    let result = run(runtime, job, &mut summary).await;
+    let result = run(runtime, job, opts.period.as_ref(), &mut summary).await;
     runtime.metrics.runs_in_progress.dec();
     let status = if result.is_ok() {
         RunStatus::Succeeded
@@ -165,10 +204,21 @@ pub async fn refresh(
 async fn run(
     runtime: &Runtime,
     job: &DatasetJob,
+    period: Option<&Period>,
     summary: &mut RefreshSummary,
 ) -> Result<(), DatasetError> {
     let lake = &runtime.lake;
     let started_at = chrono::Utc::now();
+    failpoint::injected_delay("dataset_read_sources").await;
+    if let Some(message) = failpoint::injected_error("dataset_read_sources") {
+        return Err(DatasetError::Storage {
+            path: "(failpoint)".to_string(),
+            source: object_store::Error::Generic {
+                store: "failpoint",
+                source: message.into(),
+            },
+        });
+    }
     let DatasetBuild::Behavior(build) = &job.build;
     let committed = CommittedFiles::default();
     let behavior_events = match &build.behavior_events {
@@ -179,9 +229,34 @@ async fn run(
         Some(m) => source(lake, &committed, &m.dataset, behavior::AD_EVENT_COLUMNS).await?,
         None => None,
     };
+    // A period instance keeps the current version's rows outside its period.
+    let kept = match period {
+        Some(period) => match current(lake, job.output()).await? {
+            Some(pointer) => {
+                let files: Vec<String> = pointer
+                    .tables
+                    .iter()
+                    .filter(|t| t.table == "behavior")
+                    .map(|t| t.path.clone())
+                    .collect();
+                lake::frame(lake, &files, behavior::BEHAVIOR_EVENT_COLUMNS)
+                    .await?
+                    .map(|lf| lf.filter(in_period(period).not()))
+            }
+            None => None,
+        },
+        None => None,
+    };
     let (build, policy, tz) = (build.clone(), job.publish.clone(), runtime.tz);
+    let window = period.map(in_period);
     let built = tokio::task::spawn_blocking(move || {
-        build_tables(&build, behavior_events, ad_events, &policy, tz)
+        let inputs = Inputs {
+            behavior_events,
+            ad_events,
+            window,
+            kept,
+        };
+        build_tables(&build, inputs, &policy, tz)
     })
     .await
     .map_err(|e| DatasetError::Task(e.to_string()))??;
@@ -257,23 +332,56 @@ fn count(lf: &LazyFrame) -> Result<u64, DatasetError> {
     Ok(n.i64().ok().and_then(|c| c.get(0)).unwrap_or(0).max(0) as u64)
 }
 
-fn build_tables(
-    build: &crate::config::model::BehaviorBuild,
+/// `behavior_time` within the period.
+fn in_period(period: &Period) -> Expr {
+    let at = |t: &chrono::DateTime<Tz>| {
+        lit(t.timestamp_micros()).cast(DataType::Datetime(
+            TimeUnit::Microseconds,
+            Some(TimeZone::UTC),
+        ))
+    };
+    col("behavior_time")
+        .gt_eq(at(&period.start))
+        .and(col("behavior_time").lt(at(&period.end)))
+}
+
+/// The sources of a build: frames of committed source rows, the period filter (over mapped
+/// behavior rows), and the current version's rows to keep.
+struct Inputs {
     behavior_events: Option<LazyFrame>,
     ad_events: Option<LazyFrame>,
+    window: Option<Expr>,
+    kept: Option<LazyFrame>,
+}
+
+fn build_tables(
+    build: &crate::config::model::BehaviorBuild,
+    sources: Inputs,
     policy: &PublishPolicy,
     tz: Tz,
 ) -> Result<Built, DatasetError> {
     let mut rows_in = 0;
     let mut inputs = vec![empty_main().map_err(polars("empty frame"))?];
-    if let Some(lf) = behavior_events {
-        rows_in += count(&lf)?;
-        inputs.push(behavior::from_behavior_events(lf));
+    let window = |lf: LazyFrame| match &sources.window {
+        Some(w) => lf.filter(w.clone()),
+        None => lf,
+    };
+    // Source rows read: all of them, or (a period instance) those mapped into the period.
+    let windowed = sources.window.is_some();
+    if let Some(lf) = sources.behavior_events {
+        let mapped = window(behavior::from_behavior_events(lf.clone()));
+        rows_in += count(if windowed { &mapped } else { &lf })?;
+        inputs.push(mapped);
     }
-    if let (Some(lf), Some(mapping)) = (ad_events, &build.ad_events) {
-        rows_in += count(&lf)?;
-        inputs.push(behavior::from_ad_events(lf, mapping).map_err(polars("map ad events"))?);
+    if let (Some(lf), Some(mapping)) = (sources.ad_events, &build.ad_events) {
+        let mapped =
+            window(behavior::from_ad_events(lf.clone(), mapping).map_err(polars("map ad events"))?);
+        rows_in += count(if windowed { &mapped } else { &lf })?;
+        inputs.push(mapped);
     }
+    // Kept rows are already one per key and outside the period: aggregating them again with
+    // the new rows leaves them as they are.
+    inputs.extend(sources.kept);
     let mut main = behavior::aggregate(inputs, build.time_grain, tz)
         .and_then(LazyFrame::collect)
         .map_err(polars("aggregate"))?;

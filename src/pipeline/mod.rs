@@ -91,10 +91,15 @@ pub enum PipelineError {
 impl PipelineError {
     /// Whether trying again later may succeed without anyone changing anything.
     pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            PipelineError::Storage { .. } | PipelineError::Task(_) | PipelineError::Kafka(_)
-        )
+        match self {
+            PipelineError::Storage { .. }
+            | PipelineError::Task(_)
+            | PipelineError::Kafka(_)
+            // Another process runs the pipeline: it will be done later.
+            | PipelineError::Busy(..) => true,
+            PipelineError::Catalog(e) => e.retryable(),
+            _ => false,
+        }
     }
 }
 
@@ -107,6 +112,8 @@ pub struct RunOptions {
     pub window: Window,
     /// Stop after this many batches (None: until the source is drained).
     pub max_batches: Option<usize>,
+    /// The run already recorded for this (queued by the scheduler); `None` records a new one.
+    pub run_id: Option<i64>,
 }
 
 /// What a run did.
@@ -261,7 +268,14 @@ impl Runtime {
         cancel: &CancellationToken,
     ) -> Result<RunSummary, PipelineError> {
         let _lock = self.lock(&pipeline.name)?;
-        let run_id = self.catalog.start_run(&pipeline.name, &opts.trigger)?;
+        let started = chrono::Utc::now();
+        let run_id = match opts.run_id {
+            Some(id) => {
+                self.catalog.begin_run(id)?;
+                id
+            }
+            None => self.catalog.start_run(&pipeline.name, &opts.trigger)?,
+        };
         self.metrics.runs_in_progress.inc();
         let mut summary = RunSummary {
             run_id,
@@ -284,6 +298,16 @@ impl Runtime {
         let error = result.as_ref().err().map(ToString::to_string);
         self.catalog
             .finish_run(run_id, status, totals, error.as_deref())?;
+        // A run over the whole source that ended because nothing was left committed everything
+        // that reached the source before it started: the source watermark (dataset jobs wait
+        // for it, `schedule::watermark`).
+        if status == RunStatus::Succeeded
+            && opts.max_batches.is_none()
+            && opts.window == (None, None)
+        {
+            let up_to = started.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            self.catalog.advance_watermark(&pipeline.name, &up_to)?;
+        }
         self.metrics
             .runs
             .get_or_create(&RunLabels {

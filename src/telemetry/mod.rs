@@ -40,6 +40,31 @@ impl WorkspaceLabels {
     }
 }
 
+/// A scheduler event about one job and what was done (`run_once`, `skipped`; `satisfied`,
+/// `timed_out`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobOutcomeLabels {
+    pub pipeline: String,
+    pub outcome: &'static str,
+}
+
+/// The scheduler's metrics (`schedule`).
+#[derive(Debug, Default)]
+pub struct ScheduleMetrics {
+    /// Runs recorded and not started yet (`queued` or `waiting`), per workspace.
+    pub queued: Family<WorkspaceLabels, Gauge>,
+    /// Retries started after a retryable failure.
+    pub retries: Family<PipelineLabels, Counter>,
+    /// Fire times missed (downtime, a clock jump, a stall), by what was done.
+    pub misfires: Family<JobOutcomeLabels, Counter>,
+    /// Fires dropped because the previous run was still active (`overlap: skip`).
+    pub overlaps_skipped: Family<PipelineLabels, Counter>,
+    /// Waits for source watermarks, by how they ended.
+    pub watermark_waits: Family<JobOutcomeLabels, Counter>,
+    /// Times the wall clock was seen moving backwards.
+    pub clock_backwards: Counter,
+}
+
 /// Third-party forwarding: the host of the configured URL (bounded by the forwarder).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ForwardLabels {
@@ -196,6 +221,8 @@ pub struct Metrics {
     pub forward: ForwardMetrics,
     /// Click-detail download tasks finished, by outcome (`succeeded`, `failed`, `expired`).
     pub downloads: Family<StatusLabels, Counter>,
+    /// The scheduler: queue, retries, misfires, overlaps, watermark waits.
+    pub schedule: ScheduleMetrics,
 }
 
 /// Metrics of third-party forwarding, per destination host.
@@ -250,6 +277,7 @@ impl Metrics {
             quota_purged: Family::default(),
             quota_billable_clicks: Family::default(),
             forward: ForwardMetrics::default(),
+            schedule: ScheduleMetrics::default(),
             journal: std::sync::Arc::new(JournalCollector::default()),
             registry: Registry::default(),
         };
@@ -331,6 +359,36 @@ impl Metrics {
             "auth_failures",
             "Admin requests rejected for a missing or bad token",
             m.auth_failures.clone(),
+        );
+        r.register(
+            "schedule_runs_queued",
+            "Runs recorded and not started yet (queued for a slot or waiting for sources), per workspace",
+            m.schedule.queued.clone(),
+        );
+        r.register(
+            "schedule_retries",
+            "Retries started after a retryable failure",
+            m.schedule.retries.clone(),
+        );
+        r.register(
+            "schedule_misfires",
+            "Fire times missed during downtime, a clock jump or a stall, by outcome (run_once, skipped)",
+            m.schedule.misfires.clone(),
+        );
+        r.register(
+            "schedule_overlaps_skipped",
+            "Fires dropped because the previous run was still queued or running (overlap: skip)",
+            m.schedule.overlaps_skipped.clone(),
+        );
+        r.register(
+            "schedule_watermark_waits",
+            "Waits for source watermarks by outcome (satisfied, timed_out)",
+            m.schedule.watermark_waits.clone(),
+        );
+        r.register(
+            "schedule_clock_backwards",
+            "Times the scheduler saw the wall clock move backwards",
+            m.schedule.clock_backwards.clone(),
         );
         r.register(
             "collect_hits",

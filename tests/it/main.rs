@@ -24,4 +24,5 @@ mod quota;
 mod registry;
 mod reports;
 mod s3;
+mod schedule;
 mod serve;

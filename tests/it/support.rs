@@ -91,6 +91,8 @@ impl Project {
         cmd.args(args)
             .current_dir(self.path())
             .env_remove("BACKFLOW_FAILPOINT")
+            .env_remove("BACKFLOW_FAILPOINT_ERROR")
+            .env_remove("BACKFLOW_FAILPOINT_DELAY")
             .env("NO_COLOR", "1");
         for (key, _) in std::env::vars() {
             if key.starts_with("BACKFLOW__") {

@@ -7,12 +7,12 @@ use super::{Converter, LoadOptions, SchemaCache, check_ident};
 use crate::config::error::{Collector, ConfigError, parse_yaml};
 use crate::config::model::{
     AdEventsMapping, AdObject, BEHAVIOR_COLUMNS, BEHAVIOR_REQUIRED, BehaviorBuild, DatasetBuild,
-    DatasetJob, PublishPolicy, TimeGrain,
+    DatasetJob, PeriodUnit, PublishPolicy, RefreshPolicy, TimeGrain, WaitForSources,
 };
 use crate::config::raw::Located;
 use crate::config::raw_dataset::{
-    RawAdEventsMapping, RawAdObject, RawBehaviorBuild, RawDatasetBuild, RawDatasetJob, RawPublish,
-    RawTimeGrain,
+    RawAdEventsMapping, RawAdObject, RawBehaviorBuild, RawDatasetBuild, RawDatasetJob,
+    RawPeriodUnit, RawPublish, RawRefresh, RawTimeGrain,
 };
 
 /// Default of `publish.keep_versions`.
@@ -63,6 +63,11 @@ impl Converter<'_> {
         };
         let publish = self.publish(raw.publish.unwrap_or_default());
         let schedule = raw.schedule.map(|schedule| self.schedule(schedule));
+        // The grain of builds that have one (a period must not split a row).
+        let grain = build.as_ref().map(|b| match b {
+            DatasetBuild::Behavior(b) => b.time_grain,
+        });
+        let refresh = self.refresh(raw.refresh.unwrap_or_default(), grain);
         Some(DatasetJob {
             name: name?,
             file: file.to_path_buf(),
@@ -73,6 +78,54 @@ impl Converter<'_> {
                 None => None,
                 Some(schedule) => Some(schedule?),
             },
+            refresh: refresh?,
+        })
+    }
+
+    fn refresh(&mut self, raw: RawRefresh, grain: Option<TimeGrain>) -> Option<RefreshPolicy> {
+        let at = raw
+            .period
+            .as_ref()
+            .map_or(serde_saphyr::Location::UNKNOWN, Located::location);
+        let period = match raw.period.map(Located::into_value).unwrap_or_default() {
+            RawPeriodUnit::Day => PeriodUnit::Day,
+            RawPeriodUnit::Hour => PeriodUnit::Hour,
+        };
+        let period_ok = !(period == PeriodUnit::Hour && grain == Some(TimeGrain::Day));
+        if !period_ok {
+            // An hour of a day-grain row cannot be replaced on its own: the row sums the day.
+            self.errors.push(
+                at,
+                "refresh.period",
+                "`hour` periods need `dataset.time_grain: hour` (a day row cannot be rebuilt one hour at a time)",
+            );
+        }
+        let wait = match raw.wait_for_sources {
+            None => Some(None),
+            Some(w) => {
+                let timeout = self.errors.check(
+                    w.timeout.location(),
+                    "refresh.wait_for_sources.timeout",
+                    super::parse_duration(w.timeout.value()),
+                );
+                let poll = self.duration(
+                    w.poll_interval.as_ref(),
+                    "refresh.wait_for_sources.poll_interval",
+                    std::time::Duration::from_secs(30),
+                );
+                match (timeout, poll) {
+                    (Some(timeout), Some(poll_interval)) => Some(Some(WaitForSources {
+                        timeout,
+                        poll_interval,
+                    })),
+                    _ => None,
+                }
+            }
+        };
+        let wait = wait?;
+        period_ok.then_some(RefreshPolicy {
+            period,
+            wait_for_sources: wait,
         })
     }
 

@@ -17,13 +17,13 @@ use serde_saphyr::Location;
 use super::error::{Collector, ConfigError, is_blank, parse_yaml};
 use super::model::{
     ColumnType, CompiledExpr, Compression, CsvOptions, DatasetJob, DatasetSchema, FileFormat,
-    Granularity, JournalSource, Keep, ObjectStoreFilesSource, ParquetSink, Pipeline, PipelineTest,
-    Schedule, SinkConfig, SourceConfig, TransformStep,
+    Granularity, JournalSource, Keep, Misfire, ObjectStoreFilesSource, Overlap, ParquetSink,
+    Pipeline, PipelineTest, RetryPolicy, Schedule, SinkConfig, SourceConfig, TransformStep,
 };
 use super::raw::{
     Located, OrderedMap, RawCompression, RawCsvOptions, RawDedup, RawFileFormat, RawGranularity,
-    RawKeep, RawObjectStoreFiles, RawParquetSink, RawPipeline, RawSchedule, RawSink, RawSource,
-    RawTest, RawTransform, Row, TYPE_NAMES, TypeName,
+    RawKeep, RawMisfire, RawObjectStoreFiles, RawOverlap, RawParquetSink, RawPipeline, RawRetries,
+    RawSchedule, RawSink, RawSource, RawTest, RawTransform, Row, TYPE_NAMES, TypeName,
 };
 use super::raw_dataset::{KindProbe, RawPipelineFile};
 use super::schema_file::load_schema_file;
@@ -247,6 +247,39 @@ pub(crate) fn parse_column_type(name: &str) -> Result<ColumnType, String> {
             ));
         }
     })
+}
+
+/// The workspace of jobs that name none.
+pub const DEFAULT_WORKSPACE: &str = "default";
+/// Upper bound of `schedule.retries.max`.
+pub const MAX_RETRIES: u32 = 20;
+
+/// Parses a duration: a positive whole number with a unit, `ms`, `s`, `m` or `h` (`90s`,
+/// `10m`, `2h`). Zero is refused, and so is anything longer than 7 days.
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let expected = || {
+        format!(
+            "invalid duration `{text}`: expected a whole number with a unit ms, s, m or h, such as `30s` or `2h`"
+        )
+    };
+    let n: u64 = digits.parse().map_err(|_| expected())?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(expected()),
+    };
+    match millis {
+        Some(0) => Err(format!(
+            "invalid duration `{text}`: it must be greater than 0"
+        )),
+        Some(ms) if ms <= 7 * 24 * 3_600_000 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(format!("invalid duration `{text}`: longer than 7 days")),
+    }
 }
 
 /// Parses an IANA time zone name.
@@ -850,11 +883,103 @@ impl Converter<'_> {
                 parse_time_zone(tz.value()),
             ),
         };
+        // A cron that matches no date (`0 0 30 2 *`) would never run the job: refuse it here
+        // rather than leave a job that silently never refreshes.
+        let parsed = parsed.and_then(|parsed| {
+            let fires = parsed.upcoming(chrono::Utc).next().is_some();
+            let never = format!(
+                "cron expression `{}` never fires: no date matches it (e.g. February 30)",
+                raw.cron.value()
+            );
+            self.errors.check(
+                raw.cron.location(),
+                "schedule.cron",
+                fires.then_some(parsed).ok_or(never),
+            )
+        });
+        let workspace = match &raw.workspace {
+            None => Some(DEFAULT_WORKSPACE.to_string()),
+            Some(w) => self.non_empty(w, "schedule.workspace", "the workspace"),
+        };
+        let retries = match raw.retries {
+            None => Some(RetryPolicy::default()),
+            Some(r) => self.retries(r),
+        };
         Some(Schedule {
             cron: raw.cron.into_value(),
             parsed: parsed?,
             time_zone: time_zone?,
+            overlap: match raw.overlap {
+                RawOverlap::Skip => Overlap::Skip,
+                RawOverlap::Queue => Overlap::Queue,
+            },
+            misfire: match raw.misfire {
+                RawMisfire::RunOnce => Misfire::RunOnce,
+                RawMisfire::Skip => Misfire::Skip,
+            },
+            retries: retries?,
+            workspace: workspace?,
         })
+    }
+
+    fn retries(&mut self, raw: RawRetries) -> Option<RetryPolicy> {
+        let defaults = RetryPolicy::default();
+        let max = self.errors.check(
+            raw.max.location(),
+            "schedule.retries.max",
+            u32::try_from(*raw.max.value())
+                .ok()
+                .filter(|n| *n <= MAX_RETRIES)
+                .ok_or_else(|| {
+                    format!(
+                        "expected a number from 0 to {MAX_RETRIES}, found {}",
+                        raw.max.value()
+                    )
+                }),
+        );
+        let initial = self.duration(
+            raw.backoff_initial.as_ref(),
+            "schedule.retries.backoff_initial",
+            defaults.backoff_initial,
+        );
+        let most = self.duration(
+            raw.backoff_max.as_ref(),
+            "schedule.retries.backoff_max",
+            defaults.backoff_max,
+        );
+        let (initial, most) = (initial?, most?);
+        if most < initial {
+            let at = raw
+                .backoff_max
+                .as_ref()
+                .map_or(raw.max.location(), Located::location);
+            self.errors.push(
+                at,
+                "schedule.retries.backoff_max",
+                format!("backoff_max ({most:?}) is shorter than backoff_initial ({initial:?})"),
+            );
+            return None;
+        }
+        Some(RetryPolicy {
+            max: max?,
+            backoff_initial: initial,
+            backoff_max: most,
+        })
+    }
+
+    /// A duration value, or `default` when absent.
+    pub(super) fn duration(
+        &mut self,
+        raw: Option<&Located<String>>,
+        path: &str,
+        default: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        match raw {
+            None => Some(default),
+            Some(raw) => self
+                .errors
+                .check(raw.location(), path, parse_duration(raw.value())),
+        }
     }
 
     fn tests(&mut self, raw: Vec<RawTest>) -> Option<Vec<PipelineTest>> {

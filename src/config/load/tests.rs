@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::model::{KafkaFormat, KafkaTopics, StartFrom};
+use crate::config::model::{KafkaFormat, KafkaTopics, Misfire, Overlap, RetryPolicy, StartFrom};
 
 const MINIMAL: &str = "name: p\nsource: {type: object_store_files, url: memory://in}\n\
                        sink: {type: parquet, dataset: d, partition_by: {column: ts}}\n";
@@ -218,4 +218,117 @@ fn kafka_source_errors_are_located_and_all_reported() {
         "p.yaml:8:12: source.idle_ms: expected a number greater than 0, found 0",
     ];
     assert_eq!(errors, want, "{errors:#?}");
+}
+
+#[test]
+fn schedule_policies_get_defaults_and_parse() {
+    let pipeline = load(&format!("{MINIMAL}schedule: {{cron: \"*/5 * * * * *\"}}\n"))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let s = pipeline.schedule.unwrap_or_else(|| panic!("a schedule"));
+    assert_eq!(
+        (s.overlap, s.misfire, s.retries, s.workspace.as_str()),
+        (
+            Overlap::Skip,
+            Misfire::RunOnce,
+            RetryPolicy::default(),
+            "default"
+        )
+    );
+    let text = format!(
+        "{MINIMAL}schedule:\n  cron: \"0 5 * * *\"\n  overlap: queue\n  misfire: skip\n  workspace: ws1\n  retries: {{max: 3, backoff_initial: 500ms, backoff_max: 2m}}\n"
+    );
+    let s = load(&text)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .schedule
+        .unwrap_or_else(|| panic!("a schedule"));
+    assert_eq!(
+        (s.overlap, s.misfire, s.workspace.as_str()),
+        (Overlap::Queue, Misfire::Skip, "ws1")
+    );
+    assert_eq!(s.retries.max, 3);
+    assert_eq!(
+        [
+            s.retries.backoff(1),
+            s.retries.backoff(2),
+            s.retries.backoff(9)
+        ],
+        [
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(120)
+        ]
+    );
+}
+
+#[test]
+fn schedule_errors_are_located_and_all_reported() {
+    let text = format!("{MINIMAL}schedule:\n  cron: \"0 0 30 2 *\"\n  overlap: sometimes\n");
+    assert_eq!(
+        errors(&text),
+        ["p.yaml:6:12: schedule.overlap: unknown variant `sometimes`, expected one of skip, queue"]
+    );
+    let text = format!(
+        "{MINIMAL}schedule:\n  cron: \"0 0 30 2 *\"\n  workspace: \" \"\n  retries: {{max: 21, backoff_initial: 10x, backoff_max: 8d}}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "p.yaml:5:9: schedule.cron: cron expression `0 0 30 2 *` never fires: no date matches it (e.g. February 30)",
+            "p.yaml:6:14: schedule.workspace: the workspace must not be empty",
+            "p.yaml:7:18: schedule.retries.max: expected a number from 0 to 20, found 21",
+            "p.yaml:7:39: schedule.retries.backoff_initial: invalid duration `10x`: expected a whole number with a unit ms, s, m or h, such as `30s` or `2h`",
+            "p.yaml:7:57: schedule.retries.backoff_max: invalid duration `8d`: expected a whole number with a unit ms, s, m or h, such as `30s` or `2h`",
+        ]
+    );
+    let text = format!(
+        "{MINIMAL}schedule:\n  cron: \"* * * * *\"\n  retries: {{max: 1, backoff_initial: 5m, backoff_max: 1m}}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "p.yaml:6:55: schedule.retries.backoff_max: backoff_max (60s) is shorter than backoff_initial (300s)"
+        ]
+    );
+}
+
+#[test]
+fn dataset_job_refresh_is_checked_against_the_time_grain() {
+    let job = "kind: dataset\nname: j\ndataset: {type: behavior, output: b, time_grain: day}\n";
+    let (jobs, errors) = load_job_text(&format!(
+        "{job}refresh:\n  period: day\n  wait_for_sources: {{timeout: 2h}}\n"
+    ));
+    assert!(errors.is_empty(), "{errors:?}");
+    let wait = jobs[0]
+        .refresh
+        .wait_for_sources
+        .unwrap_or_else(|| panic!("a wait"));
+    assert_eq!(
+        (wait.timeout.as_secs(), wait.poll_interval.as_secs()),
+        (7200, 30)
+    );
+    let (_, errors) = load_job_text(&format!(
+        "{job}refresh:\n  period: hour\n  wait_for_sources: {{timeout: 0s}}\n"
+    ));
+    assert_eq!(
+        errors,
+        [
+            "j.yaml:5:11: refresh.period: `hour` periods need `dataset.time_grain: hour` (a day row cannot be rebuilt one hour at a time)",
+            "j.yaml:6:31: refresh.wait_for_sources.timeout: invalid duration `0s`: it must be greater than 0",
+        ]
+    );
+}
+
+/// Loads a dataset job file; errors with the file named `j.yaml`.
+fn load_job_text(text: &str) -> (Vec<DatasetJob>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("j.yaml");
+    std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+    let report = load_pipelines(&[file], &LoadOptions::default());
+    let prefix = format!("{}/", dir.path().display());
+    let errors = report
+        .errors
+        .iter()
+        .map(|e| e.to_string().replace(&prefix, ""))
+        .collect();
+    (report.jobs, errors)
 }
