@@ -28,8 +28,10 @@ use super::raw::{
 use super::raw_dataset::{KindProbe, RawPipelineFile};
 use super::schema_file::load_schema_file;
 
+mod http;
 mod kafka;
 use crate::storage::StorageUrl;
+pub use http::{DEFAULT_MAX_REQUESTS_PER_RUN, parse_duration, parse_local_time};
 
 /// Default of `source.max_files_per_batch`.
 pub const DEFAULT_MAX_FILES_PER_BATCH: u64 = 100;
@@ -489,6 +491,7 @@ impl Converter<'_> {
                 self.files_source(files).map(SourceConfig::ObjectStoreFiles)
             }
             RawSource::Kafka(raw) => self.kafka_source(raw).map(SourceConfig::Kafka),
+            RawSource::Http(raw) => self.http_source(raw).map(SourceConfig::Http),
             RawSource::Journal(raw) => {
                 let records = self.limit(
                     raw.max_records_per_batch,
@@ -526,6 +529,7 @@ impl Converter<'_> {
             "source.max_bytes_per_batch",
             DEFAULT_MAX_BYTES_PER_BATCH,
         );
+        let listing = self.listing(raw.listing);
         Some(ObjectStoreFilesSource {
             url: url?,
             format: file_format(raw.format),
@@ -534,6 +538,7 @@ impl Converter<'_> {
             csv: csv?,
             max_files_per_batch: max_files?,
             max_bytes_per_batch: max_bytes?.0,
+            listing: listing?,
         })
     }
 

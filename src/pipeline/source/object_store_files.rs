@@ -439,6 +439,7 @@ mod tests {
             csv: CsvOptions::default(),
             max_files_per_batch: NonZeroUsize::MIN,
             max_bytes_per_batch: NonZeroU64::MIN,
+            listing: crate::config::model::Listing::Full,
         }
     }
 
