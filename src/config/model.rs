@@ -32,7 +32,7 @@ pub enum SourceConfig {
     ObjectStoreFiles(ObjectStoreFilesSource),
     Journal(JournalSource),
     Kafka(KafkaSource),
-    Http(HttpSource),
+    Http(Box<HttpSource>),
 }
 
 /// Records of a paginated JSON API. Positions are where the next batch continues (window,

@@ -15,6 +15,7 @@ mod duckdb;
 mod enrich;
 mod forward;
 mod hits;
+mod http_source;
 mod journal;
 mod kafka;
 mod media_e2e;

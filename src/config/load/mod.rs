@@ -491,7 +491,9 @@ impl Converter<'_> {
                 self.files_source(files).map(SourceConfig::ObjectStoreFiles)
             }
             RawSource::Kafka(raw) => self.kafka_source(raw).map(SourceConfig::Kafka),
-            RawSource::Http(raw) => self.http_source(raw).map(SourceConfig::Http),
+            RawSource::Http(raw) => self
+                .http_source(raw)
+                .map(|s| SourceConfig::Http(Box::new(s))),
             RawSource::Journal(raw) => {
                 let records = self.limit(
                     raw.max_records_per_batch,

@@ -219,3 +219,70 @@ fn kafka_source_errors_are_located_and_all_reported() {
     ];
     assert_eq!(errors, want, "{errors:#?}");
 }
+
+#[test]
+fn http_source_gets_its_defaults() {
+    let text = format!(
+        "name: p\nsource:\n  type: http\n  url: https://api.example.com/v1/report\n  records: /data/list\n{KAFKA_SINK}"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::Http(source) = &pipeline.source else {
+        panic!("expected an http source");
+    };
+    assert_eq!(source.paging, crate::config::model::Paging::None);
+    assert!(source.auth.is_none() && source.window.is_none() && source.success.is_none());
+    assert_eq!(source.timeout.as_secs(), 30);
+    assert_eq!(
+        (source.retries.max, source.retries.initial.as_millis()),
+        (5, 500)
+    );
+    assert_eq!(source.max_requests_per_run.get(), 1000);
+    assert_eq!(source.max_pages_per_batch.get(), 100);
+}
+
+#[test]
+fn http_source_errors_are_located_and_all_reported() {
+    let text = format!(
+        "name: p\nsource:\n  type: http\n  url: ftp://api.example.com/x\n  headers: {{\"bad header\": x}}\n  auth:\n    bearer: {{secret: my-token}}\n  paging:\n    cursor: {{param: c, from: next}}\n  window:\n    start_param: d\n    format: \"%Q\"\n    length: 1w\n    from: \"2026-13-01\"\n  records: /data\n  timeout: 30\n{KAFKA_SINK}"
+    );
+    let errors = errors(&text);
+    let want = [
+        "p.yaml:4:8: source.url: expected an http:// or https:// URL with a host, found scheme `ftp`",
+        "p.yaml:5:13: source.headers: `bad header` is not a valid header name",
+        "p.yaml:7:22: source.auth.bearer.secret: `my-token` is not an environment variable name (`[A-Z_][A-Z0-9_]*`); the secret itself never goes in YAML",
+        "p.yaml:9:30: source.paging.cursor.from: `next` is not a JSON pointer: write `/next` (or `\"\"` for the whole body)",
+        "p.yaml:12:13: source.window.format: invalid strftime format `%Q`",
+        "p.yaml:13:13: source.window.length: expected a duration like `500ms`, `30s`, `5m`, `6h` or `1d`, found `1w`",
+        "p.yaml:14:11: source.window.from: expected `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS`, found `2026-13-01`",
+        "p.yaml:16:12: source.timeout: expected a duration like `500ms`, `30s`, `5m`, `6h` or `1d`, found `30`",
+    ];
+    assert_eq!(errors, want, "{errors:#?}");
+}
+
+#[test]
+fn listing_after_watermark_gets_its_default_interval() {
+    let text = MINIMAL.replace(
+        "url: memory://in}",
+        "url: memory://in, listing: {mode: after_watermark}}",
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::ObjectStoreFiles(source) = &pipeline.source else {
+        panic!("expected an object_store_files source");
+    };
+    assert_eq!(
+        source.listing,
+        crate::config::model::Listing::AfterWatermark {
+            full_every: std::time::Duration::from_secs(3600)
+        }
+    );
+    let text = MINIMAL.replace(
+        "url: memory://in}",
+        "url: memory://in, listing: {full_every: 5m}}",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "p.yaml:2:76: source.listing.full_every: `full_every` applies to `mode: after_watermark` only"
+        ]
+    );
+}

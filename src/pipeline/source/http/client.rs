@@ -246,7 +246,7 @@ impl Client {
                         .unwrap_or("none")
                         .to_string();
                     if status.is_success() {
-                        return self.body(response, &shown, page, content_type).await;
+                        return self.body(response, &shown, content_type).await;
                     }
                     let body = self.read_limited(response).await.unwrap_or_default();
                     let problem = format!(
@@ -254,7 +254,7 @@ impl Client {
                         first_bytes(&body)
                     );
                     if !(status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()) {
-                        return Err(self.fail("status", &shown, page, problem, false));
+                        return Err(self.fail("status", &shown, problem, false));
                     }
                     (problem, retry_after)
                 }
@@ -272,7 +272,7 @@ impl Client {
             };
             if attempt >= retries.max {
                 let message = format!("gave up after {} attempt(s); last: {problem}", attempt + 1);
-                return Err(self.fail("gave_up", &shown, page, message, true));
+                return Err(self.fail("gave_up", &shown, message, true));
             }
             let wait = match retry_after {
                 Some(wait) if wait > retries.max_backoff => {
@@ -281,7 +281,7 @@ impl Client {
                         wait.as_secs(),
                         retries.max_backoff.as_secs()
                     );
-                    return Err(self.fail("retry_after_too_long", &shown, page, message, true));
+                    return Err(self.fail("retry_after_too_long", &shown, message, true));
                 }
                 Some(wait) => wait,
                 None => backoff(retries.initial, retries.max_backoff, attempt),
@@ -305,14 +305,13 @@ impl Client {
         &self,
         kind: &'static str,
         shown: &str,
-        page: &str,
         problem: String,
         retryable: bool,
     ) -> FetchError {
         FetchError::Failed {
             kind,
             error: PipelineError::Http {
-                message: format!("GET {shown} ({page}): {problem}"),
+                message: format!("GET {shown}: {problem}"),
                 retryable,
             },
         }
@@ -350,7 +349,6 @@ impl Client {
         &self,
         response: reqwest::Response,
         shown: &str,
-        page: &str,
         content_type: String,
     ) -> Result<Body, FetchError> {
         match self.read_limited(response).await {
@@ -358,7 +356,7 @@ impl Client {
                 bytes,
                 content_type,
             }),
-            Err(problem) => Err(self.fail("too_large", shown, page, problem, false)),
+            Err(problem) => Err(self.fail("too_large", shown, problem, false)),
         }
     }
 }

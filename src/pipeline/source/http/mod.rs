@@ -331,7 +331,7 @@ impl Session {
                     let shown = self.client.shown_url(&params);
                     let error = PipelineError::Http {
                         message: format!(
-                            "GET {shown} ({request}): {} (content-type {}); body starts {}",
+                            "GET {shown}: {} (content-type {}); body starts {}",
                             bad.message,
                             body.content_type,
                             client::first_bytes(&body.bytes)
@@ -357,7 +357,7 @@ impl Session {
                         .inc();
                     let error = PipelineError::Http {
                         message: format!(
-                            "GET {} ({request}): the API answered cursor `{repeated}` again, which this run already asked for; stopping instead of looping (the pages before are kept)",
+                            "GET {}: the API answered cursor `{repeated}` again, which this run already asked for; stopping instead of looping (the pages before are kept)",
                             self.client.shown_url(&params)
                         ),
                         retryable: false,
@@ -414,7 +414,8 @@ impl Session {
             next: at,
             input_sha256,
         };
-        info!(pipeline = %self.pipeline, pages = positions.pages.len(), records, next = ?positions.next, requests = self.requests, "http batch planned");
+        let next = serde_json::to_string(&positions.next).unwrap_or_default();
+        info!(pipeline = %self.pipeline, pages = positions.pages.len(), records, next = %next, requests = self.requests, "http batch planned");
         Ok(Some(Planned {
             positions,
             pages,
