@@ -446,13 +446,20 @@ impl Runtime {
         match &pipeline.source {
             SourceConfig::ObjectStoreFiles(cfg) => {
                 let source = self.stores.open(&cfg.url)?;
-                let ingested = self.catalog.ingested_files(&pipeline.name)?;
-                let files =
-                    files_source::plan(&source, cfg, &ingested, opts.window, self.tz).await?;
-                if files.is_empty() {
-                    return Ok(None);
+                let positions = files_source::plan_batch(
+                    &self.catalog,
+                    &self.metrics,
+                    &pipeline.name,
+                    &source,
+                    cfg,
+                    opts.window,
+                    self.tz,
+                )
+                .await?;
+                match positions {
+                    None => Ok(None),
+                    Some(positions) => to_positions(positions).map(|p| Some((p, None))),
                 }
-                to_positions(FilePositions { files }).map(|p| Some((p, None)))
             }
             SourceConfig::Journal(cfg) => {
                 let journal = self.journal()?;
