@@ -216,7 +216,9 @@ async fn listing_after_the_watermark_lists_only_new_keys_and_a_full_listing_catc
     let Some(endpoint) = require_env("BACKFLOW_TEST_S3_ENDPOINT") else {
         return;
     };
-    let b = bucket(endpoint, "backflow-watermark");
+    // A fresh bucket each time: moto keeps objects between test runs.
+    let name = format!("backflow-watermark-{}", uuid::Uuid::now_v7().simple());
+    let b = bucket(endpoint, &name);
     let key = |day: u32, name: &str| format!("drops/events/dt=2026-03-{day:02}/{name}.ndjson");
     put_drops(
         &b,
