@@ -710,3 +710,97 @@ fn walk(dir: std::path::PathBuf) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The metric line `name{pipeline="metered"[,kind="…"]} value`, as a number (0 if absent).
+fn metric(text: &str, name: &str, kind: Option<&str>) -> u64 {
+    let labels = match kind {
+        Some(kind) => format!("{{pipeline=\"metered\",kind=\"{kind}\"}}"),
+        None => "{pipeline=\"metered\"}".to_string(),
+    };
+    let prefix = format!("backflow_{name}_total{labels} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn metrics_count_statuses_retries_pages_the_budget_and_bad_answers() {
+    use backflow::catalog::Catalog;
+    use backflow::pipeline::{RunOptions, Runtime};
+    use backflow::storage::StoreRegistry;
+
+    let data: Data = Arc::new(Mutex::new(records(0..25, "a")));
+    let pages = page_api(&data);
+    let fake = Fake::start(move |seen, count| {
+        if seen.q("page") == Some("2") && count == 1 {
+            return Reply {
+                headers: vec![("retry-after", "0".to_string())],
+                ..status(429, "slow down")
+            };
+        }
+        pages(seen, count)
+    });
+    let text = format!(
+        "name: metered\nsource:\n  type: http\n  url: {}/v1/events\n{PAGE_SOURCE}  max_requests_per_run: 3\n\
+         transforms:\n  - cast: {{id: int64, ts: timestamp}}\n\
+         sink:\n  type: parquet\n  dataset: metered\n  partition_by: {{column: ts, granularity: day}}\n",
+        fake.url
+    );
+    let opts = backflow::config::LoadOptions::default();
+    let pipeline =
+        backflow::config::load_pipeline_str(std::path::Path::new("m.yaml"), &text, &opts)
+            .expect("pipeline");
+    let stores = StoreRegistry::default();
+    let lake = stores
+        .open(&"memory://metered-lake".parse().expect("url"))
+        .expect("lake");
+    let runtime = Runtime {
+        catalog: Arc::new(Catalog::open_in_memory().expect("catalog")),
+        stores,
+        lake,
+        tz: chrono_tz::Asia::Shanghai,
+        metrics: Arc::new(backflow::telemetry::Metrics::new()),
+        journal: std::sync::OnceLock::new(),
+        registry: std::sync::OnceLock::new(),
+        enricher: std::sync::OnceLock::new(),
+        lock_dir: None,
+        quota: Default::default(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run =
+        |runtime: &Runtime| rt.block_on(runtime.run(&pipeline, &RunOptions::default(), &cancel));
+
+    // Page 1, page 2 refused once (429), page 2 again: the budget of 3 is spent.
+    let summary = run(&runtime).expect("run");
+    assert_eq!(
+        (summary.status.as_str(), summary.rows_out),
+        ("succeeded", 20)
+    );
+    let m = runtime.metrics.encode();
+    assert_eq!(metric(&m, "http_source_requests", Some("200")), 2, "{m}");
+    assert_eq!(metric(&m, "http_source_requests", Some("429")), 1, "{m}");
+    assert_eq!(metric(&m, "http_source_retries", None), 1, "{m}");
+    assert_eq!(metric(&m, "http_source_pages", None), 2, "{m}");
+    assert_eq!(metric(&m, "http_source_budget_exhausted", None), 1, "{m}");
+
+    // An HTML page: the run fails and the bad answer is counted by reason.
+    fake.set(|_, _| Reply {
+        status: 200,
+        content_type: "text/html",
+        headers: Vec::new(),
+        body: "<html>login</html>".into(),
+    });
+    let err = run(&runtime).expect_err("an HTML page fails the run");
+    assert!(!err.retryable(), "{err}");
+    let m = runtime.metrics.encode();
+    assert_eq!(
+        metric(&m, "http_source_bad_responses", Some("not_json")),
+        1,
+        "{m}"
+    );
+}
