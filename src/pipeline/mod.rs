@@ -358,6 +358,7 @@ impl Runtime {
                 &pipeline.name,
                 self.tz,
                 Arc::clone(&self.metrics),
+                cancel.clone(),
             )?),
             _ => None,
         };

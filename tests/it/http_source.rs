@@ -724,11 +724,83 @@ fn metric(text: &str, name: &str, kind: Option<&str>) -> u64 {
         .unwrap_or(0)
 }
 
+/// A runtime in this process (memory lake, in-memory catalog), to read its metrics.
+fn in_process(lake: &str) -> backflow::pipeline::Runtime {
+    let stores = backflow::storage::StoreRegistry::default();
+    let lake = stores.open(&lake.parse().expect("url")).expect("lake");
+    backflow::pipeline::Runtime {
+        catalog: Arc::new(backflow::catalog::Catalog::open_in_memory().expect("catalog")),
+        stores,
+        lake,
+        tz: chrono_tz::Asia::Shanghai,
+        metrics: Arc::new(backflow::telemetry::Metrics::new()),
+        journal: std::sync::OnceLock::new(),
+        registry: std::sync::OnceLock::new(),
+        enricher: std::sync::OnceLock::new(),
+        lock_dir: None,
+        quota: Default::default(),
+    }
+}
+
+fn in_process_pipeline(url: &str, source_keys: &str) -> backflow::config::model::Pipeline {
+    let text = format!(
+        "name: metered\nsource:\n  type: http\n  url: {url}/v1/events\n{source_keys}\
+         transforms:\n  - cast: {{id: int64, ts: timestamp}}\n\
+         sink:\n  type: parquet\n  dataset: metered\n  partition_by: {{column: ts, granularity: day}}\n"
+    );
+    let opts = backflow::config::LoadOptions::default();
+    backflow::config::load_pipeline_str(std::path::Path::new("m.yaml"), &text, &opts)
+        .expect("pipeline")
+}
+
+#[test]
+fn shutdown_during_a_retry_wait_commits_what_was_fetched_and_stops() {
+    use backflow::pipeline::RunOptions;
+    let data: Data = Arc::new(Mutex::new(records(0..15, "a")));
+    let pages = page_api(&data);
+    let fake = Fake::start(move |seen, count| {
+        if seen.q("page") == Some("2") {
+            return Reply {
+                headers: vec![("retry-after", "30".to_string())],
+                ..status(503, "maintenance")
+            };
+        }
+        pages(seen, count)
+    });
+    let pipeline = in_process_pipeline(&fake.url, PAGE_SOURCE);
+    let runtime = in_process("memory://cancel-lake");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let summary = rt.block_on(async {
+        let canceller = async {
+            // Bounded: at most 2000 polls of 10 ms for the 503 to arrive.
+            for _ in 0..2000 {
+                if fake.requests().iter().any(|s| s.q("page") == Some("2")) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cancel.cancel();
+        };
+        let opts = RunOptions::default();
+        let (summary, ()) = tokio::join!(runtime.run(&pipeline, &opts, &cancel), canceller);
+        summary
+    });
+    let summary = summary.expect("run");
+    assert_eq!(
+        (summary.status.as_str(), summary.rows_out),
+        ("cancelled", 10),
+        "{summary:?}"
+    );
+    assert_eq!(pages_asked(&fake), ["1", "2"]);
+}
+
 #[test]
 fn metrics_count_statuses_retries_pages_the_budget_and_bad_answers() {
-    use backflow::catalog::Catalog;
     use backflow::pipeline::{RunOptions, Runtime};
-    use backflow::storage::StoreRegistry;
 
     let data: Data = Arc::new(Mutex::new(records(0..25, "a")));
     let pages = page_api(&data);
@@ -741,32 +813,9 @@ fn metrics_count_statuses_retries_pages_the_budget_and_bad_answers() {
         }
         pages(seen, count)
     });
-    let text = format!(
-        "name: metered\nsource:\n  type: http\n  url: {}/v1/events\n{PAGE_SOURCE}  max_requests_per_run: 3\n\
-         transforms:\n  - cast: {{id: int64, ts: timestamp}}\n\
-         sink:\n  type: parquet\n  dataset: metered\n  partition_by: {{column: ts, granularity: day}}\n",
-        fake.url
-    );
-    let opts = backflow::config::LoadOptions::default();
-    let pipeline =
-        backflow::config::load_pipeline_str(std::path::Path::new("m.yaml"), &text, &opts)
-            .expect("pipeline");
-    let stores = StoreRegistry::default();
-    let lake = stores
-        .open(&"memory://metered-lake".parse().expect("url"))
-        .expect("lake");
-    let runtime = Runtime {
-        catalog: Arc::new(Catalog::open_in_memory().expect("catalog")),
-        stores,
-        lake,
-        tz: chrono_tz::Asia::Shanghai,
-        metrics: Arc::new(backflow::telemetry::Metrics::new()),
-        journal: std::sync::OnceLock::new(),
-        registry: std::sync::OnceLock::new(),
-        enricher: std::sync::OnceLock::new(),
-        lock_dir: None,
-        quota: Default::default(),
-    };
+    let source = format!("{PAGE_SOURCE}  max_requests_per_run: 3\n");
+    let pipeline = in_process_pipeline(&fake.url, &source);
+    let runtime = in_process("memory://metered-lake");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -63,6 +63,8 @@ pub struct Body {
 pub enum FetchError {
     /// The run's request budget is spent (a clean stop).
     Budget,
+    /// The run is being cancelled (shutdown): a clean stop.
+    Cancelled,
     /// The request failed for good; `kind` is the metric label.
     Failed {
         kind: &'static str,
@@ -219,6 +221,7 @@ impl Client {
         page: &str,
         requests: &mut u64,
         budget: u64,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<Body, FetchError> {
         let (url, shown) = self.urls(query);
         let retries = self.cfg.retries;
@@ -296,7 +299,10 @@ impl Client {
                 wait_ms = wait.as_millis() as u64, retry_after = retry_after.is_some(),
                 problem = %problem, "http request failed; retrying"
             );
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => return Err(FetchError::Cancelled),
+            }
             attempt += 1;
         }
     }

@@ -153,6 +153,8 @@ pub struct Session {
     seen_cursors: HashSet<String>,
     stop: Option<Stop>,
     drained: bool,
+    /// Shutdown: planning stops between pages and during retry waits.
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 /// A window `[start, end)` being fetched.
@@ -214,6 +216,7 @@ impl Session {
         pipeline: &str,
         tz: Tz,
         metrics: Arc<Metrics>,
+        cancel: tokio_util::sync::CancellationToken,
     ) -> Result<Session, PipelineError> {
         let client = Client::new(cfg, pipeline, Arc::clone(&metrics))?;
         Ok(Session {
@@ -226,6 +229,7 @@ impl Session {
             seen_cursors: HashSet::new(),
             stop: None,
             drained: false,
+            cancel,
         })
     }
 
@@ -288,6 +292,7 @@ impl Session {
         loop {
             if requested_pages >= self.cfg.max_pages_per_batch.get()
                 || records >= self.cfg.max_records_per_batch.get()
+                || self.cancel.is_cancelled()
             {
                 break;
             }
@@ -311,7 +316,7 @@ impl Session {
             let budget = self.cfg.max_requests_per_run.get();
             let body = match self
                 .client
-                .get(&params, &request, &mut self.requests, budget)
+                .get(&params, &request, &mut self.requests, budget, &self.cancel)
                 .await
             {
                 Ok(body) => body,
@@ -319,6 +324,7 @@ impl Session {
                     self.budget_spent();
                     break;
                 }
+                Err(FetchError::Cancelled) => break,
                 Err(FetchError::Failed { kind, error }) => {
                     self.fail(kind, error);
                     break;
