@@ -65,6 +65,18 @@ impl Catalog {
         positions: &serde_json::Value,
         planned_at: &str,
     ) -> Result<BatchIntent, CatalogError> {
+        self.create_intent_with_input(pipeline, positions, planned_at, None)
+    }
+
+    /// Records the intent of the next batch together with its input (for sources that cannot
+    /// be read twice), in one transaction; the input is deleted when the batch commits.
+    pub fn create_intent_with_input(
+        &self,
+        pipeline: &str,
+        positions: &serde_json::Value,
+        planned_at: &str,
+        input: Option<&[u8]>,
+    ) -> Result<BatchIntent, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let open: Option<i64> = tx
@@ -89,6 +101,12 @@ impl Catalog {
             "INSERT INTO batches (pipeline, seq, state, positions, planned_at) VALUES (?1, ?2, 'open', ?3, ?4)",
             (pipeline, seq, positions.to_string(), planned_at),
         )?;
+        if let Some(input) = input {
+            tx.execute(
+                "INSERT INTO batch_inputs (pipeline, seq, data) VALUES (?1, ?2, ?3)",
+                (pipeline, seq, input),
+            )?;
+        }
         tx.commit()?;
         Ok(BatchIntent {
             pipeline: pipeline.to_string(),
@@ -110,6 +128,67 @@ impl Catalog {
         let tx = conn.transaction()?;
         mark_committed(&tx, pipeline, seq, ingested_files, stats)?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// The input stored with an open batch's intent, if any.
+    pub fn batch_input(&self, pipeline: &str, seq: i64) -> Result<Option<Vec<u8>>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT data FROM batch_inputs WHERE pipeline = ?1 AND seq = ?2",
+                (pipeline, seq),
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The greatest source file path a pipeline has ingested (the listing watermark).
+    pub fn max_ingested_file(&self, pipeline: &str) -> Result<Option<String>, CatalogError> {
+        Ok(self.conn().query_row(
+            "SELECT max(path) FROM ingested_files WHERE pipeline = ?1",
+            [pipeline],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The ingested source files of a pipeline whose path sorts after `after`.
+    pub fn ingested_files_after(
+        &self,
+        pipeline: &str,
+        after: &str,
+    ) -> Result<HashSet<String>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT path FROM ingested_files WHERE pipeline = ?1 AND path > ?2")?;
+        let rows = stmt.query_map((pipeline, after), |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A source's mark (small state outside batches), e.g. when it last listed in full.
+    pub fn source_mark(&self, pipeline: &str, name: &str) -> Result<Option<String>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT value FROM source_marks WHERE pipeline = ?1 AND name = ?2",
+                (pipeline, name),
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Sets a source's mark.
+    pub fn set_source_mark(
+        &self,
+        pipeline: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "INSERT INTO source_marks (pipeline, name, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (pipeline, name) DO UPDATE SET value = excluded.value",
+            (pipeline, name, value),
+        )?;
         Ok(())
     }
 
@@ -173,6 +252,10 @@ pub(super) fn mark_committed(
             seq,
         });
     }
+    tx.execute(
+        "DELETE FROM batch_inputs WHERE pipeline = ?1 AND seq = ?2",
+        (pipeline, seq),
+    )?;
     let mut insert =
         tx.prepare("INSERT INTO ingested_files (pipeline, path, seq) VALUES (?1, ?2, ?3)")?;
     for path in ingested_files {
@@ -208,6 +291,36 @@ mod tests {
         ));
         assert_eq!(c.create_intent("p", &json!({}), "t")?.seq, 2);
         assert_eq!(c.committed_batches("p")?, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_input_lives_from_its_intent_to_its_commit() -> Result<(), CatalogError> {
+        let c = Catalog::open_in_memory()?;
+        let intent = c.create_intent_with_input("h", &json!({"next": 1}), "t", Some(b"records"))?;
+        assert_eq!(c.batch_input("h", intent.seq)?, Some(b"records".to_vec()));
+        c.commit_batch("h", intent.seq, &[], &BatchStats::default())?;
+        assert_eq!(c.batch_input("h", intent.seq)?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn the_listing_watermark_is_the_greatest_ingested_path() -> Result<(), CatalogError> {
+        let c = Catalog::open_in_memory()?;
+        assert_eq!(c.max_ingested_file("f")?, None);
+        c.create_intent("f", &json!({}), "t")?;
+        let files = ["d/dt=2026-03-02/b".to_string(), "d/dt=2026-03-01/a".into()];
+        c.commit_batch("f", 1, &files, &BatchStats::default())?;
+        assert_eq!(
+            c.max_ingested_file("f")?.as_deref(),
+            Some("d/dt=2026-03-02/b")
+        );
+        let after = c.ingested_files_after("f", "d/dt=2026-03-01/z")?;
+        assert_eq!(after.len(), 1);
+        assert_eq!(c.source_mark("f", "full_listing_at")?, None);
+        c.set_source_mark("f", "full_listing_at", "1")?;
+        c.set_source_mark("f", "full_listing_at", "2")?;
+        assert_eq!(c.source_mark("f", "full_listing_at")?.as_deref(), Some("2"));
         Ok(())
     }
 

@@ -274,6 +274,24 @@ CREATE TABLE watermarks (
     pipeline    TEXT PRIMARY KEY,
     up_to       TEXT NOT NULL,
     updated_at  TEXT NOT NULL
+
+);
+"#,
+    // Inputs of open batches whose source cannot be read twice (HTTP pull): the fetched records,
+    // written with the intent and deleted by its commit (`batches.rs`); and small per-source
+    // marks that are not part of a batch (the object-store source's last full listing).
+    r#"
+CREATE TABLE batch_inputs (
+    pipeline    TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    data        BLOB NOT NULL,
+    PRIMARY KEY (pipeline, seq)
+);
+CREATE TABLE source_marks (
+    pipeline    TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (pipeline, name)
 );
 "#,
 ];

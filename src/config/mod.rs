@@ -14,6 +14,7 @@ pub mod load;
 pub mod model;
 pub mod raw;
 pub mod raw_dataset;
+pub mod raw_http;
 pub mod schema_file;
 
 pub use daemon::{DaemonConfig, LogFormat};

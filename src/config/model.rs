@@ -32,6 +32,94 @@ pub enum SourceConfig {
     ObjectStoreFiles(ObjectStoreFilesSource),
     Journal(JournalSource),
     Kafka(KafkaSource),
+    Http(Box<HttpSource>),
+}
+
+/// Records of a paginated JSON API. Positions are where the next batch continues (window,
+/// page or cursor, records to skip); the fetched records are kept with the open intent.
+#[derive(Debug, Clone)]
+pub struct HttpSource {
+    pub url: url::Url,
+    /// Fixed query parameters, in order.
+    pub query: Vec<(String, String)>,
+    /// Fixed headers, in order (names checked).
+    pub headers: Vec<(String, String)>,
+    pub auth: Option<HttpAuth>,
+    pub paging: Paging,
+    pub window: Option<TimeWindow>,
+    /// JSON pointer to the records array.
+    pub records: String,
+    /// (JSON pointer, value it must equal).
+    pub success: Option<(String, serde_json::Value)>,
+    pub timeout: std::time::Duration,
+    pub retries: Retries,
+    pub max_requests_per_run: NonZeroU64,
+    pub max_pages_per_batch: NonZeroU64,
+    pub max_records_per_batch: NonZeroU64,
+    pub max_response_bytes: NonZeroUsize,
+}
+
+/// Where a secret goes; `secret` is the environment variable's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpAuth {
+    Bearer { secret: String },
+    Header { name: String, secret: String },
+    Query { name: String, secret: String },
+}
+
+impl HttpAuth {
+    /// The environment variable holding the secret.
+    pub fn secret(&self) -> &str {
+        match self {
+            HttpAuth::Bearer { secret }
+            | HttpAuth::Header { secret, .. }
+            | HttpAuth::Query { secret, .. } => secret,
+        }
+    }
+}
+
+/// Paging within one query (or one window).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paging {
+    /// One request answers the query.
+    None,
+    PageNumber {
+        param: String,
+        start: u64,
+        size_param: Option<String>,
+        size: Option<NonZeroU64>,
+    },
+    Cursor {
+        param: String,
+        /// JSON pointer to the next cursor.
+        next: String,
+        /// JSON pointer to a "more pages follow" boolean.
+        has_more: Option<String>,
+    },
+}
+
+/// Time-window paging: windows `[start, start + length)` in `time_zone`, from `from` on.
+#[derive(Debug, Clone)]
+pub struct TimeWindow {
+    pub start_param: String,
+    pub end_param: Option<String>,
+    /// `strftime` format (checked).
+    pub format: String,
+    pub length: std::time::Duration,
+    pub from: chrono::NaiveDateTime,
+    pub until: Option<chrono::NaiveDateTime>,
+    pub lag: std::time::Duration,
+    pub end_inclusive: bool,
+    /// `None`: the daemon's time zone.
+    pub time_zone: Option<chrono_tz::Tz>,
+}
+
+/// Retries of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    pub max: u32,
+    pub initial: std::time::Duration,
+    pub max_backoff: std::time::Duration,
 }
 
 /// Messages of Kafka topics read by a consumer group. Positions are per-partition offset ranges
@@ -93,6 +181,17 @@ pub struct ObjectStoreFilesSource {
     pub csv: CsvOptions,
     pub max_files_per_batch: NonZeroUsize,
     pub max_bytes_per_batch: NonZeroU64,
+    pub listing: Listing,
+}
+
+/// How an `object_store_files` source finds new files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// The whole prefix, every batch.
+    Full,
+    /// Keys after the greatest ingested key; the whole prefix when the last full listing is
+    /// older than `full_every`.
+    AfterWatermark { full_every: std::time::Duration },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -167,6 +167,8 @@ pub enum RawSource {
     Journal(RawJournal),
     /// Messages from Kafka topics, read by a consumer group.
     Kafka(RawKafka),
+    /// Records of a paginated JSON API, pulled over HTTP(S).
+    Http(super::raw_http::RawHttp),
 }
 
 /// The `type` values of a source.
@@ -176,11 +178,12 @@ pub enum SourceKind {
     ObjectStoreFiles,
     Journal,
     Kafka,
+    Http,
 }
 
 impl<'de> Tagged<'de> for RawSource {
     type Kind = SourceKind;
-    const KINDS: &'static str = "object_store_files, journal, kafka";
+    const KINDS: &'static str = "object_store_files, journal, kafka, http";
 
     fn from_kind<A: MapAccess<'de>>(kind: SourceKind, rest: A) -> Result<Self, A::Error> {
         let rest = de::value::MapAccessDeserializer::new(rest);
@@ -190,6 +193,7 @@ impl<'de> Tagged<'de> for RawSource {
             }
             SourceKind::Journal => RawJournal::deserialize(rest).map(Self::Journal),
             SourceKind::Kafka => RawKafka::deserialize(rest).map(Self::Kafka),
+            SourceKind::Http => super::raw_http::RawHttp::deserialize(rest).map(Self::Http),
         }
     }
 }
@@ -229,6 +233,37 @@ pub struct RawObjectStoreFiles {
     /// larger file still makes a batch of its own.
     #[serde(default)]
     pub max_bytes_per_batch: Option<Located<u64>>,
+    /// How new files are found (default: the whole prefix is listed for every batch).
+    #[serde(default)]
+    pub listing: Option<RawListing>,
+}
+
+/// How an `object_store_files` source lists its prefix.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "Listing")]
+#[serde(deny_unknown_fields)]
+pub struct RawListing {
+    /// `full` (default) or `after_watermark`.
+    #[serde(default)]
+    pub mode: RawListingMode,
+    /// In `after_watermark` mode: list the whole prefix again when the last full listing is
+    /// older than this (default `1h`), to pick up files that arrived out of key order.
+    #[serde(default)]
+    pub full_every: Option<Located<String>>,
+}
+
+/// Listing modes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[schemars(rename = "ListingMode")]
+#[serde(rename_all = "snake_case")]
+pub enum RawListingMode {
+    /// List every object under the prefix for every batch.
+    #[default]
+    Full,
+    /// List only keys after the greatest key already ingested (S3 `start-after`). Assumes
+    /// keys sort in arrival order (`dt=YYYY-MM-DD/hour=HH/…` prefixes, timestamped names);
+    /// a file dropped under a smaller key waits for the next full listing (`full_every`).
+    AfterWatermark,
 }
 
 /// `type: journal`: the hits the collection endpoints appended, read in position order and

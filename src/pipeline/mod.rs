@@ -39,6 +39,7 @@ use crate::telemetry::{Metrics, RunLabels};
 use failpoint::failpoint;
 use frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
 use sink::parquet::{self as parquet_sink, EncodedFile, Put};
+use source::http::{self as http_source, FetchedPage, HttpPositions};
 use source::kafka::{self as kafka_source, KafkaPositions, KafkaRecord};
 use source::object_store_files::{
     self as files_source, Decoded, FilePositions, SourceFile, Window,
@@ -79,6 +80,8 @@ pub enum PipelineError {
     Journal(#[from] JournalError),
     #[error("kafka: {0}")]
     Kafka(String),
+    #[error("http source: {message}")]
+    Http { message: String, retryable: bool },
     #[error("pipeline `{0}` is being run by another process (lock {1})")]
     Busy(String, String),
     #[error("cannot use lock file {path}: {source}")]
@@ -95,6 +98,7 @@ impl PipelineError {
             PipelineError::Storage { .. }
             | PipelineError::Task(_)
             | PipelineError::Kafka(_)
+            | PipelineError::Http { retryable: true, .. }
             // Another process runs the pipeline: it will be done later.
             | PipelineError::Busy(..) => true,
             PipelineError::Catalog(e) => e.retryable(),
@@ -181,6 +185,11 @@ enum Fetched {
         /// For `format: hit_record`.
         hits: Option<(Arc<MediaRegistry>, Arc<Enricher>)>,
     },
+    Http {
+        pages: Vec<FetchedPage>,
+        /// The pages' stored form, when just fetched (taken into the intent).
+        input: Option<Vec<u8>>,
+    },
 }
 
 impl Fetched {
@@ -221,6 +230,10 @@ impl Fetched {
             }
             Fetched::Kafka { cfg, records, hits } => {
                 kafka_source::decode(&cfg, records, hits.as_ref(), rows, quarantine);
+                0
+            }
+            Fetched::Http { pages, .. } => {
+                http_source::decode(pages, rows, quarantine);
                 0
             }
         }
@@ -357,7 +370,23 @@ impl Runtime {
             SourceConfig::Kafka(cfg) => Some(kafka_source::Session::connect(cfg, &pipeline.name)?),
             _ => None,
         };
+        // An HTTP source keeps its client and request budget for the whole run.
+        let mut http = match &pipeline.source {
+            SourceConfig::Http(cfg) => Some(http_source::Session::connect(
+                cfg,
+                &pipeline.name,
+                self.tz,
+                Arc::clone(&self.metrics),
+                cancel.clone(),
+            )?),
+            _ => None,
+        };
         loop {
+            match http.as_mut().and_then(http_source::Session::take_stop) {
+                Some(http_source::Stop::Budget) => return Ok(()),
+                Some(http_source::Stop::Failed(e)) => return Err(e),
+                None => {}
+            }
             if cancel.is_cancelled()
                 || opts
                     .max_batches
@@ -373,16 +402,25 @@ impl Runtime {
                     (intent, None)
                 }
                 None => {
-                    let Some((positions, prefetched)) =
-                        self.plan(pipeline, opts, kafka.as_mut()).await?
+                    let Some((positions, mut prefetched)) = self
+                        .plan(pipeline, opts, kafka.as_mut(), http.as_mut())
+                        .await?
                     else {
                         return Ok(());
                     };
                     let planned_at =
                         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-                    let intent =
-                        self.catalog
-                            .create_intent(&pipeline.name, &positions, &planned_at)?;
+                    // A source that cannot be read twice keeps its input with the intent.
+                    let input = match &mut prefetched {
+                        Some(Fetched::Http { input, .. }) => input.take(),
+                        _ => None,
+                    };
+                    let intent = self.catalog.create_intent_with_input(
+                        &pipeline.name,
+                        &positions,
+                        &planned_at,
+                        input.as_deref(),
+                    )?;
                     (intent, prefetched)
                 }
             };
@@ -423,17 +461,25 @@ impl Runtime {
         pipeline: &Pipeline,
         opts: &RunOptions,
         kafka: Option<&mut kafka_source::Session>,
+        http: Option<&mut http_source::Session>,
     ) -> Result<Option<(serde_json::Value, Option<Fetched>)>, PipelineError> {
         match &pipeline.source {
             SourceConfig::ObjectStoreFiles(cfg) => {
                 let source = self.stores.open(&cfg.url)?;
-                let ingested = self.catalog.ingested_files(&pipeline.name)?;
-                let files =
-                    files_source::plan(&source, cfg, &ingested, opts.window, self.tz).await?;
-                if files.is_empty() {
-                    return Ok(None);
+                let positions = files_source::plan_batch(
+                    &self.catalog,
+                    &self.metrics,
+                    &pipeline.name,
+                    &source,
+                    cfg,
+                    opts.window,
+                    self.tz,
+                )
+                .await?;
+                match positions {
+                    None => Ok(None),
+                    Some(positions) => to_positions(positions).map(|p| Some((p, None))),
                 }
-                to_positions(FilePositions { files }).map(|p| Some((p, None)))
             }
             SourceConfig::Journal(cfg) => {
                 let journal = self.journal()?;
@@ -498,6 +544,29 @@ impl Runtime {
                 };
                 Ok(Some((to_positions(positions)?, Some(fetched))))
             }
+            SourceConfig::Http(_) => {
+                let Some(session) = http else {
+                    return Err(PipelineError::Task("http session missing".to_string()));
+                };
+                // The catalog is the truth: the next batch continues where the last committed
+                // one said.
+                let resume = self
+                    .catalog
+                    .last_committed_positions(&pipeline.name)?
+                    .map(serde_json::from_value::<HttpPositions>)
+                    .transpose()
+                    .map_err(|e| PipelineError::Positions(e.to_string()))?
+                    .map(|p| p.next)
+                    .unwrap_or_default();
+                let Some(planned) = session.plan(resume).await? else {
+                    return Ok(None);
+                };
+                let fetched = Fetched::Http {
+                    pages: planned.pages,
+                    input: Some(planned.input),
+                };
+                Ok(Some((to_positions(planned.positions)?, Some(fetched))))
+            }
         }
     }
 
@@ -517,8 +586,9 @@ impl Runtime {
     async fn fetch(
         &self,
         pipeline: &Pipeline,
-        positions: &serde_json::Value,
+        intent: &BatchIntent,
     ) -> Result<Fetched, PipelineError> {
+        let positions = &intent.positions;
         let parse_err = |e: serde_json::Error| PipelineError::Positions(e.to_string());
         match &pipeline.source {
             SourceConfig::ObjectStoreFiles(cfg) => {
@@ -572,6 +642,22 @@ impl Runtime {
                     records,
                     hits,
                 })
+            }
+            SourceConfig::Http(_) => {
+                let p: HttpPositions =
+                    serde_json::from_value(positions.clone()).map_err(parse_err)?;
+                let input = self
+                    .catalog
+                    .batch_input(&pipeline.name, intent.seq)?
+                    .ok_or_else(|| {
+                        PipelineError::Positions(format!(
+                            "batch {} has no stored input to replay",
+                            intent.seq
+                        ))
+                    })?;
+                info!(pipeline = %pipeline.name, batch = intent.seq, pages = p.pages.len(), records = p.records, "replaying the batch's stored http records");
+                let pages = http_source::decode_input(&input, &p)?;
+                Ok(Fetched::Http { pages, input: None })
             }
         }
     }
@@ -633,7 +719,7 @@ impl Runtime {
         // A replay (or a source that planned without reading) reads its positions now.
         let fetched = match prefetched {
             Some(fetched) => fetched,
-            None => self.fetch(pipeline, &intent.positions).await?,
+            None => self.fetch(pipeline, intent).await?,
         };
         let (fetched, metering) = self.meter(pipeline, &intent.positions, fetched)?;
         let (ingested, inputs) = match &fetched {
@@ -643,6 +729,7 @@ impl Runtime {
             ),
             Fetched::Hits { records, .. } => (Vec::new(), records.len()),
             Fetched::Kafka { records, .. } => (Vec::new(), records.len()),
+            Fetched::Http { pages, .. } => (Vec::new(), pages.len()),
         };
         if let Fetched::Files { files, .. } = &fetched {
             self.metrics

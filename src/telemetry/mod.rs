@@ -77,6 +77,14 @@ pub struct StatusLabels {
     pub status: &'static str,
 }
 
+/// A pipeline source's event of a bounded kind (an HTTP status code, a listing kind, a
+/// reason from a fixed list).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub pipeline: String,
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub listener: &'static str,
@@ -223,6 +231,25 @@ pub struct Metrics {
     pub downloads: Family<StatusLabels, Counter>,
     /// The scheduler: queue, retries, misfires, overlaps, watermark waits.
     pub schedule: ScheduleMetrics,
+    /// Pipeline sources: HTTP pull and object-store listing.
+    pub source: SourceMetrics,
+}
+
+/// Metrics of pipeline sources that talk to remote APIs.
+#[derive(Debug, Default)]
+pub struct SourceMetrics {
+    /// HTTP source requests by outcome (`kind`: the status code, `connect_error`, `timeout`).
+    pub http_requests: Family<SourceLabels, Counter>,
+    pub http_retries: Family<PipelineLabels, Counter>,
+    pub http_pages: Family<PipelineLabels, Counter>,
+    pub http_budget_exhausted: Family<PipelineLabels, Counter>,
+    pub http_repeated_cursor: Family<PipelineLabels, Counter>,
+    /// Responses that stopped a run (`kind`: `status`, `not_json`, `no_records`, `not_success`,
+    /// `too_large`, `gave_up`, `retry_after_too_long`).
+    pub http_bad_responses: Family<SourceLabels, Counter>,
+    /// Object-store listings (`kind`: `full`, `after_watermark`).
+    pub listings: Family<SourceLabels, Counter>,
+    pub objects_listed: Family<PipelineLabels, Counter>,
 }
 
 /// Metrics of third-party forwarding, per destination host.
@@ -278,6 +305,7 @@ impl Metrics {
             quota_billable_clicks: Family::default(),
             forward: ForwardMetrics::default(),
             schedule: ScheduleMetrics::default(),
+            source: SourceMetrics::default(),
             journal: std::sync::Arc::new(JournalCollector::default()),
             registry: Registry::default(),
         };
@@ -464,6 +492,48 @@ impl Metrics {
             "Click-detail download tasks finished, by outcome (succeeded, failed; expired archives deleted)",
             m.downloads.clone(),
         );
+        let s = &m.source;
+        r.register(
+            "http_source_requests",
+            "HTTP source requests by outcome (status code, connect_error, timeout)",
+            s.http_requests.clone(),
+        );
+        r.register(
+            "http_source_retries",
+            "HTTP source requests retried (429, 5xx, connection errors, timeouts)",
+            s.http_retries.clone(),
+        );
+        r.register(
+            "http_source_pages",
+            "HTTP source pages fetched and accepted",
+            s.http_pages.clone(),
+        );
+        r.register(
+            "http_source_budget_exhausted",
+            "HTTP source runs stopped by max_requests_per_run",
+            s.http_budget_exhausted.clone(),
+        );
+        r.register(
+            "http_source_repeated_cursor",
+            "HTTP source runs stopped because the API repeated a cursor",
+            s.http_repeated_cursor.clone(),
+        );
+        r.register(
+            "http_source_bad_responses",
+            "HTTP source responses that stopped a run, by reason (status, not_json, no_records, \
+             not_success, too_large, gave_up, retry_after_too_long)",
+            s.http_bad_responses.clone(),
+        );
+        r.register(
+            "source_listings",
+            "Object-store source listings by kind (full, after_watermark)",
+            s.listings.clone(),
+        );
+        r.register(
+            "source_objects_listed",
+            "Objects returned by object-store source listings",
+            s.objects_listed.clone(),
+        );
         r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));
         Metrics { registry, ..m }
     }
@@ -487,6 +557,14 @@ impl Metrics {
         self.quota_staged
             .get_or_create(&labels)
             .set(i64::try_from(quota.staged).unwrap_or(i64::MAX));
+    }
+
+    /// Labels of a source event of a bounded kind.
+    pub fn source_labels(pipeline: &str, kind: impl Into<String>) -> SourceLabels {
+        SourceLabels {
+            pipeline: pipeline.to_string(),
+            kind: kind.into(),
+        }
     }
 
     pub fn labels(pipeline: &str) -> PipelineLabels {

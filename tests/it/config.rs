@@ -185,7 +185,7 @@ fn unknown_source_type_lists_the_known_ones() {
     assert_eq!(
         error_lines("broken/unknown_source_type.yaml"),
         [
-            "tests/fixtures/config/broken/unknown_source_type.yaml:3:9: source.type: unknown variant `pulsar`, expected one of object_store_files, journal, kafka"
+            "tests/fixtures/config/broken/unknown_source_type.yaml:3:9: source.type: unknown variant `pulsar`, expected one of object_store_files, journal, kafka, http"
         ]
     );
 }

@@ -16,6 +16,7 @@ mod duckdb;
 mod enrich;
 mod forward;
 mod hits;
+mod http_source;
 mod journal;
 mod kafka;
 mod media_e2e;

@@ -106,7 +106,7 @@ impl Converter<'_> {
                 let timeout = self.errors.check(
                     w.timeout.location(),
                     "refresh.wait_for_sources.timeout",
-                    super::parse_duration(w.timeout.value()),
+                    super::parse_schedule_duration(w.timeout.value()),
                 );
                 let poll = self.duration(
                     w.poll_interval.as_ref(),

@@ -28,8 +28,10 @@ use super::raw::{
 use super::raw_dataset::{KindProbe, RawPipelineFile};
 use super::schema_file::load_schema_file;
 
+mod http;
 mod kafka;
 use crate::storage::StorageUrl;
+pub use http::{DEFAULT_MAX_REQUESTS_PER_RUN, parse_duration, parse_local_time};
 
 /// Default of `source.max_files_per_batch`.
 pub const DEFAULT_MAX_FILES_PER_BATCH: u64 = 100;
@@ -254,31 +256,22 @@ pub const DEFAULT_WORKSPACE: &str = "default";
 /// Upper bound of `schedule.retries.max`.
 pub const MAX_RETRIES: u32 = 20;
 
-/// Parses a duration: a positive whole number with a unit, `ms`, `s`, `m` or `h` (`90s`,
-/// `10m`, `2h`). Zero is refused, and so is anything longer than 7 days.
-pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let expected = || {
-        format!(
-            "invalid duration `{text}`: expected a whole number with a unit ms, s, m or h, such as `30s` or `2h`"
-        )
-    };
-    let n: u64 = digits.parse().map_err(|_| expected())?;
-    let millis = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => return Err(expected()),
-    };
-    match millis {
-        Some(0) => Err(format!(
-            "invalid duration `{text}`: it must be greater than 0"
-        )),
-        Some(ms) if ms <= 7 * 24 * 3_600_000 => Ok(std::time::Duration::from_millis(ms)),
-        _ => Err(format!("invalid duration `{text}`: longer than 7 days")),
+/// Parses a schedule duration ([`parse_duration`]: `500ms`, `30s`, `5m`, `6h`, `1d`) that must
+/// be greater than zero and at most 7 days.
+pub(crate) fn parse_schedule_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        Err(format!(
+            "invalid duration `{}`: it must be greater than 0",
+            text.trim()
+        ))
+    } else if d > std::time::Duration::from_secs(7 * 24 * 3600) {
+        Err(format!(
+            "invalid duration `{}`: longer than 7 days",
+            text.trim()
+        ))
+    } else {
+        Ok(d)
     }
 }
 
@@ -522,6 +515,9 @@ impl Converter<'_> {
                 self.files_source(files).map(SourceConfig::ObjectStoreFiles)
             }
             RawSource::Kafka(raw) => self.kafka_source(raw).map(SourceConfig::Kafka),
+            RawSource::Http(raw) => self
+                .http_source(raw)
+                .map(|s| SourceConfig::Http(Box::new(s))),
             RawSource::Journal(raw) => {
                 let records = self.limit(
                     raw.max_records_per_batch,
@@ -559,6 +555,7 @@ impl Converter<'_> {
             "source.max_bytes_per_batch",
             DEFAULT_MAX_BYTES_PER_BATCH,
         );
+        let listing = self.listing(raw.listing);
         Some(ObjectStoreFilesSource {
             url: url?,
             format: file_format(raw.format),
@@ -567,6 +564,7 @@ impl Converter<'_> {
             csv: csv?,
             max_files_per_batch: max_files?,
             max_bytes_per_batch: max_bytes?.0,
+            listing: listing?,
         })
     }
 
@@ -976,9 +974,10 @@ impl Converter<'_> {
     ) -> Option<std::time::Duration> {
         match raw {
             None => Some(default),
-            Some(raw) => self
-                .errors
-                .check(raw.location(), path, parse_duration(raw.value())),
+            Some(raw) => {
+                self.errors
+                    .check(raw.location(), path, parse_schedule_duration(raw.value()))
+            }
         }
     }
 

@@ -276,8 +276,8 @@ fn schedule_errors_are_located_and_all_reported() {
             "p.yaml:5:9: schedule.cron: cron expression `0 0 30 2 *` never fires: no date matches it (e.g. February 30)",
             "p.yaml:6:14: schedule.workspace: the workspace must not be empty",
             "p.yaml:7:18: schedule.retries.max: expected a number from 0 to 20, found 21",
-            "p.yaml:7:39: schedule.retries.backoff_initial: invalid duration `10x`: expected a whole number with a unit ms, s, m or h, such as `30s` or `2h`",
-            "p.yaml:7:57: schedule.retries.backoff_max: invalid duration `8d`: expected a whole number with a unit ms, s, m or h, such as `30s` or `2h`",
+            "p.yaml:7:39: schedule.retries.backoff_initial: expected a duration like `500ms`, `30s`, `5m`, `6h` or `1d`, found `10x`",
+            "p.yaml:7:57: schedule.retries.backoff_max: invalid duration `8d`: longer than 7 days",
         ]
     );
     let text = format!(
@@ -331,4 +331,71 @@ fn load_job_text(text: &str) -> (Vec<DatasetJob>, Vec<String>) {
         .map(|e| e.to_string().replace(&prefix, ""))
         .collect();
     (report.jobs, errors)
+}
+
+#[test]
+fn http_source_gets_its_defaults() {
+    let text = format!(
+        "name: p\nsource:\n  type: http\n  url: https://api.example.com/v1/report\n  records: /data/list\n{KAFKA_SINK}"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::Http(source) = &pipeline.source else {
+        panic!("expected an http source");
+    };
+    assert_eq!(source.paging, crate::config::model::Paging::None);
+    assert!(source.auth.is_none() && source.window.is_none() && source.success.is_none());
+    assert_eq!(source.timeout.as_secs(), 30);
+    assert_eq!(
+        (source.retries.max, source.retries.initial.as_millis()),
+        (5, 500)
+    );
+    assert_eq!(source.max_requests_per_run.get(), 1000);
+    assert_eq!(source.max_pages_per_batch.get(), 100);
+}
+
+#[test]
+fn http_source_errors_are_located_and_all_reported() {
+    let text = format!(
+        "name: p\nsource:\n  type: http\n  url: ftp://api.example.com/x\n  headers: {{\"bad header\": x}}\n  auth:\n    bearer: {{secret: my-token}}\n  paging:\n    cursor: {{param: c, from: next}}\n  window:\n    start_param: d\n    format: \"%Q\"\n    length: 1w\n    from: \"2026-13-01\"\n  records: /data\n  timeout: 30\n{KAFKA_SINK}"
+    );
+    let errors = errors(&text);
+    let want = [
+        "p.yaml:4:8: source.url: expected an http:// or https:// URL with a host, found scheme `ftp`",
+        "p.yaml:5:13: source.headers: `bad header` is not a valid header name",
+        "p.yaml:7:22: source.auth.bearer.secret: `my-token` is not an environment variable name (`[A-Z_][A-Z0-9_]*`); the secret itself never goes in YAML",
+        "p.yaml:9:30: source.paging.cursor.from: `next` is not a JSON pointer: write `/next` (or `\"\"` for the whole body)",
+        "p.yaml:12:13: source.window.format: invalid strftime format `%Q`",
+        "p.yaml:13:13: source.window.length: expected a duration like `500ms`, `30s`, `5m`, `6h` or `1d`, found `1w`",
+        "p.yaml:14:11: source.window.from: expected `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS`, found `2026-13-01`",
+        "p.yaml:16:12: source.timeout: expected a duration like `500ms`, `30s`, `5m`, `6h` or `1d`, found `30`",
+    ];
+    assert_eq!(errors, want, "{errors:#?}");
+}
+
+#[test]
+fn listing_after_watermark_gets_its_default_interval() {
+    let text = MINIMAL.replace(
+        "url: memory://in}",
+        "url: memory://in, listing: {mode: after_watermark}}",
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::ObjectStoreFiles(source) = &pipeline.source else {
+        panic!("expected an object_store_files source");
+    };
+    assert_eq!(
+        source.listing,
+        crate::config::model::Listing::AfterWatermark {
+            full_every: std::time::Duration::from_secs(3600)
+        }
+    );
+    let text = MINIMAL.replace(
+        "url: memory://in}",
+        "url: memory://in, listing: {full_every: 5m}}",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "p.yaml:2:76: source.listing.full_every: `full_every` applies to `mode: after_watermark` only"
+        ]
+    );
 }

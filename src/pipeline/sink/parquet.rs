@@ -60,6 +60,10 @@ pub fn encode(
 ) -> Result<Vec<EncodedFile>, PipelineError> {
     let column = &sink.partition_column;
     let polars = |stage: &'static str| move |source| PipelineError::Polars { stage, source };
+    if df.height() == 0 {
+        // Nothing to write (e.g. an HTTP batch that only moves past empty windows).
+        return Ok(Vec::new());
+    }
     let Ok(ts) = df.column(column) else {
         return Err(PipelineError::Sink(format!(
             "sink.partition_by.column `{column}` is not in the output; columns are: {}",

@@ -1,4 +1,5 @@
 //! Sources: where a batch's rows come from and how far a batch reaches (its positions).
 
+pub mod http;
 pub mod kafka;
 pub mod object_store_files;

@@ -5,6 +5,15 @@
 //! and an open batch is replayed over the same list. A file that cannot be decoded as a whole
 //! (truncated gzip, unreadable header) is quarantined as one record with the reason and never
 //! half-ingested; a bad line or record is quarantined on its own.
+//!
+//! **Listing.** By default the whole prefix is listed for every batch. With
+//! `listing: {mode: after_watermark}` only keys after the *watermark* — the greatest path the
+//! pipeline has ingested, read from the catalog, so it moves only with commits — are listed
+//! (S3 `start-after`: a prefix of 100 000 files costs one LIST request per batch, not 100), and
+//! the whole prefix again when the last full listing is older than `full_every`, for files that
+//! arrived under a smaller key. Stores that list in key order (S3, memory) stop listing once a
+//! batch is full. Which files a batch takes never affects exactly-once: every file is ingested
+//! once, keyed by its path.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -18,8 +27,11 @@ use std::sync::Arc;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-use crate::config::model::{Compression, FileFormat, ObjectStoreFilesSource};
+use crate::catalog::Catalog;
+use crate::config::model::{Compression, FileFormat, Listing, ObjectStoreFilesSource};
 use crate::pipeline::PipelineError;
+use crate::storage::StorageUrl;
+use crate::telemetry::Metrics;
 use std::borrow::Cow;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -42,6 +54,124 @@ pub struct SourceFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilePositions {
     pub files: Vec<SourceFile>,
+    /// How the files were found (recorded in the manifest for operators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing: Option<ListingInfo>,
+}
+
+/// What the listing that planned a batch did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingInfo {
+    /// `full` or `after_watermark`.
+    pub kind: String,
+    /// The watermark listed after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Objects the listing returned (before filtering).
+    pub listed: u64,
+}
+
+/// The catalog mark holding when the prefix was last listed in full (RFC 3339).
+const FULL_LISTING_MARK: &str = "full_listing_at";
+
+/// Plans the next batch of a pipeline: decides the listing (full or after the watermark),
+/// lists, and records a full listing in the catalog. Returns the batch's positions, `None`
+/// when nothing is pending.
+pub async fn plan_batch(
+    catalog: &Catalog,
+    metrics: &Metrics,
+    pipeline: &str,
+    location: &Location,
+    cfg: &ObjectStoreFilesSource,
+    window: Window,
+    tz: Tz,
+) -> Result<Option<FilePositions>, PipelineError> {
+    let now = chrono::Utc::now();
+    let watermark = match cfg.listing {
+        Listing::Full => None,
+        Listing::AfterWatermark { full_every } => {
+            let last_full = catalog
+                .source_mark(pipeline, FULL_LISTING_MARK)?
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok());
+            let due = last_full.is_none_or(|at| {
+                (now - at.with_timezone(&chrono::Utc))
+                    .to_std()
+                    .is_ok_and(|age| age >= full_every)
+            });
+            if due {
+                None
+            } else {
+                // Only a watermark inside the prefix bounds the listing (a changed URL lists all).
+                let prefix = location.prefix.as_ref();
+                catalog
+                    .max_ingested_file(pipeline)?
+                    .filter(|w| prefix.is_empty() || w.starts_with(&format!("{prefix}/")))
+            }
+        }
+    };
+    let ingested = match &watermark {
+        Some(after) => catalog.ingested_files_after(pipeline, after)?,
+        None => catalog.ingested_files(pipeline)?,
+    };
+    let planned = plan(location, cfg, &ingested, watermark.as_deref(), window, tz).await?;
+    let kind = if watermark.is_some() {
+        "after_watermark"
+    } else {
+        "full"
+    };
+    metrics
+        .source
+        .listings
+        .get_or_create(&Metrics::source_labels(pipeline, kind))
+        .inc();
+    metrics
+        .source
+        .objects_listed
+        .get_or_create(&Metrics::labels(pipeline))
+        .inc_by(planned.listed);
+    tracing::info!(
+        pipeline,
+        listing = kind,
+        after = watermark.as_deref().unwrap_or(""),
+        listed = planned.listed,
+        batch_files = planned.files.len(),
+        "source prefix listed"
+    );
+    if watermark.is_none() && matches!(cfg.listing, Listing::AfterWatermark { .. }) {
+        // Every file under the old watermark is in this batch (or was ingested): until the
+        // next full listing, listing after the watermark misses nothing known.
+        let below = catalog.max_ingested_file(pipeline)?;
+        let late_left =
+            planned.cut && below.is_some_and(|w| planned.files.last().is_some_and(|f| f.path <= w));
+        if !late_left {
+            catalog.set_source_mark(
+                pipeline,
+                FULL_LISTING_MARK,
+                &now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            )?;
+        }
+    }
+    if planned.files.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(FilePositions {
+        files: planned.files,
+        listing: Some(ListingInfo {
+            kind: kind.to_string(),
+            after: watermark,
+            listed: planned.listed,
+        }),
+    }))
+}
+
+/// The files of the next batch, and what listing them took.
+#[derive(Debug)]
+pub struct Planned {
+    pub files: Vec<SourceFile>,
+    /// Objects the listing returned.
+    pub listed: u64,
+    /// More pending files were seen (or not listed) beyond the batch.
+    pub cut: bool,
 }
 
 /// Inclusive range of modification dates (in the workspace zone) for `backflow run --from --to`.
@@ -54,52 +184,107 @@ fn matches_suffix(cfg: &ObjectStoreFilesSource, name: &str) -> bool {
         && cfg.suffixes.iter().any(|s| base.ends_with(s.as_str()))
 }
 
-/// Lists not-yet-ingested files in path order and takes the next batch's worth.
+/// Lists not-yet-ingested files (after `after`, if given) in path order and takes the next
+/// batch's worth.
 pub async fn plan(
     location: &Location,
     cfg: &ObjectStoreFilesSource,
     ingested: &HashSet<String>,
+    after: Option<&str>,
     window: Window,
     tz: Tz,
-) -> Result<Vec<SourceFile>, PipelineError> {
-    let listed: Vec<ObjectMeta> = location
-        .store
-        .list(Some(&location.prefix))
-        .try_collect()
-        .await
-        .map_err(|source| PipelineError::Storage {
-            path: location.url.to_string(),
-            source,
-        })?;
-    let mut pending: Vec<ObjectMeta> = listed
-        .into_iter()
-        .filter(|m| {
-            matches_suffix(cfg, m.location.as_ref()) && !ingested.contains(m.location.as_ref())
-        })
-        .filter(|m| {
-            let day = m.last_modified.with_timezone(&tz).date_naive();
-            window.0.is_none_or(|from| day >= from) && window.1.is_none_or(|to| day <= to)
-        })
-        .collect();
-    pending.sort_by(|a, b| a.location.cmp(&b.location));
-    let mut batch = Vec::new();
-    let mut bytes = 0u64;
-    for meta in pending {
-        let size = meta.size;
-        if !batch.is_empty()
-            && (batch.len() >= cfg.max_files_per_batch.get()
-                || bytes + size > cfg.max_bytes_per_batch.get())
-        {
-            break;
+) -> Result<Planned, PipelineError> {
+    let storage = |source| PipelineError::Storage {
+        path: location.url.to_string(),
+        source,
+    };
+    let mut listing = match after {
+        Some(after) => location.store.list_with_offset(
+            Some(&location.prefix),
+            &object_store::path::Path::from(after),
+        ),
+        None => location.store.list(Some(&location.prefix)),
+    };
+    // S3 (ListObjectsV2) and the memory store list in key order: planning can stop listing
+    // once the batch is full. Local directories are listed in no order: all, then sorted.
+    let ordered = matches!(
+        location.url,
+        StorageUrl::S3 { .. } | StorageUrl::Memory { .. }
+    );
+    let pending = |m: &ObjectMeta| {
+        let day = m.last_modified.with_timezone(&tz).date_naive();
+        matches_suffix(cfg, m.location.as_ref())
+            && !ingested.contains(m.location.as_ref())
+            && window.0.is_none_or(|from| day >= from)
+            && window.1.is_none_or(|to| day <= to)
+    };
+    let mut listed = 0u64;
+    let mut batch = Batch::new(cfg);
+    if ordered {
+        while let Some(meta) = listing.try_next().await.map_err(storage)? {
+            listed += 1;
+            if pending(&meta) && !batch.add(meta) {
+                return Ok(batch.finish(listed, true));
+            }
         }
-        bytes += size;
-        batch.push(SourceFile {
+        return Ok(batch.finish(listed, false));
+    }
+    let mut all: Vec<ObjectMeta> = Vec::new();
+    while let Some(meta) = listing.try_next().await.map_err(storage)? {
+        listed += 1;
+        if pending(&meta) {
+            all.push(meta);
+        }
+    }
+    all.sort_by(|a, b| a.location.cmp(&b.location));
+    for meta in all {
+        if !batch.add(meta) {
+            return Ok(batch.finish(listed, true));
+        }
+    }
+    Ok(batch.finish(listed, false))
+}
+
+/// A batch being filled in path order, within the file and byte limits.
+struct Batch<'a> {
+    cfg: &'a ObjectStoreFilesSource,
+    files: Vec<SourceFile>,
+    bytes: u64,
+}
+
+impl<'a> Batch<'a> {
+    fn new(cfg: &'a ObjectStoreFilesSource) -> Self {
+        Batch {
+            cfg,
+            files: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds a file unless the batch is full (a single large file still makes a batch).
+    fn add(&mut self, meta: ObjectMeta) -> bool {
+        if !self.files.is_empty()
+            && (self.files.len() >= self.cfg.max_files_per_batch.get()
+                || self.bytes + meta.size > self.cfg.max_bytes_per_batch.get())
+        {
+            return false;
+        }
+        self.bytes += meta.size;
+        self.files.push(SourceFile {
             path: meta.location.to_string(),
-            size,
+            size: meta.size,
             e_tag: meta.e_tag,
         });
+        true
     }
-    Ok(batch)
+
+    fn finish(self, listed: u64, cut: bool) -> Planned {
+        Planned {
+            files: self.files,
+            listed,
+            cut,
+        }
+    }
 }
 
 /// Fetches the files of a batch (a few at a time), checking each is still what was planned.
@@ -439,6 +624,7 @@ mod tests {
             csv: CsvOptions::default(),
             max_files_per_batch: NonZeroUsize::MIN,
             max_bytes_per_batch: NonZeroU64::MIN,
+            listing: crate::config::model::Listing::Full,
         }
     }
 
