@@ -76,20 +76,7 @@ impl ApiClient {
             if status.is_success() {
                 return Ok(bytes);
             }
-            let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
-            let message = answer
-                .as_ref()
-                .and_then(|v| v["error"].as_str())
-                .map_or_else(
-                    || String::from_utf8_lossy(&bytes).trim().to_string(),
-                    str::to_string,
-                );
-            match answer.as_ref().and_then(|v| v["field"].as_str()) {
-                Some(field) if !message.starts_with(field) => {
-                    bail!("{message} (field `{field}`; HTTP {})", status.as_u16())
-                }
-                _ => bail!("{message} (HTTP {})", status.as_u16()),
-            }
+            Err(api_error(status, &bytes))
         })
     }
 
@@ -133,15 +120,7 @@ impl ApiClient {
             let status = response.status();
             if !status.is_success() {
                 let bytes = response.bytes().await.unwrap_or_default();
-                let answer: Option<Value> = serde_json::from_slice(&bytes).ok();
-                let message = answer
-                    .as_ref()
-                    .and_then(|v| v["error"].as_str())
-                    .map_or_else(
-                        || String::from_utf8_lossy(&bytes).trim().to_string(),
-                        str::to_string,
-                    );
-                bail!("{message} (HTTP {})", status.as_u16());
+                return Err(api_error(status, &bytes));
             }
             let part = path.with_extension("part");
             let mut out = std::fs::File::create(&part)
@@ -169,5 +148,23 @@ impl ApiClient {
 
     pub fn patch(&self, segments: &[&str], body: &Value) -> anyhow::Result<Value> {
         self.json(Method::PATCH, segments, &[], Some(body))
+    }
+}
+
+/// The admin API's `{"error", "field"}` answer (or its raw text) as one error line.
+fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> anyhow::Error {
+    let answer: Option<Value> = serde_json::from_slice(bytes).ok();
+    let message = answer
+        .as_ref()
+        .and_then(|v| v["error"].as_str())
+        .map_or_else(
+            || String::from_utf8_lossy(bytes).trim().to_string(),
+            str::to_string,
+        );
+    match answer.as_ref().and_then(|v| v["field"].as_str()) {
+        Some(field) if !message.starts_with(field) => {
+            anyhow::anyhow!("{message} (field `{field}`; HTTP {})", status.as_u16())
+        }
+        _ => anyhow::anyhow!("{message} (HTTP {})", status.as_u16()),
     }
 }

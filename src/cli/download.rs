@@ -148,15 +148,9 @@ impl Backend {
 }
 
 fn backend(cfg: &DaemonConfig, remote: &Remote, data_dir_given: bool) -> anyhow::Result<Backend> {
-    match &remote.api {
-        Some(api) if !data_dir_given => {
-            let token = remote
-                .token
-                .clone()
-                .context("--api needs a token: --token or BACKFLOW_TOKEN")?;
-            Ok(Backend::Api(ApiClient::new(api, token)?))
-        }
-        _ => {
+    match super::api_client(remote, data_dir_given)? {
+        Some(api) => Ok(Backend::Api(api)),
+        None => {
             let runtime = daemon::open_runtime(cfg)?;
             Ok(Backend::Direct {
                 reports: Reports::from_runtime(&runtime)

@@ -217,15 +217,9 @@ enum Backend {
 const ACTOR: &str = "cli";
 
 fn backend(cfg: &DaemonConfig, remote: &Remote, data_dir_given: bool) -> anyhow::Result<Backend> {
-    match &remote.api {
-        Some(api) if !data_dir_given => {
-            let token = remote
-                .token
-                .clone()
-                .context("--api needs a token: --token or BACKFLOW_TOKEN")?;
-            Ok(Backend::Api(ApiClient::new(api, token)?))
-        }
-        _ => {
+    match api_client(remote, data_dir_given)? {
+        Some(api) => Ok(Backend::Api(api)),
+        None => {
             let catalog = Arc::new(Catalog::open(&cfg.catalog_path)?);
             let registry = Arc::new(daemon::load_registry(cfg)?);
             let signer = Arc::new(daemon::link_signer(cfg)?);
@@ -237,6 +231,20 @@ fn backend(cfg: &DaemonConfig, remote: &Remote, data_dir_given: bool) -> anyhow:
                 None,
             )))
         }
+    }
+}
+
+/// The admin API client when `--api` is given (and `--data-dir` is not).
+fn api_client(remote: &Remote, data_dir_given: bool) -> anyhow::Result<Option<ApiClient>> {
+    match &remote.api {
+        Some(api) if !data_dir_given => {
+            let token = remote
+                .token
+                .clone()
+                .context("--api needs a token: --token or BACKFLOW_TOKEN")?;
+            Ok(Some(ApiClient::new(api, token)?))
+        }
+        _ => Ok(None),
     }
 }
 
