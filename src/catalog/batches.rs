@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use rusqlite::{OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
+use super::rollups::RollupDelta;
 use super::{Catalog, CatalogError, now};
 
 /// A planned batch.
@@ -98,17 +99,20 @@ impl Catalog {
         })
     }
 
-    /// Commits a batch and advances its file source in one transaction.
+    /// Commits a batch, advances its file source and merges its report rollups in one
+    /// transaction.
     pub fn commit_batch(
         &self,
         pipeline: &str,
         seq: i64,
         ingested_files: &[String],
         stats: &BatchStats,
+        rollups: &RollupDelta,
     ) -> Result<(), CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         mark_committed(&tx, pipeline, seq, ingested_files, stats)?;
+        super::rollups::apply_in(&tx, rollups)?;
         tx.commit()?;
         Ok(())
     }
@@ -199,11 +203,17 @@ mod tests {
         // Another pipeline is independent.
         assert_eq!(c.create_intent("q", &json!({}), "t")?.seq, 1);
 
-        c.commit_batch("p", 1, &["a".into()], &BatchStats::default())?;
+        c.commit_batch(
+            "p",
+            1,
+            &["a".into()],
+            &BatchStats::default(),
+            &RollupDelta::default(),
+        )?;
         assert_eq!(c.open_intent("p")?, None);
         assert!(c.ingested_files("p")?.contains("a"));
         assert!(matches!(
-            c.commit_batch("p", 1, &[], &BatchStats::default()),
+            c.commit_batch("p", 1, &[], &BatchStats::default(), &RollupDelta::default()),
             Err(CatalogError::NoSuchIntent { .. })
         ));
         assert_eq!(c.create_intent("p", &json!({}), "t")?.seq, 2);
@@ -216,9 +226,21 @@ mod tests {
         let c = Catalog::open_in_memory()?;
         c.create_intent("p", &json!({}), "t")?;
         c.create_intent("r", &json!({}), "t")?;
-        c.commit_batch("r", 1, &["dup".into()], &BatchStats::default())?;
+        c.commit_batch(
+            "r",
+            1,
+            &["dup".into()],
+            &BatchStats::default(),
+            &RollupDelta::default(),
+        )?;
         // The same path twice violates the primary key: the whole commit must roll back.
-        let err = c.commit_batch("p", 1, &["x".into(), "x".into()], &BatchStats::default());
+        let err = c.commit_batch(
+            "p",
+            1,
+            &["x".into(), "x".into()],
+            &BatchStats::default(),
+            &RollupDelta::default(),
+        );
         assert!(err.is_err());
         assert!(c.open_intent("p")?.is_some());
         assert!(c.ingested_files("p")?.is_empty());

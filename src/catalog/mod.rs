@@ -13,6 +13,7 @@ mod downloads;
 mod feedback;
 mod forward;
 mod quota;
+mod rollups;
 mod runs;
 mod tokens;
 
@@ -30,6 +31,10 @@ pub use forward::{ForwardJob, ForwardQueueStats, NewForwardJob};
 pub use quota::{
     ActivityDay, ActivityDayDelta, ActivityTotals, DayUsage, MeterEffects, MeterOutcome, NewStaged,
     Purchase, Purged, QuotaStatus, Release, ReleasePlan, StagedRecord,
+};
+pub use rollups::{
+    Granularity as RollupGranularity, HitKind, Replaced, RollupCell, RollupDelta, RollupKey,
+    RollupRow,
 };
 pub use runs::{RunRecord, RunStatus, RunTotals};
 pub use tokens::{IssuedToken, Role, TokenInfo};
@@ -225,6 +230,9 @@ CREATE TABLE dataset_versions (
     PRIMARY KEY (dataset, seq)
 );
 "#,
+    // Report rollups (`rollups.rs`): hourly and daily hit counts with distinct-device sketches,
+    // daily distinct-ID sketches, and which days they cover.
+    rollups::MIGRATION,
 ];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.
