@@ -22,5 +22,6 @@ mod pipeline;
 mod quota;
 mod registry;
 mod reports;
+mod rollups;
 mod s3;
 mod serve;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::serve::{Daemon, free_port, http, start_with};
 use crate::support::*;
 
-fn project() -> Project {
+pub(crate) fn project() -> Project {
     let p = Project::new();
     p.edit_pipeline(
         "schedule:\n  cron: \"* * * * *\"\n  time_zone: Asia/Shanghai\n",
@@ -24,7 +24,7 @@ fn project() -> Project {
     p
 }
 
-fn create(
+pub(crate) fn create(
     p: &Project,
     env: &[(&str, String)],
     ws: &str,
@@ -58,7 +58,7 @@ fn create(
 }
 
 /// A device as the media report it: (oaid, idfa, ip, ua); empty means not sent.
-type Device = (&'static str, &'static str, &'static str, &'static str);
+pub(crate) type Device = (&'static str, &'static str, &'static str, &'static str);
 
 const DEVICES: [Device; 6] = [
     ("OA-1", "", "10.0.0.1", "ua-1"),
@@ -69,7 +69,7 @@ const DEVICES: [Device; 6] = [
     ("", "", "", ""),
 ];
 
-fn hit(activity: &serde_json::Value, kind: &str, d: Device) -> u16 {
+pub(crate) fn hit(activity: &serde_json::Value, kind: &str, d: Device) -> u16 {
     let url = activity[format!("{kind}_url")].as_str().expect("url");
     let url = url
         .replace("__OAID__", d.0)
@@ -95,7 +95,7 @@ fn hit(activity: &serde_json::Value, kind: &str, d: Device) -> u16 {
     })
 }
 
-fn get(d: &Daemon, path: &str, token: &str) -> http::Reply {
+pub(crate) fn get(d: &Daemon, path: &str, token: &str) -> http::Reply {
     http::send(
         reqwest::Method::GET,
         &format!("{}{path}", d.admin),
@@ -105,7 +105,7 @@ fn get(d: &Daemon, path: &str, token: &str) -> http::Reply {
 }
 
 /// Triggers ad_events until a run started after this call has succeeded.
-fn drain(d: &Daemon) {
+pub(crate) fn drain(d: &Daemon) {
     let last = || -> serde_json::Value {
         let runs = get(d, "/api/v1/runs?pipeline=ad_events&limit=1", &d.token);
         serde_json::from_str::<serde_json::Value>(&runs.body).expect("json")["runs"][0].clone()
@@ -128,9 +128,9 @@ fn drain(d: &Daemon) {
     }
 }
 
-type Cells = BTreeMap<(String, String), [u64; 4]>;
+pub(crate) type Cells = BTreeMap<(String, String), [u64; 4]>;
 
-fn metrics(v: &serde_json::Value) -> [u64; 4] {
+pub(crate) fn metrics(v: &serde_json::Value) -> [u64; 4] {
     let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
     [
         n("impressions"),
@@ -142,7 +142,7 @@ fn metrics(v: &serde_json::Value) -> [u64; 4] {
 
 /// Every cell of a report table, `*` standing for "all": (dimension, bucket) → metrics. Rows
 /// without data (the dense axis of the time forms) are left out, as DuckDB has no such rows.
-fn report_cells(table: &serde_json::Value) -> Cells {
+pub(crate) fn report_cells(table: &serde_json::Value) -> Cells {
     let mut out = Cells::new();
     let mut transposed = Cells::new();
     let rows = |k: &str| table[k].as_array().expect(k).clone();
@@ -323,6 +323,8 @@ fn ad_monitoring_report_equals_duckdb_over_the_lake_cell_by_cell() {
             );
             assert_eq!(reply.status, 200, "{}", reply.body);
             let report: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+            let source = if form == "audience" { "scan" } else { "rollup" };
+            assert_eq!(report["source"], source, "form={form}");
             let ours = report_cells(&report["table"]);
             let Some(theirs) =
                 duckdb_cells(&p, &activities, "ws1", &from, &to, dim, bucket, &columns)
@@ -782,6 +784,12 @@ fn tencent_report_and_dashboard_equal_duckdb_over_the_lake() {
             );
             assert_eq!(reply.status, 200, "{}", reply.body);
             let report: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+            let source = if form == "audience" || by == "adgroup" {
+                "scan"
+            } else {
+                "rollup"
+            };
+            assert_eq!(report["source"], source, "form={form} by={by}");
             let ours = tencent_cells(&report["table"]);
             let theirs = duckdb_tencent_cells(&p, &tasks, "ws1", &from, &to, by, bucket, &columns)
                 .expect("duckdb");
@@ -909,6 +917,8 @@ fn tencent_report_and_dashboard_equal_duckdb_over_the_lake() {
         assert_eq!(dash["ids"][name], theirs, "{name}: {dash}");
     }
     assert!(dash["ids"]["mobile"].is_null());
+    assert_eq!(dash["ids_source"], "rollup", "{dash}");
+    assert_eq!(dash["ids"]["approximate"], false, "{dash}");
     assert_eq!(dash["ids"]["imei"], 2, "two android muids: {dash}");
     assert_eq!(dash["ids"]["idfa"], 1, "one iOS muid: {dash}");
     for point in dash["trend"]["series"].as_array().expect("series") {
