@@ -20,7 +20,9 @@
 //! `BENCH_SCAN=1` also times the exact scan path (`exact=true`); `BENCH_DUCKDB_MEMORY` caps
 //! DuckDB's memory (default 8GB; it spills to `/path.duckdb-tmp` beyond, at most
 //! `BENCH_DUCKDB_SPILL`, default 8GB, then fails and the bench says so);
-//! `BENCH_DUCKDB_KEY=hash` has DuckDB count distinct `hash(device key)` instead of the key text.
+//! `BENCH_DUCKDB_KEY=hash` has DuckDB count distinct `hash(device key)` instead of the key text;
+//! `BENCH_COMPARE_DAYS=N` compares (times and errors) over the first N days only;
+//! `BENCH_DUCKDB_APPROX=1` also times DuckDB's `approx_count_distinct` over the 60 days.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -145,15 +147,29 @@ fn generate(lake: &Path, events: usize, activity_ids: &[i64]) {
 type Cells = std::collections::BTreeMap<(String, String), [u64; 4]>;
 
 /// DuckDB's answer (every cell of every level, `*` for "all") and its time.
-fn duckdb(python: &str, lake: &Path, ids: &[(i64, String)]) -> Option<(f64, Cells)> {
+fn duckdb(
+    python: &str,
+    lake: &Path,
+    ids: &[(i64, String)],
+    days: u64,
+    approx: bool,
+) -> Option<(f64, Cells)> {
     let values: Vec<String> = ids.iter().map(|(id, g)| format!("({id}, '{g}')")).collect();
     let from = first_day();
-    let to = from + Days::new(DAYS - 1);
+    let to = from + Days::new(days - 1);
     // `BENCH_DUCKDB_KEY=hash`: distinct 64-bit hashes of the device key instead of the key text
     // (a third of the memory; collisions ≈ n²/2⁶⁵, none expected at 40 M devices).
     let key = match std::env::var("BENCH_DUCKDB_KEY").as_deref() {
         Ok("hash") => "hash(dk)",
         _ => "dk",
+    };
+    // DuckDB's own HyperLogLog (`approx_count_distinct`) for reference.
+    let distinct = |filter: &str| {
+        if approx {
+            format!("approx_count_distinct({key}) FILTER (WHERE {filter})")
+        } else {
+            format!("count(DISTINCT {key}) FILTER (WHERE {filter})")
+        }
     };
     let sql = format!(
         "WITH acts(activity_id, grp) AS (VALUES {}),
@@ -171,12 +187,19 @@ fn duckdb(python: &str, lake: &Path, ids: &[(i64, String)]) -> Option<(f64, Cell
            WHERE e.workspace = 'ws' AND CAST(e.dt AS VARCHAR) BETWEEN '{from}' AND '{to}')
          SELECT coalesce(grp, '*'), coalesce(date, '*'),
            count(*) FILTER (WHERE NOT is_click), count(*) FILTER (WHERE is_click),
-           count(DISTINCT {key}) FILTER (WHERE NOT is_click), count(DISTINCT {key}) FILTER (WHERE is_click)
+           {}, {}
          FROM hits GROUP BY GROUPING SETS ((grp, date), (grp), (date), ())",
         values.join(", "),
+        distinct("NOT is_click"),
+        distinct("is_click"),
         lake = lake.display(),
     );
-    println!("duckdb distinct over {key}");
+    let what = if approx {
+        "approx_count_distinct"
+    } else {
+        "exact count(DISTINCT)"
+    };
+    println!("duckdb over {days} days, {what} of {key}");
     let memory = std::env::var("BENCH_DUCKDB_MEMORY").unwrap_or_else(|_| "8GB".into());
     let spill_cap = std::env::var("BENCH_DUCKDB_SPILL").unwrap_or_else(|_| "8GB".into());
     let started = Instant::now();
@@ -436,9 +459,37 @@ fn main() {
             r.source
         );
     }
-    if let (Ok(python), Some(report)) = (std::env::var("BACKFLOW_TEST_PYTHON"), report) {
-        let groups: Vec<(i64, String)> = created.iter().map(|a| (a.id, a.group.clone())).collect();
-        let Some((_, theirs)) = duckdb(&python, &lake, &groups) else {
+    q.exact = false;
+    let Ok(python) = std::env::var("BACKFLOW_TEST_PYTHON") else {
+        return;
+    };
+    let groups: Vec<(i64, String)> = created.iter().map(|a| (a.id, a.group.clone())).collect();
+    if std::env::var("BENCH_DUCKDB_APPROX").is_ok_and(|v| v == "1") {
+        duckdb(&python, &lake, &groups, DAYS, true);
+    }
+    // The exact comparison, over the first `BENCH_COMPARE_DAYS` days (default all 60): exact
+    // distinct over 200 M rows does not fit DuckDB in 8 GB of memory and 8 GB of spill here.
+    let days: u64 = std::env::var("BENCH_COMPARE_DAYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DAYS);
+    let report = if days == DAYS {
+        report
+    } else {
+        q.range.to = first_day() + Days::new(days - 1);
+        let t = Instant::now();
+        let r = rt.block_on(reports.ad_monitoring(&q)).unwrap();
+        println!(
+            "backflow {days}-day by group and date: {:.3} s from {:?} (impressions {}, unique {})",
+            t.elapsed().as_secs_f64(),
+            r.source,
+            r.table.total.impressions,
+            r.table.total.unique_impressions,
+        );
+        Some(r)
+    };
+    if let Some(report) = report {
+        let Some((_, theirs)) = duckdb(&python, &lake, &groups, days, false) else {
             return;
         };
         let ours = our_cells(&report);
@@ -469,7 +520,7 @@ fn main() {
             }
         }
         println!(
-            "uniques vs DuckDB: {} cells ({approximate} approximate, {exact_cells} exact), max relative error {:.3} % at {}",
+            "uniques vs DuckDB over {days} days: {} cells ({approximate} approximate, {exact_cells} exact), max relative error {:.3} % at {}",
             theirs.len(),
             worst.0 * 100.0,
             worst.1

@@ -163,22 +163,28 @@ pub fn delta(df: &DataFrame, tz: Tz) -> PolarsResult<RollupDelta> {
                     .push(hash_parts(&[value.as_bytes()]));
             }
         }
-        let kind = match endpoint.as_ref().and_then(|e| e.get(row)) {
+        let ep = endpoint.as_ref().and_then(|e| e.get(row));
+        let kind = match ep {
             Some("impression") => HitKind::Impression,
-            Some("click") => HitKind::Click,
-            Some("feedback") => HitKind::Click,
+            Some("click") | Some("feedback") => HitKind::Click,
             _ => continue,
         };
-        let Some(activity_id) = activity.as_ref().and_then(|a| a.get(row)) else {
+        let feedback = ep == Some("feedback");
+        // Feedback hits belong to no activity (id 0); the Tencent report keys them by link.
+        let Some(activity_id) = activity
+            .as_ref()
+            .and_then(|a| a.get(row))
+            .or(feedback.then_some(0))
+        else {
             continue;
         };
-        let link_id = match endpoint.as_ref().and_then(|e| e.get(row)) {
-            Some("feedback") => link
-                .as_ref()
+        let link_id = if feedback {
+            link.as_ref()
                 .and_then(|l| l.get(row))
                 .and_then(|l| l.parse::<u64>().ok())
-                .map_or(0, |l| l as i64),
-            _ => 0,
+                .map_or(0, |l| l as i64)
+        } else {
+            0
         };
         let cell = hours
             .entry((ws_id, day, hour, activity_id, link_id, kind))

@@ -16,7 +16,9 @@
 //! and commutative), so a cell merged from hours, days or activities in any order is the same.
 //!
 //! Stored form ([`Sketch::to_bytes`]): a tag byte, then the sorted hashes (little-endian u64) for
-//! `1`, or the precision byte and the registers for `2`.
+//! `1`; the precision byte and the registers for `2`; or, for a HyperLogLog with fewer than a
+//! third of its registers set (a few thousand devices), the precision byte and the set registers
+//! as (u16 index, u8 value) triples in index order for `3` — half the bytes for an hourly cell.
 
 /// Register-index bits of the HyperLogLog.
 pub const PRECISION: u32 = 14;
@@ -30,6 +32,9 @@ pub const RELATIVE_STANDARD_ERROR: f64 = 1.04 / 128.0;
 
 const TAG_EXACT: u8 = 1;
 const TAG_HLL: u8 = 2;
+const TAG_HLL_SPARSE: u8 = 3;
+/// Largest register value: q + 1.
+const MAX_RANK: u8 = Q as u8 + 1;
 
 /// A distinct-count sketch (see the module docs).
 #[derive(Clone, PartialEq, Eq)]
@@ -236,6 +241,17 @@ impl Sketch {
                 out
             }
             Sketch::Hll(r) => {
+                let set = r.iter().filter(|v| **v != 0).count();
+                if 3 * set < r.len() {
+                    let mut out = Vec::with_capacity(2 + 3 * set);
+                    out.push(TAG_HLL_SPARSE);
+                    out.push(PRECISION as u8);
+                    for (index, value) in r.iter().enumerate().filter(|(_, v)| **v != 0) {
+                        out.extend_from_slice(&(index as u16).to_le_bytes());
+                        out.push(*value);
+                    }
+                    return out;
+                }
                 let mut out = Vec::with_capacity(2 + r.len());
                 out.push(TAG_HLL);
                 out.push(PRECISION as u8);
@@ -277,6 +293,32 @@ impl Sketch {
                 }
                 _ => Err(SketchError(format!(
                     "HyperLogLog of {} bytes, expected precision {PRECISION} and {REGISTERS} registers",
+                    rest.len()
+                ))),
+            },
+            Some((&TAG_HLL_SPARSE, rest)) => match rest.split_first() {
+                Some((&p, pairs)) if u32::from(p) == PRECISION && pairs.len() % 3 == 0 => {
+                    let mut registers = vec![0u8; REGISTERS].into_boxed_slice();
+                    let mut last: Option<usize> = None;
+                    for triple in pairs.chunks_exact(3) {
+                        let index = usize::from(u16::from_le_bytes([triple[0], triple[1]]));
+                        let value = triple[2];
+                        if index >= REGISTERS
+                            || value == 0
+                            || value > MAX_RANK
+                            || last.is_some_and(|l| l >= index)
+                        {
+                            return Err(SketchError(format!(
+                                "sparse HyperLogLog register {index} = {value} out of order or range"
+                            )));
+                        }
+                        registers[index] = value;
+                        last = Some(index);
+                    }
+                    Ok(Sketch::Hll(registers))
+                }
+                _ => Err(SketchError(format!(
+                    "sparse HyperLogLog of {} bytes, expected precision {PRECISION} and triples",
                     rest.len()
                 ))),
             },
@@ -404,8 +446,33 @@ mod tests {
     }
 
     #[test]
+    fn sparse_and_dense_hyperloglogs_are_stored_compactly_and_read_back() -> Result<(), SketchError>
+    {
+        let sparse = Sketch::from_hashes(hashes(7, 3000));
+        let bytes = sparse.to_bytes();
+        assert_eq!(bytes[0], TAG_HLL_SPARSE);
+        assert!(bytes.len() < REGISTERS * 3 / 5, "{}", bytes.len());
+        assert_eq!(Sketch::from_bytes(&bytes)?, sparse);
+        let dense = Sketch::from_hashes(hashes(7, 20_000));
+        let bytes = dense.to_bytes();
+        assert_eq!((bytes[0], bytes.len()), (TAG_HLL, REGISTERS + 2));
+        assert_eq!(Sketch::from_bytes(&bytes)?, dense);
+        Ok(())
+    }
+
+    #[test]
     fn unreadable_sketches_are_named() {
-        for bad in [&[][..], &[9, 1], &[TAG_EXACT, 1, 2, 3], &[TAG_HLL, 14, 0]] {
+        let out_of_order = [TAG_HLL_SPARSE, 14, 5, 0, 1, 4, 0, 1];
+        let too_high = [TAG_HLL_SPARSE, 14, 5, 0, 52];
+        for bad in [
+            &[][..],
+            &[9, 1],
+            &[TAG_EXACT, 1, 2, 3],
+            &[TAG_HLL, 14, 0],
+            &out_of_order,
+            &too_high,
+            &[TAG_HLL_SPARSE, 14, 0xFF, 0xFF, 1],
+        ] {
             assert!(Sketch::from_bytes(bad).is_err(), "{bad:?}");
         }
         let unsorted = Sketch::Exact(vec![2, 1]).to_bytes();
