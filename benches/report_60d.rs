@@ -494,6 +494,7 @@ fn main() {
         };
         let ours = our_cells(&report);
         let mut worst = (0.0f64, String::new());
+        let (mut squares, mut values, mut beyond_2sigma, mut beyond_3sigma) = (0.0f64, 0u64, 0, 0);
         let (mut approximate, mut exact_cells) = (0, 0);
         for (cell, want) in &theirs {
             let (got, approx) = ours.get(cell).copied().unwrap_or(([0; 4], false));
@@ -506,6 +507,10 @@ fn main() {
             }
             for i in 2..4 {
                 let error = (got[i] as f64 - want[i] as f64).abs() / (want[i].max(1) as f64);
+                squares += error * error;
+                values += 1;
+                beyond_2sigma += usize::from(error > 2.0 * 0.0081);
+                beyond_3sigma += usize::from(error > 3.0 * 0.0081);
                 if error > worst.0 {
                     worst = (
                         error,
@@ -524,6 +529,10 @@ fn main() {
             theirs.len(),
             worst.0 * 100.0,
             worst.1
+        );
+        println!(
+            "  {values} unique counts: RMS relative error {:.3} %, {beyond_2sigma} beyond 2σ (1.62 %), {beyond_3sigma} beyond 3σ (2.43 %)",
+            (squares / values.max(1) as f64).sqrt() * 100.0
         );
     }
 }

@@ -18,7 +18,8 @@
 //! Stored form ([`Sketch::to_bytes`]): a tag byte, then the sorted hashes (little-endian u64) for
 //! `1`; the precision byte and the registers for `2`; or, for a HyperLogLog with fewer than a
 //! third of its registers set (a few thousand devices), the precision byte and the set registers
-//! as (u16 index, u8 value) triples in index order for `3` — half the bytes for an hourly cell.
+//! as (u16 index, u8 value) triples in index order for `3` (about half the bytes at 2 500
+//! devices, nothing saved past ~6 000).
 
 /// Register-index bits of the HyperLogLog.
 pub const PRECISION: u32 = 14;
