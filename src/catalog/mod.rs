@@ -1,5 +1,6 @@
 //! The embedded state store (SQLite): tokens, activities, feedback tasks, batch intents and
-//! commits, ingested source files, run history, published dataset versions and the audit log.
+//! commits, ingested source files, run history, published dataset versions, report rollups and
+//! the audit log.
 //!
 //! SQLite runs in WAL mode with `synchronous = FULL`, so a committed transaction survives a
 //! power cut: the exactly-once protocol relies on "intent recorded" and "batch committed" being
