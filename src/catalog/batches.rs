@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use rusqlite::{OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
+use super::rollups::RollupDelta;
 use super::{Catalog, CatalogError, now};
 
 /// A planned batch.
@@ -116,17 +117,20 @@ impl Catalog {
         })
     }
 
-    /// Commits a batch and advances its file source in one transaction.
+    /// Commits a batch, advances its file source and merges its report rollups in one
+    /// transaction.
     pub fn commit_batch(
         &self,
         pipeline: &str,
         seq: i64,
         ingested_files: &[String],
         stats: &BatchStats,
+        rollups: &RollupDelta,
     ) -> Result<(), CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         mark_committed(&tx, pipeline, seq, ingested_files, stats)?;
+        super::rollups::apply_in(&tx, rollups)?;
         tx.commit()?;
         Ok(())
     }
@@ -282,11 +286,17 @@ mod tests {
         // Another pipeline is independent.
         assert_eq!(c.create_intent("q", &json!({}), "t")?.seq, 1);
 
-        c.commit_batch("p", 1, &["a".into()], &BatchStats::default())?;
+        c.commit_batch(
+            "p",
+            1,
+            &["a".into()],
+            &BatchStats::default(),
+            &RollupDelta::default(),
+        )?;
         assert_eq!(c.open_intent("p")?, None);
         assert!(c.ingested_files("p")?.contains("a"));
         assert!(matches!(
-            c.commit_batch("p", 1, &[], &BatchStats::default()),
+            c.commit_batch("p", 1, &[], &BatchStats::default(), &RollupDelta::default()),
             Err(CatalogError::NoSuchIntent { .. })
         ));
         assert_eq!(c.create_intent("p", &json!({}), "t")?.seq, 2);
@@ -299,7 +309,13 @@ mod tests {
         let c = Catalog::open_in_memory()?;
         let intent = c.create_intent_with_input("h", &json!({"next": 1}), "t", Some(b"records"))?;
         assert_eq!(c.batch_input("h", intent.seq)?, Some(b"records".to_vec()));
-        c.commit_batch("h", intent.seq, &[], &BatchStats::default())?;
+        c.commit_batch(
+            "h",
+            intent.seq,
+            &[],
+            &BatchStats::default(),
+            &Default::default(),
+        )?;
         assert_eq!(c.batch_input("h", intent.seq)?, None);
         Ok(())
     }
@@ -310,7 +326,7 @@ mod tests {
         assert_eq!(c.max_ingested_file("f")?, None);
         c.create_intent("f", &json!({}), "t")?;
         let files = ["d/dt=2026-03-02/b".to_string(), "d/dt=2026-03-01/a".into()];
-        c.commit_batch("f", 1, &files, &BatchStats::default())?;
+        c.commit_batch("f", 1, &files, &BatchStats::default(), &Default::default())?;
         assert_eq!(
             c.max_ingested_file("f")?.as_deref(),
             Some("d/dt=2026-03-02/b")
@@ -329,9 +345,21 @@ mod tests {
         let c = Catalog::open_in_memory()?;
         c.create_intent("p", &json!({}), "t")?;
         c.create_intent("r", &json!({}), "t")?;
-        c.commit_batch("r", 1, &["dup".into()], &BatchStats::default())?;
+        c.commit_batch(
+            "r",
+            1,
+            &["dup".into()],
+            &BatchStats::default(),
+            &RollupDelta::default(),
+        )?;
         // The same path twice violates the primary key: the whole commit must roll back.
-        let err = c.commit_batch("p", 1, &["x".into(), "x".into()], &BatchStats::default());
+        let err = c.commit_batch(
+            "p",
+            1,
+            &["x".into(), "x".into()],
+            &BatchStats::default(),
+            &RollupDelta::default(),
+        );
         assert!(err.is_err());
         assert!(c.open_intent("p")?.is_some());
         assert!(c.ingested_files("p")?.is_empty());

@@ -1,5 +1,6 @@
 //! The embedded state store (SQLite): tokens, activities, feedback tasks, batch intents and
-//! commits, ingested source files, run history, published dataset versions and the audit log.
+//! commits, ingested source files, run history, published dataset versions, report rollups and
+//! the audit log.
 //!
 //! SQLite runs in WAL mode with `synchronous = FULL`, so a committed transaction survives a
 //! power cut: the exactly-once protocol relies on "intent recorded" and "batch committed" being
@@ -13,6 +14,7 @@ mod downloads;
 mod feedback;
 mod forward;
 mod quota;
+mod rollups;
 mod runs;
 mod tokens;
 
@@ -30,6 +32,10 @@ pub use forward::{ForwardJob, ForwardQueueStats, NewForwardJob};
 pub use quota::{
     ActivityDay, ActivityDayDelta, ActivityTotals, DayUsage, MeterEffects, MeterOutcome, NewStaged,
     Purchase, Purged, QuotaStatus, Release, ReleasePlan, StagedRecord,
+};
+pub use rollups::{
+    Granularity as RollupGranularity, HitKind, Replaced, RollupCell, RollupDelta, RollupKey,
+    RollupRow,
 };
 pub use runs::{NewRun, RunRecord, RunStatus, RunTotals};
 pub use tokens::{IssuedToken, Role, TokenInfo};
@@ -294,6 +300,9 @@ CREATE TABLE source_marks (
     PRIMARY KEY (pipeline, name)
 );
 "#,
+    // Report rollups (`rollups.rs`): hourly and daily hit counts with distinct-device sketches,
+    // daily distinct-ID sketches, and which days they cover.
+    rollups::MIGRATION,
 ];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.

@@ -269,6 +269,8 @@ struct Encoded {
     files_failed: u64,
     /// What the landed rows count for (metered batches).
     tally: Option<quota::Tally>,
+    /// What the landed rows add to the report rollups (`ad_events` only).
+    rollups: crate::catalog::RollupDelta,
 }
 
 impl Runtime {
@@ -761,6 +763,14 @@ impl Runtime {
                     stage: "quota",
                     source,
                 })?;
+            let rollups = if sink_cfg.dataset == crate::report::lake::AD_EVENTS {
+                crate::report::rollup::delta(&df, tz).map_err(|source| PipelineError::Polars {
+                    stage: "rollups",
+                    source,
+                })?
+            } else {
+                crate::catalog::RollupDelta::default()
+            };
             let files = parquet_sink::encode(df, sink_cfg, tz, seq, &mut quarantine)?;
             let quarantine_file = parquet_sink::encode_quarantine(
                 &quarantine,
@@ -776,6 +786,7 @@ impl Runtime {
                 rows_quarantined: quarantine.len() as u64,
                 files_failed,
                 tally,
+                rollups,
             })
         })
         .await
@@ -858,11 +869,22 @@ impl Runtime {
 
         match metering {
             Some(metering) => {
-                self.commit_metered(pipeline, seq, &stats, metering, encoded.tally)?;
+                self.commit_metered(
+                    pipeline,
+                    seq,
+                    &stats,
+                    metering,
+                    encoded.tally,
+                    encoded.rollups,
+                )?;
             }
-            None => self
-                .catalog
-                .commit_batch(&pipeline.name, seq, &ingested, &stats)?,
+            None => self.catalog.commit_batch(
+                &pipeline.name,
+                seq,
+                &ingested,
+                &stats,
+                &encoded.rollups,
+            )?,
         }
         self.metrics
             .rows_in

@@ -410,6 +410,7 @@ impl Runtime {
         stats: &BatchStats,
         metering: Metering,
         tally: Option<Tally>,
+        rollups: crate::catalog::RollupDelta,
     ) -> Result<(), PipelineError> {
         let tally = tally.unwrap_or_default();
         let staged = metering.stage.len();
@@ -435,6 +436,7 @@ impl Runtime {
             usage: tally.usage,
             activity_days: tally.activity_days,
             click_keys: tally.click_keys,
+            rollups,
         };
         let outcome = self
             .catalog

@@ -7,7 +7,8 @@ use std::io::Write;
 use clap::{Args, Subcommand};
 
 use super::params::{self, Format};
-use super::{Report, ReportError, Reports};
+use super::range::parse_day;
+use super::{DateRange, Report, ReportError, Reports};
 
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
@@ -21,6 +22,22 @@ pub enum ReportCommand {
     Overview(RangeArgs),
     /// Resource records (数据资源): purchases and daily usage with the remaining count.
     Resources(RangeArgs),
+    /// Recomputes the report rollups from the committed `ad_events` Parquet (every workspace),
+    /// one day per transaction: by default the days that landed before rollups existed.
+    RebuildRollups(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// First day to rebuild (YYYY-MM-DD, lake time zone); with `--to`.
+    #[arg(long, requires = "to")]
+    pub from: Option<String>,
+    /// Last day to rebuild, included; with `--from`.
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+    /// JSON (the only output; the flag keeps scripts explicit).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +106,9 @@ pub struct AdMonitoringArgs {
     /// Print the detail table as CSV (the API's export).
     #[arg(long)]
     pub csv: bool,
+    /// Exact uniques from a scan of the committed Parquet instead of the rollups.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 fn push(pairs: &mut Vec<(String, String)>, name: &str, values: &[String]) {
@@ -109,6 +129,9 @@ impl AdMonitoringArgs {
         push(&mut pairs, "metrics", &self.metrics);
         if self.csv {
             pairs.push(("format".into(), "csv".into()));
+        }
+        if self.exact {
+            pairs.push(("exact".into(), "true".into()));
         }
         pairs
     }
@@ -148,6 +171,9 @@ pub struct TencentArgs {
     /// Print the detail table as CSV (the API's export).
     #[arg(long)]
     pub csv: bool,
+    /// Exact uniques from a scan of the committed Parquet instead of the rollups.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 impl TencentArgs {
@@ -163,6 +189,9 @@ impl TencentArgs {
         push(&mut pairs, "metrics", &self.metrics);
         if self.csv {
             pairs.push(("format".into(), "csv".into()));
+        }
+        if self.exact {
+            pairs.push(("exact".into(), "true".into()));
         }
         pairs
     }
@@ -242,6 +271,21 @@ pub async fn run(
             let range = params::resources(&args.pairs(), reports.today())?;
             json_out(&reports.resources(&args.workspace, range)?, out)?;
         }
+        ReportCommand::RebuildRollups(args) => {
+            let range = match (&args.from, &args.to) {
+                (Some(from), Some(to)) => {
+                    let (from, to) = (parse_day("from", from)?, parse_day("to", to)?);
+                    if to < from {
+                        return Err(ReportError::Invalid(format!(
+                            "the range ends ({to}) before it starts ({from})"
+                        )));
+                    }
+                    Some(DateRange { from, to })
+                }
+                _ => None,
+            };
+            json_out(&reports.rebuild_rollups(range).await?, out)?;
+        }
     }
     Ok(())
 }
@@ -254,6 +298,12 @@ fn print_text(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         "{} report of {} by {} from {} to {} ({})",
         report.form, report.workspace, report.by, report.from, report.to, report.time_zone
     )?;
+    if report.table.total.approximate {
+        writeln!(
+            out,
+            "(some unique counts are HyperLogLog estimates: 0.81 % relative standard error)"
+        )?;
+    }
     let header: Vec<&str> = metrics.iter().map(|m| m.as_str()).collect();
     writeln!(
         out,

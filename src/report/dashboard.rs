@@ -2,14 +2,18 @@
 //! the previous period, distinct IDs per type, and the growth trend.
 //!
 //! Resource statistics and volumes come from the quota ledger and the counters every `ad_events`
-//! batch commits (no scan). Distinct IDs need the rows: they are counted exactly over every
-//! committed `ad_events` file of the workspace.
+//! batch commits (no scan). Distinct IDs come from the per-day distinct-ID sketches the same
+//! commits maintain (`report::rollup`): exact up to 2 048 values of a type, HyperLogLog beyond;
+//! while some day landed before rollups existed (and was not rebuilt) they are counted exactly
+//! over every committed `ad_events` file of the workspace instead.
 
 use chrono::{Days, NaiveDate};
 use polars::prelude::*;
 use serde::Serialize;
 
+use super::ad_monitoring::Source;
 use super::lake::{self, AD_EVENTS, Wanted};
+use super::sketch::Sketch;
 use super::{DateRange, ReportError, Reports};
 use crate::catalog::QuotaStatus;
 
@@ -91,6 +95,9 @@ pub struct IdStats {
     pub android_id: u64,
     pub caid: u64,
     pub aaid: u64,
+    /// Whether any count is a HyperLogLog estimate (more than 2 048 distinct values of a type:
+    /// 0.81 % relative standard error); exact otherwise.
+    pub approximate: bool,
 }
 
 /// The ID types counted and the column each is counted on (the MD5 columns, which the decoder
@@ -130,6 +137,9 @@ pub struct Dashboard {
     pub quota: QuotaStatus,
     pub volume: VolumeStats,
     pub ids: IdStats,
+    /// Where the ID counts come from: `rollup` (the per-day distinct-ID sketches) or `scan`
+    /// (every committed file, while some day landed before rollups existed and was not rebuilt).
+    pub ids_source: Source,
     pub trend: Trend,
 }
 
@@ -169,12 +179,53 @@ fn id_stats(lf: LazyFrame, workspace: &str) -> Result<IdStats, ReportError> {
         caid: get("caid")?,
         aaid: get("aaid")?,
         total: 0,
+        approximate: false,
     };
     ids.total = ids.mac + ids.imei + ids.idfa + ids.oaid + ids.android_id + ids.caid + ids.aaid;
     Ok(ids)
 }
 
+/// Distinct IDs per type from the merged per-day sketches.
+fn ids_from_rollups(sketches: &std::collections::BTreeMap<String, Sketch>) -> IdStats {
+    let mut approximate = false;
+    let mut get = |name: &str| {
+        let (n, approx) = sketches.get(name).map_or((0, false), Sketch::count);
+        approximate |= approx;
+        n
+    };
+    let mut ids = IdStats {
+        mac: get("mac"),
+        imei: get("imei"),
+        idfa: get("idfa"),
+        mobile: None,
+        oaid: get("oaid"),
+        android_id: get("android_id"),
+        caid: get("caid"),
+        aaid: get("aaid"),
+        total: 0,
+        approximate: false,
+    };
+    ids.approximate = approximate;
+    ids.total = ids.mac + ids.imei + ids.idfa + ids.oaid + ids.android_id + ids.caid + ids.aaid;
+    ids
+}
+
 impl Reports {
+    /// Exact distinct IDs of a workspace over every committed `ad_events` file.
+    async fn ids_by_scan(&self, workspace: &str) -> Result<IdStats, ReportError> {
+        let files = self.committed.list_all(&self.lake, AD_EVENTS).await?;
+        let mut wanted = vec![Wanted::text("workspace")];
+        wanted.extend(ID_COLUMNS.iter().map(|(_, c)| Wanted::text(c)));
+        let lf = lake::frame(&self.lake, &files, &wanted).await?;
+        let workspace = workspace.to_string();
+        match lf {
+            Some(lf) => tokio::task::spawn_blocking(move || id_stats(lf, &workspace))
+                .await
+                .map_err(|e| ReportError::Task(e.to_string()))?,
+            None => Ok(IdStats::default()),
+        }
+    }
+
     /// The dashboard. The query is checked by its parser before anything is read.
     pub async fn dashboard(&self, q: &DashboardQuery) -> Result<Dashboard, ReportError> {
         let today = self.today();
@@ -227,16 +278,17 @@ impl Reports {
             })
             .collect();
 
-        let files = self.committed.list_all(&self.lake, AD_EVENTS).await?;
-        let mut wanted = vec![Wanted::text("workspace")];
-        wanted.extend(ID_COLUMNS.iter().map(|(_, c)| Wanted::text(c)));
-        let lf = lake::frame(&self.lake, &files, &wanted).await?;
-        let workspace = q.workspace.clone();
-        let ids = match lf {
-            Some(lf) => tokio::task::spawn_blocking(move || id_stats(lf, &workspace))
-                .await
-                .map_err(|e| ReportError::Task(e.to_string()))??,
-            None => IdStats::default(),
+        let (ids, ids_source) = if self.rollups_cover(None)? {
+            let catalog = std::sync::Arc::clone(&self.catalog);
+            let workspace = q.workspace.clone();
+            let ids = tokio::task::spawn_blocking(move || -> Result<IdStats, ReportError> {
+                Ok(ids_from_rollups(&catalog.rollup_ids(&workspace)?))
+            })
+            .await
+            .map_err(|e| ReportError::Task(e.to_string()))??;
+            (ids, Source::Rollup)
+        } else {
+            (self.ids_by_scan(&q.workspace).await?, Source::Scan)
         };
         Ok(Dashboard {
             workspace: q.workspace.clone(),
@@ -244,6 +296,7 @@ impl Reports {
             quota,
             volume,
             ids,
+            ids_source,
             trend: Trend {
                 kind: q.kind,
                 from: q.range.from,

@@ -17,6 +17,8 @@ pub mod lake;
 pub mod overview;
 pub mod params;
 pub mod range;
+pub mod rollup;
+pub mod sketch;
 pub mod tencent;
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use chrono_tz::Tz;
 use crate::catalog::{Catalog, CatalogError};
 use crate::storage::Location;
 
-pub use ad_monitoring::{AdMonitoringQuery, Dimension, Form, Metric, RegionLevel, Report};
+pub use ad_monitoring::{AdMonitoringQuery, Dimension, Form, Metric, RegionLevel, Report, Source};
 pub use dashboard::{Dashboard, DashboardQuery, MonitoringType};
 pub use lake::CommittedFiles;
 pub use range::{DateRange, MAX_REPORT_DAYS};

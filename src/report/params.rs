@@ -19,7 +19,7 @@ pub enum Format {
 
 const KNOWN: &[&str] = &[
     "from", "to", "form", "by", "group", "channel", "activity", "region", "metrics", "metric",
-    "format",
+    "format", "exact",
 ];
 
 fn values<'a>(pairs: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> {
@@ -80,6 +80,18 @@ pub fn format(pairs: &[(String, String)]) -> Result<Format, ReportError> {
     }
 }
 
+/// `exact=true|false` (default false): scan the committed Parquet for exact uniques instead of
+/// answering from the rollups.
+fn exact(pairs: &[(String, String)]) -> Result<bool, ReportError> {
+    match single(pairs, "exact")? {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ReportError::Invalid(format!(
+            "exact: `{other}` is not true or false"
+        ))),
+    }
+}
+
 /// Parses an ad monitoring query.
 pub fn ad_monitoring(
     workspace: &str,
@@ -110,13 +122,14 @@ pub fn ad_monitoring(
         activities,
         region,
         metrics,
+        exact: exact(pairs)?,
     };
     q.shown_metrics()?;
     Ok((q, format(pairs)?))
 }
 
 const TENCENT_KNOWN: &[&str] = &[
-    "from", "to", "form", "by", "task", "adgroup", "region", "metrics", "metric", "format",
+    "from", "to", "form", "by", "task", "adgroup", "region", "metrics", "metric", "format", "exact",
 ];
 
 /// Parses a Tencent Ads report query.
@@ -148,6 +161,7 @@ pub fn tencent(
         adgroups: values(pairs, "adgroup").map(str::to_string).collect(),
         region,
         metrics,
+        exact: exact(pairs)?,
     };
     Ok((q, format(pairs)?))
 }

@@ -17,11 +17,11 @@ use serde::Serialize;
 
 use super::ad_monitoring::{
     BUCKET, Bucket, Cells, DEVICE, DIM, DetailRow, Form, IS_CLICK, Metrics, Pivot, RegionLevel,
-    Row, bucket_expr, cells, day_expr, detail_csv, device_key_expr, pivot, wanted,
+    Row, Source, bucket_expr, cells, day_expr, detail_csv, device_key_expr, pivot, wanted,
 };
 use super::lake::{self, AD_EVENTS, Wanted};
-use super::{DateRange, ReportError, Reports};
-use crate::catalog::FeedbackTask;
+use super::{DateRange, ReportError, Reports, rollup};
+use crate::catalog::{FeedbackTask, HitKind, RollupGranularity};
 
 macro_rules! simple_enum {
     ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
@@ -74,6 +74,8 @@ pub struct TencentQuery {
     pub region: RegionLevel,
     /// Metrics shown (CSV columns); empty means both.
     pub metrics: Vec<TencentMetric>,
+    /// Scan the committed Parquet (exact uniques) even when the rollups could answer.
+    pub exact: bool,
 }
 
 impl TencentQuery {
@@ -91,6 +93,8 @@ impl TencentQuery {
 pub struct ClickMetrics {
     pub clicks: u64,
     pub unique_clicks: u64,
+    /// Whether `unique_clicks` is a HyperLogLog estimate (see the ad monitoring report).
+    pub approximate: bool,
 }
 
 impl ClickMetrics {
@@ -98,6 +102,7 @@ impl ClickMetrics {
         ClickMetrics {
             clicks: m.clicks,
             unique_clicks: m.unique_clicks,
+            approximate: m.approximate,
         }
     }
 
@@ -169,6 +174,9 @@ pub struct TencentReport {
     pub to: chrono::NaiveDate,
     pub time_zone: String,
     pub metrics: Vec<TencentMetric>,
+    /// What answered: `rollup` for the date and hour forms by task without an ad filter (once
+    /// every day of the range has rollups), else `scan`.
+    pub source: Source,
     /// The feedback tasks the filters select.
     pub tasks: Vec<ScopeTask>,
     pub table: ClickPivot,
@@ -275,9 +283,6 @@ impl Reports {
         let mut columns = wanted(&tables);
         columns.push(Wanted::text("link_id"));
         columns.push(Wanted::text("adgroup_id"));
-        let files = self.committed.list(&self.lake, AD_EVENTS, q.range).await?;
-        let lf = lake::frame(&self.lake, &files, &columns).await?;
-        let (query, tz) = (q.clone(), self.tz);
         let task_dims: Vec<(String, String)> = {
             let mut d: Vec<(String, String)> = tasks
                 .iter()
@@ -286,6 +291,46 @@ impl Reports {
             d.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
             d
         };
+        let by_rollup = q.form != Form::Audience
+            && q.by == TencentDimension::Task
+            && q.adgroups.is_empty()
+            && !q.exact
+            && self.rollups_cover(Some(q.range))?;
+        if by_rollup {
+            let (bucket, granularity) = match q.form {
+                Form::Hour => (Bucket::Hour, RollupGranularity::Hour),
+                _ => (Bucket::Date, RollupGranularity::Day),
+            };
+            let task_of: std::collections::HashMap<i64, String> = tasks
+                .iter()
+                .map(|t| (t.link as i64, t.id.to_string()))
+                .collect();
+            let catalog = std::sync::Arc::clone(&self.catalog);
+            let (workspace, range) = (q.workspace.clone(), q.range);
+            let pivot = tokio::task::spawn_blocking(move || -> Result<Pivot, ReportError> {
+                let rows = catalog.rollup_cells(&workspace, range.from, range.to, granularity)?;
+                let cells = rollup::cells(&rows, |r| {
+                    if r.key.kind != HitKind::Click || r.key.link == 0 {
+                        return None;
+                    }
+                    Some((task_of.get(&r.key.link)?.clone(), rollup::time_bucket(r)))
+                });
+                Ok(pivot(&cells, bucket, range, &task_dims, false))
+            })
+            .await
+            .map_err(|e| ReportError::Task(e.to_string()))??;
+            return Ok(self.tencent_report(
+                q,
+                metrics,
+                Source::Rollup,
+                &tasks,
+                ClickPivot::of(&pivot),
+                None,
+            ));
+        }
+        let files = self.committed.list(&self.lake, AD_EVENTS, q.range).await?;
+        let lf = lake::frame(&self.lake, &files, &columns).await?;
+        let (query, tz) = (q.clone(), self.tz);
         let pivots = tokio::task::spawn_blocking(move || -> Result<Vec<Pivot>, ReportError> {
             tables
                 .iter()
@@ -314,7 +359,19 @@ impl Reports {
         let table = pivots
             .next()
             .ok_or_else(|| ReportError::Task("no table".into()))?;
-        Ok(TencentReport {
+        Ok(self.tencent_report(q, metrics, Source::Scan, &tasks, table, pivots.next()))
+    }
+
+    fn tencent_report(
+        &self,
+        q: &TencentQuery,
+        metrics: Vec<TencentMetric>,
+        source: Source,
+        tasks: &[FeedbackTask],
+        table: ClickPivot,
+        os: Option<ClickPivot>,
+    ) -> TencentReport {
+        TencentReport {
             workspace: q.workspace.clone(),
             form: q.form,
             by: q.by,
@@ -322,6 +379,7 @@ impl Reports {
             to: q.range.to,
             time_zone: self.tz.name().to_string(),
             metrics,
+            source,
             tasks: tasks
                 .iter()
                 .map(|t| ScopeTask {
@@ -331,8 +389,8 @@ impl Reports {
                 })
                 .collect(),
             table,
-            os: pivots.next(),
-        })
+            os,
+        }
     }
 }
 

@@ -24,6 +24,7 @@ mod pipeline;
 mod quota;
 mod registry;
 mod reports;
+mod rollups;
 mod s3;
 mod schedule;
 mod serve;

@@ -128,9 +128,9 @@ pub(crate) fn drain(d: &Daemon) {
     }
 }
 
-type Cells = BTreeMap<(String, String), [u64; 4]>;
+pub(crate) type Cells = BTreeMap<(String, String), [u64; 4]>;
 
-fn metrics(v: &serde_json::Value) -> [u64; 4] {
+pub(crate) fn metrics(v: &serde_json::Value) -> [u64; 4] {
     let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
     [
         n("impressions"),
@@ -142,7 +142,7 @@ fn metrics(v: &serde_json::Value) -> [u64; 4] {
 
 /// Every cell of a report table, `*` standing for "all": (dimension, bucket) → metrics. Rows
 /// without data (the dense axis of the time forms) are left out, as DuckDB has no such rows.
-fn report_cells(table: &serde_json::Value) -> Cells {
+pub(crate) fn report_cells(table: &serde_json::Value) -> Cells {
     let mut out = Cells::new();
     let mut transposed = Cells::new();
     let rows = |k: &str| table[k].as_array().expect(k).clone();
@@ -323,6 +323,8 @@ fn ad_monitoring_report_equals_duckdb_over_the_lake_cell_by_cell() {
             );
             assert_eq!(reply.status, 200, "{}", reply.body);
             let report: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+            let source = if form == "audience" { "scan" } else { "rollup" };
+            assert_eq!(report["source"], source, "form={form}");
             let ours = report_cells(&report["table"]);
             let Some(theirs) =
                 duckdb_cells(&p, &activities, "ws1", &from, &to, dim, bucket, &columns)
@@ -782,6 +784,12 @@ fn tencent_report_and_dashboard_equal_duckdb_over_the_lake() {
             );
             assert_eq!(reply.status, 200, "{}", reply.body);
             let report: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+            let source = if form == "audience" || by == "adgroup" {
+                "scan"
+            } else {
+                "rollup"
+            };
+            assert_eq!(report["source"], source, "form={form} by={by}");
             let ours = tencent_cells(&report["table"]);
             let theirs = duckdb_tencent_cells(&p, &tasks, "ws1", &from, &to, by, bucket, &columns)
                 .expect("duckdb");
@@ -909,6 +917,8 @@ fn tencent_report_and_dashboard_equal_duckdb_over_the_lake() {
         assert_eq!(dash["ids"][name], theirs, "{name}: {dash}");
     }
     assert!(dash["ids"]["mobile"].is_null());
+    assert_eq!(dash["ids_source"], "rollup", "{dash}");
+    assert_eq!(dash["ids"]["approximate"], false, "{dash}");
     assert_eq!(dash["ids"]["imei"], 2, "two android muids: {dash}");
     assert_eq!(dash["ids"]["idfa"], 1, "one iOS muid: {dash}");
     for point in dash["trend"]["series"].as_array().expect("series") {

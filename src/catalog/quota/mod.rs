@@ -195,6 +195,8 @@ pub struct MeterEffects {
     pub activity_days: BTreeMap<(String, i64, String), ActivityDayDelta>,
     /// Device-key hashes of landed clicks per (activity, day), for deduplicated clicks.
     pub click_keys: Vec<(String, i64, String, i64)>,
+    /// What the landed rows add to the report rollups.
+    pub rollups: super::rollups::RollupDelta,
 }
 
 /// What a metered commit did beyond the batch.
@@ -643,6 +645,8 @@ impl Catalog {
                 ])?;
             }
         }
+
+        super::rollups::apply_in(&tx, &effects.rollups)?;
 
         let mut pause: Vec<&str> = staging.iter().chain(&ran_out).copied().collect();
         pause.sort_unstable();
