@@ -109,6 +109,13 @@ async fn open_collect(
     let appender = match &cfg.journal {
         JournalConfig::Local => Appender::Local(journal.clone()),
         JournalConfig::Kafka(kafka) => {
+            // A record holds the request target (JSON-escaped: at most twice its bytes) and up
+            // to 8 KiB of headers; the producer refuses records over `message_max_bytes`.
+            let largest = cfg.public_max_url_bytes.saturating_mul(2) + 16 * 1024;
+            if largest > kafka.message_max_bytes {
+                warn!(largest_record = largest, message_max_bytes = kafka.message_max_bytes,
+                    "public.max_url_bytes admits hit records over journal.kafka.message_max_bytes: such impressions get 414, such clicks redirect into rejected.ndjson");
+            }
             let k = KafkaJournal::open(kafka, Arc::clone(&runtime.metrics)).await?;
             info!(brokers = %kafka.brokers.join(","), topic = %kafka.topic, "hits are journaled to Kafka (acks=all)");
             Appender::Kafka(k)

@@ -202,7 +202,7 @@ fn acknowledged_hits_are_in_the_topic_once_and_land_in_ad_events() {
 }
 
 /// A tansu broker of this test's own, on `port` (in-memory: a restart loses its topics).
-fn start_tansu(port: u16) -> Option<Child> {
+fn start_tansu(port: u16) -> Option<Broker> {
     let bin = std::env::var("BACKFLOW_TEST_TANSU").ok().or_else(|| {
         std::env::var("HOME")
             .ok()
@@ -213,17 +213,17 @@ fn start_tansu(port: u16) -> Option<Child> {
         return None;
     }
     let url = format!("tcp://127.0.0.1:{port}");
-    let child = std::process::Command::new(bin)
+    let broker = Broker(std::process::Command::new(bin)
         .args(["broker", "--listener-url", &url, "--advertised-listener-url"])
         .arg(&url)
         .args(["--storage-engine", "memory://tansu/"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn tansu");
+        .expect("spawn tansu"));
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(child);
+            return Some(broker);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -311,10 +311,9 @@ fn without_its_broker_impressions_get_503_and_clicks_redirect_then_replay_to_the
     );
 
     // The broker comes back without the topic: still nothing accepted, a clear state.
-    let Some(tansu) = start_tansu(port) else {
+    let Some(_broker) = start_tansu(port) else {
         return;
     };
-    let _broker = Broker(tansu);
     wait_for_state(&d, "topic_missing");
     assert_eq!(hit(reqwest::Method::GET, imp).status, 503);
     let r = hit(reqwest::Method::GET, &format!("{clk}&n=late"));
