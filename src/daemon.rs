@@ -14,12 +14,12 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::catalog::{Catalog, CatalogError, Role};
+use crate::collect::appender::{Appender, KafkaJournal};
 use crate::collect::endpoint::{self, CollectState};
 use crate::collect::link::{LinkSigner, load_or_create_key};
 use crate::collect::links::LinkCache;
 use crate::collect::registry::MediaRegistry;
 use crate::collect::service::ActivityService;
-use crate::collect::appender::{Appender, KafkaJournal};
 use crate::config::daemon::{DaemonConfig, JournalConfig};
 use crate::config::model::{DatasetJob, Pipeline, SourceConfig};
 use crate::enrich::{EnrichError, EnrichOptions, Enricher};
@@ -113,8 +113,11 @@ async fn open_collect(
             // to 8 KiB of headers; the producer refuses records over `message_max_bytes`.
             let largest = cfg.public_max_url_bytes.saturating_mul(2) + 16 * 1024;
             if largest > kafka.message_max_bytes {
-                warn!(largest_record = largest, message_max_bytes = kafka.message_max_bytes,
-                    "public.max_url_bytes admits hit records over journal.kafka.message_max_bytes: such impressions get 414, such clicks redirect into rejected.ndjson");
+                warn!(
+                    largest_record = largest,
+                    message_max_bytes = kafka.message_max_bytes,
+                    "public.max_url_bytes admits hit records over journal.kafka.message_max_bytes: such impressions get 414, such clicks redirect into rejected.ndjson"
+                );
             }
             let k = KafkaJournal::open(kafka, Arc::clone(&runtime.metrics)).await?;
             info!(brokers = %kafka.brokers.join(","), topic = %kafka.topic, "hits are journaled to Kafka (acks=all)");
@@ -220,14 +223,18 @@ pub async fn serve(
         );
     }
     let tracker = TaskTracker::new();
-    let kafka_journal = collect.as_ref().and_then(|(state, _)| match &state.appender {
-        Appender::Kafka(k) => Some(Arc::clone(k)),
-        Appender::Local(_) => None,
-    });
+    let kafka_journal = collect
+        .as_ref()
+        .and_then(|(state, _)| match &state.appender {
+            Appender::Kafka(k) => Some(Arc::clone(k)),
+            Appender::Local(_) => None,
+        });
     if let Some(k) = &kafka_journal {
         tracker.spawn(Arc::clone(k).run(shutdown.clone()));
         if cfg.forward.enabled {
-            warn!("journal.kind kafka: third-party forwarding reads the local journal, which gets no hits in this mode; nothing is forwarded");
+            warn!(
+                "journal.kind kafka: third-party forwarding reads the local journal, which gets no hits in this mode; nothing is forwarded"
+            );
         }
     }
     if collect.is_none() {

@@ -169,7 +169,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(_) => match &state.kafka_journal {
             Some(k) => (
                 StatusCode::OK,
-                format!("ready\njournal: kafka {} (topic {})\n", k.state().as_str(), k.topic()),
+                format!(
+                    "ready\njournal: kafka {} (topic {})\n",
+                    k.state().as_str(),
+                    k.topic()
+                ),
             )
                 .into_response(),
             None => (StatusCode::OK, "ready\n").into_response(),

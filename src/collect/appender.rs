@@ -222,6 +222,10 @@ impl ClientContext for Context {
                 | RDKafkaErrorCode::TopicAuthorizationFailed
                 | RDKafkaErrorCode::ClusterAuthorizationFailed,
             ) => self.cell.set(ProducerState::Unauthorized, reason),
+            Some(RDKafkaErrorCode::Fatal) => {
+                // An idempotence guarantee broke: this producer refuses every hit from now on.
+                error!(error = %error, reason, "kafka journal: fatal producer error; impressions answer 503 and clicks go to the fallback file until the collector is restarted");
+            }
             _ => warn!(error = %error, reason, "kafka journal: librdkafka error"),
         }
     }
@@ -317,8 +321,8 @@ impl KafkaJournal {
             .set("reconnect.backoff.max.ms", "1000");
         if cfg.security_protocol == KafkaSecurity::SaslPlaintext {
             let env = cfg.sasl_password_env.clone().unwrap_or_default();
-            let password = std::env::var(&env)
-                .map_err(|_| KafkaJournalError::MissingSecret(env.clone()))?;
+            let password =
+                std::env::var(&env).map_err(|_| KafkaJournalError::MissingSecret(env.clone()))?;
             config
                 .set("security.protocol", "sasl_plaintext")
                 .set("sasl.mechanism", "PLAIN")
@@ -429,7 +433,9 @@ impl KafkaJournal {
                 limit: self.cfg.message_max_bytes,
             });
         }
-        Err(AppendError::Unavailable(format!("kafka journal: {kind}: {e}")))
+        Err(AppendError::Unavailable(format!(
+            "kafka journal: {kind}: {e}"
+        )))
     }
 
     /// Keeps a click the broker did not take: appended to the fallback file and fsync'd.

@@ -731,7 +731,9 @@ impl Resolver<'_> {
             })
             .unwrap_or(Duration::from_secs(5));
         let max_in_flight = self
-            .get("journal.kafka.max_in_flight", |v| parse_count(v, 10_000_000))
+            .get("journal.kafka.max_in_flight", |v| {
+                parse_count(v, 10_000_000)
+            })
             .unwrap_or(NonZeroUsize::MIN.saturating_add(99_999));
         let message_max_bytes = self
             .get("journal.kafka.message_max_bytes", |v| {
@@ -761,11 +763,7 @@ impl Resolver<'_> {
             .unwrap_or(KafkaSecurity::Plaintext);
         let sasl_username = self.get("journal.kafka.sasl_username", parse_optional_text);
         let sasl_password_env = self.get("journal.kafka.sasl_password_env", |v| {
-            if v.is_empty()
-                || !v
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 Err(format!(
                     "expected the name of an environment variable (letters, digits, `_`), \
                      found `{v}`; the password itself never goes in the config"
@@ -872,9 +870,7 @@ fn parse_brokers(value: &str) -> Result<Vec<String>, String> {
             .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
     }) {
         _ if brokers.is_empty() => Err("expected comma-separated host:port, found nothing".into()),
-        Some(bad) => Err(format!(
-            "expected comma-separated host:port, found `{bad}`"
-        )),
+        Some(bad) => Err(format!("expected comma-separated host:port, found `{bad}`")),
         None => Ok(brokers),
     }
 }

@@ -48,7 +48,10 @@ fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 fn consume(brokers: &str, topic: &str, partitions: i32, expect: usize) -> Vec<(String, HitRecord)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("reader-{}", uuid::Uuid::now_v7().simple()))
+        .set(
+            "group.id",
+            format!("reader-{}", uuid::Uuid::now_v7().simple()),
+        )
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
@@ -170,11 +173,7 @@ fn acknowledged_hits_are_in_the_topic_once_and_land_in_ad_events() {
         .collect();
     assert_eq!(queries.len(), sent, "every request's own record");
     // Nothing went to the local journal.
-    assert!(
-        !p.path()
-            .join("data/fallback/kafka/pending.ndjson")
-            .exists()
-    );
+    assert!(!p.path().join("data/fallback/kafka/pending.ndjson").exists());
 
     // ad_events reads the topic (daemon-wired Kafka source, format hit_record).
     let run_url = format!("{}/api/v1/pipelines/ad_events/runs", d.admin);
@@ -213,14 +212,21 @@ fn start_tansu(port: u16) -> Option<Broker> {
         return None;
     }
     let url = format!("tcp://127.0.0.1:{port}");
-    let broker = Broker(std::process::Command::new(bin)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url"])
-        .arg(&url)
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tansu"));
+    let broker = Broker(
+        std::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+            ])
+            .arg(&url)
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu"),
+    );
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Some(broker);
@@ -311,7 +317,7 @@ fn without_its_broker_impressions_get_503_and_clicks_redirect_then_replay_to_the
     );
 
     // The broker comes back without the topic: still nothing accepted, a clear state.
-    let Some(_broker) = start_tansu(port) else {
+    let Some(broker) = start_tansu(port) else {
         return;
     };
     wait_for_state(&d, "topic_missing");
@@ -340,11 +346,12 @@ fn without_its_broker_impressions_get_503_and_clicks_redirect_then_replay_to_the
     let ids: Vec<String> = messages.iter().map(|(_, r)| r.event_id.clone()).collect();
     let unique: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!((ids.len(), unique.len()), (clicks + 2, clicks + 2));
-    assert!(kept.is_subset(&unique), "every kept click reached the topic");
     assert!(
-        !p.path()
-            .join("data/fallback/kafka/pending.ndjson")
-            .exists(),
+        kept.is_subset(&unique),
+        "every kept click reached the topic"
+    );
+    assert!(
+        !p.path().join("data/fallback/kafka/pending.ndjson").exists(),
         "replayed files are removed"
     );
     let left: Vec<_> = std::fs::read_dir(p.path().join("data/fallback/kafka"))
@@ -353,4 +360,17 @@ fn without_its_broker_impressions_get_503_and_clicks_redirect_then_replay_to_the
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+
+    // The broker is lost mid-run: the same answers, the click kept again.
+    drop(broker);
+    assert_eq!(hit(reqwest::Method::GET, imp).status, 503);
+    let r = hit(reqwest::Method::GET, &format!("{clk}&n=after"));
+    assert_eq!(r.status, 302);
+    let m = metrics(&d);
+    assert_eq!(metric(&m, "backflow_collect_fallback_pending"), Some(1.0));
+    assert!(
+        std::fs::read_to_string(p.path().join("data/fallback/kafka/pending.ndjson"))
+            .expect("fallback file")
+            .contains("n=after")
+    );
 }
