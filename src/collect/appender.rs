@@ -155,7 +155,7 @@ impl KafkaJournalMetrics {
         );
         r.register(
             "collect_kafka_errors",
-            "Hits the Kafka journal did not take, by status (broker_down, timeout, queue_full, \
+            "Hits the Kafka journal did not take, by status (connecting, broker_down, timeout, queue_full, \
              topic_missing, unauthorized, too_large, other)",
             self.errors.clone(),
         );
