@@ -14,12 +14,13 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::catalog::{Catalog, CatalogError, Role};
+use crate::collect::appender::{Appender, KafkaJournal};
 use crate::collect::endpoint::{self, CollectState};
 use crate::collect::link::{LinkSigner, load_or_create_key};
 use crate::collect::links::LinkCache;
 use crate::collect::registry::MediaRegistry;
 use crate::collect::service::ActivityService;
-use crate::config::daemon::DaemonConfig;
+use crate::config::daemon::{DaemonConfig, JournalConfig};
 use crate::config::model::{DatasetJob, Pipeline, SourceConfig};
 use crate::enrich::{EnrichError, EnrichOptions, Enricher};
 use crate::journal::{Journal, JournalError, JournalOptions};
@@ -59,6 +60,8 @@ pub enum DaemonError {
     Forward(#[from] crate::forward::ForwardError),
     #[error(transparent)]
     Enrich(#[from] EnrichError),
+    #[error(transparent)]
+    KafkaJournal(#[from] crate::collect::appender::KafkaJournalError),
 }
 
 /// Loads the media registry of `schemas_dir`.
@@ -103,10 +106,29 @@ async fn open_collect(
     let links = LinkCache::default();
     let n = links.reload(&runtime.catalog, &registry)?;
     info!(links = n, media = registry.len(), next = %recovery.next_position, "monitoring-link endpoints ready");
+    let appender = match &cfg.journal {
+        JournalConfig::Local => Appender::Local(journal.clone()),
+        JournalConfig::Kafka(kafka) => {
+            // A record holds the request target (JSON-escaped: at most twice its bytes) and up
+            // to 8 KiB of headers; the producer refuses records over `message_max_bytes`.
+            let largest = cfg.public_max_url_bytes.saturating_mul(2) + 16 * 1024;
+            if largest > kafka.message_max_bytes {
+                warn!(
+                    largest_record = largest,
+                    message_max_bytes = kafka.message_max_bytes,
+                    "public.max_url_bytes admits hit records over journal.kafka.message_max_bytes: such impressions get 414, such clicks redirect into rejected.ndjson"
+                );
+            }
+            let k = KafkaJournal::open(kafka, Arc::clone(&runtime.metrics)).await?;
+            info!(brokers = %kafka.brokers.join(","), topic = %kafka.topic, "hits are journaled to Kafka (acks=all)");
+            Appender::Kafka(k)
+        }
+    };
     let state = CollectState {
         signer,
         links,
         journal,
+        appender,
         metrics: Arc::clone(&runtime.metrics),
         max_url_bytes: cfg.public_max_url_bytes,
         fallback_dir: cfg.data_dir.join("fallback"),
@@ -162,6 +184,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let collect = open_collect(cfg, &runtime).await?;
+    let mut pipelines = pipelines;
+    if let (JournalConfig::Kafka(kafka), Some(_)) = (&cfg.journal, &collect) {
+        // The hits are in the topic: `type: journal` pipelines (ad_events) read it instead.
+        for p in &mut pipelines {
+            if let SourceConfig::Journal(journal) = &p.source {
+                info!(pipeline = %p.name, topic = %kafka.topic, "journal.kind kafka: this journal pipeline reads the topic (format hit_record)");
+                p.source = SourceConfig::Kafka(journal_topic_source(kafka, &p.name, journal));
+            }
+        }
+    }
     if let Some((state, registry)) = &collect {
         // `journal` pipelines (ad_events) read what the endpoints append, in this process.
         let _ = runtime.journal.set(state.journal.clone());
@@ -191,7 +223,20 @@ pub async fn serve(
         );
     }
     let tracker = TaskTracker::new();
-    let mut pipelines = pipelines;
+    let kafka_journal = collect
+        .as_ref()
+        .and_then(|(state, _)| match &state.appender {
+            Appender::Kafka(k) => Some(Arc::clone(k)),
+            Appender::Local(_) => None,
+        });
+    if let Some(k) = &kafka_journal {
+        tracker.spawn(Arc::clone(k).run(shutdown.clone()));
+        if cfg.forward.enabled {
+            warn!(
+                "journal.kind kafka: third-party forwarding reads the local journal, which gets no hits in this mode; nothing is forwarded"
+            );
+        }
+    }
     if collect.is_none() {
         // Without the endpoints there is no journal to read: such pipelines would only fail.
         pipelines.retain(|p| {
@@ -230,6 +275,7 @@ pub async fn serve(
         ),
         jobs: Arc::clone(&jobs),
         activities,
+        kafka_journal,
     };
     {
         // Click-detail downloads (`report::downloads`): archives under the data dir.
@@ -343,6 +389,29 @@ pub async fn serve(
     })?;
     info!("backflow stopped");
     Ok(())
+}
+
+/// The Kafka source a `type: journal` pipeline reads in `journal.kind: kafka` mode: the
+/// collector's topic, the collector's record format, its own consumer group.
+fn journal_topic_source(
+    kafka: &crate::config::daemon::KafkaJournalConfig,
+    pipeline: &str,
+    journal: &crate::config::model::JournalSource,
+) -> crate::config::model::KafkaSource {
+    use crate::config::model::{KafkaFormat, KafkaSource, KafkaTopics, StartFrom};
+    KafkaSource {
+        brokers: kafka.brokers.clone(),
+        topics: KafkaTopics::Names(vec![kafka.topic.clone()]),
+        group_id: format!("backflow-{pipeline}"),
+        format: KafkaFormat::HitRecord,
+        start_from: StartFrom::Earliest,
+        headers_column: None,
+        key_column: None,
+        max_records_per_batch: journal.max_records_per_batch,
+        max_bytes_per_batch: journal.max_bytes_per_batch,
+        idle: std::time::Duration::from_secs(2),
+        join_timeout: std::time::Duration::from_secs(60),
+    }
 }
 
 async fn wait_for_signal() {

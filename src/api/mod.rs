@@ -40,6 +40,8 @@ pub struct AppState {
     pub activities: Option<Arc<ActivityService>>,
     /// Report queries over the lake and catalog (keeps read commit manifests).
     pub reports: Arc<crate::report::Reports>,
+    /// The collection endpoints' Kafka journal (`journal.kind: kafka`), for `/readyz`.
+    pub kafka_journal: Option<Arc<crate::collect::appender::KafkaJournal>>,
 }
 
 /// An error answer. Internal errors are logged once here and answered without detail.
@@ -161,7 +163,21 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.jobs.runtime().catalog.has_tokens() {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        // The Kafka journal's state is reported, not gated on: while the broker is away clicks
+        // still redirect (fallback file), and a load balancer that dropped an unready collector
+        // would strand them instead.
+        Ok(_) => match &state.kafka_journal {
+            Some(k) => (
+                StatusCode::OK,
+                format!(
+                    "ready\njournal: kafka {} (topic {})\n",
+                    k.state().as_str(),
+                    k.topic()
+                ),
+            )
+                .into_response(),
+            None => (StatusCode::OK, "ready\n").into_response(),
+        },
         Err(e) => {
             error!(error = %e, "readiness check: catalog unavailable");
             (StatusCode::SERVICE_UNAVAILABLE, "catalog unavailable\n").into_response()

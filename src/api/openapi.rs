@@ -144,7 +144,10 @@ pub fn document() -> Value {
     );
     for (path, what) in [
         ("/healthz", "Liveness."),
-        ("/readyz", "Readiness (catalog reachable)."),
+        (
+            "/readyz",
+            "Readiness (catalog reachable); with `journal.kind: kafka` the body also names the producer state.",
+        ),
     ] {
         add(
             path,

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tracing::{error, warn};
 
 use crate::catalog::ActivityStatus;
+use crate::collect::appender::{AppendError, Appender};
 use crate::collect::hit::{GIF_1X1, HitRecord, RECORD_VERSION};
 use crate::collect::limit::{Limited, RateLimiter};
 use crate::collect::link::{Endpoint, LinkSigner};
@@ -36,6 +37,8 @@ pub struct CollectState {
     pub signer: Arc<LinkSigner>,
     pub links: LinkCache,
     pub journal: Journal,
+    /// Where hits are appended: `journal` itself, or the Kafka journal (`journal.kind`).
+    pub appender: Appender,
     pub metrics: Arc<Metrics>,
     /// Longest accepted path + query.
     pub max_url_bytes: usize,
@@ -182,22 +185,44 @@ async fn handle(
             return (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response();
         }
     };
-    match state.journal.append(bytes.clone()).await {
-        Ok(_) => {
+    let label = endpoint_label(endpoint);
+    match state.appender.append(&record.event_id, bytes.clone()).await {
+        Ok(()) => {
             count(state, endpoint, "accepted");
             answer(&target, request_query)
         }
+        Err(AppendError::TooLarge { bytes: size, limit }) => {
+            // Only a Kafka journal has a record limit; `public.max_url_bytes` keeps records far
+            // below the default one, so this is a misconfigured `message_max_bytes`.
+            warn!(endpoint = label, link_id, event_id = %record.event_id, bytes = size, limit,
+                "hit record over journal.kafka.message_max_bytes: refused");
+            count(state, endpoint, "too_large");
+            if endpoint == Endpoint::Click {
+                if let Appender::Kafka(kafka) = &state.appender
+                    && let Err(io) = kafka.write_rejected(bytes).await
+                {
+                    error!(error = %io, event_id = %record.event_id, "rejected-record file write failed: this click is lost");
+                    count(state, endpoint, "lost");
+                }
+                return answer(&target, request_query);
+            }
+            (StatusCode::URI_TOO_LONG, "request target too long\n").into_response()
+        }
         Err(e) if endpoint == Endpoint::Click => {
-            warn!(error = %e, "journal cannot accept: click kept in the fallback file and redirected");
+            warn!(error = %e, link_id, event_id = %record.event_id, "journal cannot accept: click kept in the fallback file and redirected");
             count(state, endpoint, "fallback");
-            if let Err(io) = write_fallback(state.fallback_dir.clone(), bytes).await {
-                error!(error = %io, "fallback file write failed: this click is lost");
+            let written = match &state.appender {
+                Appender::Kafka(kafka) => kafka.write_fallback(bytes).await,
+                Appender::Local(_) => write_fallback(state.fallback_dir.clone(), bytes).await,
+            };
+            if let Err(io) = written {
+                error!(error = %io, event_id = %record.event_id, "fallback file write failed: this click is lost");
                 count(state, endpoint, "lost");
             }
             answer(&target, request_query)
         }
         Err(e) => {
-            warn!(error = %e, retryable = e.retryable(), "journal cannot accept an impression: 503");
+            warn!(error = %e, endpoint = label, link_id, "journal cannot accept: 503");
             count(state, endpoint, "journal_unavailable");
             let mut response =
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n").into_response();

@@ -1,5 +1,6 @@
 //! Monitoring-link collection: the media registry, canonical fields and hit parsing.
 
+pub mod appender;
 pub mod decode;
 pub mod endpoint;
 pub mod fields;

@@ -92,6 +92,58 @@ pub struct DaemonConfig {
     /// `enrich.city_tiers`: a `city,tier` CSV replacing the bundled `schemas/city_tiers.csv`;
     /// default empty (the bundled table).
     pub enrich_city_tiers: Option<PathBuf>,
+    /// `journal.*`: where the collection endpoints append accepted hits (see [`JournalConfig`]).
+    pub journal: JournalConfig,
+}
+
+/// Where the collection endpoints append accepted hits.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum JournalConfig {
+    /// `journal.kind: local` (default): the embedded journal under `{data_dir}/journal`.
+    #[default]
+    Local,
+    /// `journal.kind: kafka`: a Kafka topic, every hit acknowledged with `acks=all`.
+    Kafka(KafkaJournalConfig),
+}
+
+/// `journal.kafka.*`: the collector's Kafka producer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaJournalConfig {
+    /// `brokers`: bootstrap brokers, comma-separated `host:port` (required).
+    pub brokers: Vec<String>,
+    /// `topic`: where hits go; default `backflow.hits`. Must exist (the collector never
+    /// creates it).
+    pub topic: String,
+    /// `message_timeout_ms`: how long a hit may wait for the broker's acknowledgement before
+    /// the endpoint gives up on it (503 for an impression, fallback file for a click);
+    /// default 5000, 100 to 300000.
+    pub message_timeout: Duration,
+    /// `max_in_flight`: hits waiting for acknowledgement at once (librdkafka's
+    /// `queue.buffering.max.messages`); a full queue is answered like a broker down. Default
+    /// 100000.
+    pub max_in_flight: NonZeroUsize,
+    /// `message_max_bytes`: largest record produced (librdkafka's `message.max.bytes`); default
+    /// 1000000 (the broker's default limit).
+    pub message_max_bytes: usize,
+    /// `fallback_dir`: clicks the broker did not acknowledge, replayed when it is back; default
+    /// `{data_dir}/fallback/kafka`.
+    pub fallback_dir: PathBuf,
+    /// `security_protocol`: `plaintext` (default) or `sasl_plaintext`.
+    pub security_protocol: KafkaSecurity,
+    /// `sasl_username`: SASL/PLAIN user (with `sasl_plaintext`).
+    pub sasl_username: Option<String>,
+    /// `sasl_password_env`: the environment variable holding the SASL password (its name, never
+    /// the value, is configured).
+    pub sasl_password_env: Option<String>,
+}
+
+/// How the producer talks to the brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaSecurity {
+    Plaintext,
+    /// SASL/PLAIN without TLS (this build's librdkafka has no TLS: rdkafka's `ssl` feature is
+    /// off).
+    SaslPlaintext,
 }
 
 impl Default for DaemonConfig {
@@ -121,6 +173,7 @@ impl Default for DaemonConfig {
             forward: ForwardConfig::default(),
             enrich_geo_db: None,
             enrich_city_tiers: None,
+            journal: JournalConfig::Local,
             data_dir,
         }
     }
@@ -181,6 +234,16 @@ const KEYS: &[&str] = &[
     "forward.max_backoff_seconds",
     "enrich.geo_db",
     "enrich.city_tiers",
+    "journal.kind",
+    "journal.kafka.brokers",
+    "journal.kafka.topic",
+    "journal.kafka.message_timeout_ms",
+    "journal.kafka.max_in_flight",
+    "journal.kafka.message_max_bytes",
+    "journal.kafka.fallback_dir",
+    "journal.kafka.security_protocol",
+    "journal.kafka.sasl_username",
+    "journal.kafka.sasl_password_env",
 ];
 
 /// `backflow.yaml` as written; every value is text with its position.
@@ -217,6 +280,8 @@ struct RawDaemon {
     forward: Option<RawSection<RawForward>>,
     /// `geo_db`, `city_tiers`.
     enrich: Option<RawSection<RawEnrich>>,
+    /// `kind`, `kafka`.
+    journal: Option<RawSection<RawJournal>>,
 }
 
 /// A section (transparent; lets every section share the same handling).
@@ -321,6 +386,38 @@ struct RawEnrich {
     geo_db: Option<Located<String>>,
     /// City tier CSV, or empty for the bundled table.
     city_tiers: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    /// `local` or `kafka`.
+    kind: Option<Located<String>>,
+    /// The producer's settings.
+    kafka: Option<RawSection<RawKafkaJournal>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafkaJournal {
+    /// Comma-separated `host:port`.
+    brokers: Option<Located<String>>,
+    /// Topic name.
+    topic: Option<Located<String>>,
+    /// Milliseconds.
+    message_timeout_ms: Option<Located<String>>,
+    /// Messages.
+    max_in_flight: Option<Located<String>>,
+    /// Bytes.
+    message_max_bytes: Option<Located<String>>,
+    /// Directory.
+    fallback_dir: Option<Located<String>>,
+    /// `plaintext` or `sasl_plaintext`.
+    security_protocol: Option<Located<String>>,
+    /// SASL user.
+    sasl_username: Option<Located<String>>,
+    /// Name of the variable holding the SASL password.
+    sasl_password_env: Option<Located<String>>,
 }
 
 /// Where a setting's text came from.
@@ -436,6 +533,26 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
         ),
         ("enrich.city_tiers", raw.enrich.and_then(|s| s.0.city_tiers)),
     ];
+    let journal = raw.journal.map(|s| s.0);
+    let journal_kind = journal.as_ref().and_then(|j| j.kind.clone());
+    let kafka = journal.and_then(|j| j.kafka).map(|s| s.0);
+    let kafka_leaves = kafka.map(|k| {
+        [
+            ("journal.kafka.brokers", k.brokers),
+            ("journal.kafka.topic", k.topic),
+            ("journal.kafka.message_timeout_ms", k.message_timeout_ms),
+            ("journal.kafka.max_in_flight", k.max_in_flight),
+            ("journal.kafka.message_max_bytes", k.message_max_bytes),
+            ("journal.kafka.fallback_dir", k.fallback_dir),
+            ("journal.kafka.security_protocol", k.security_protocol),
+            ("journal.kafka.sasl_username", k.sasl_username),
+            ("journal.kafka.sasl_password_env", k.sasl_password_env),
+        ]
+    });
+    let leaves = leaves
+        .into_iter()
+        .chain([("journal.kind", journal_kind)])
+        .chain(kafka_leaves.into_iter().flatten());
     leaves
         .into_iter()
         .filter_map(|(key, value)| {
@@ -579,8 +696,110 @@ impl Resolver<'_> {
             enrich_city_tiers: self
                 .get("enrich.city_tiers", parse_optional_path)
                 .unwrap_or(d.enrich_city_tiers),
+            journal: self.journal(&data_dir),
             data_dir,
         }
+    }
+
+    /// `journal.*`; the `journal.kafka.*` keys are read (and checked) only with `kind: kafka`.
+    fn journal(&mut self, data_dir: &Path) -> JournalConfig {
+        let kind_origin = self.settings.get("journal.kind").map(|s| s.origin.clone());
+        let kafka = self
+            .get("journal.kind", |v| match v {
+                "local" => Ok(false),
+                "kafka" => Ok(true),
+                other => Err(format!(
+                    "unknown journal kind `{other}`, expected one of local, kafka"
+                )),
+            })
+            .unwrap_or(false);
+        if !kafka {
+            return JournalConfig::Local;
+        }
+        let brokers = self.get("journal.kafka.brokers", parse_brokers);
+        let topic = self
+            .get("journal.kafka.topic", parse_topic)
+            .unwrap_or_else(|| "backflow.hits".to_string());
+        let message_timeout = self
+            .get("journal.kafka.message_timeout_ms", |v| {
+                match v.parse::<u64>() {
+                    Ok(n) if (100..=300_000).contains(&n) => Ok(Duration::from_millis(n)),
+                    _ => Err(format!(
+                        "expected milliseconds from 100 to 300000, found `{v}`"
+                    )),
+                }
+            })
+            .unwrap_or(Duration::from_secs(5));
+        let max_in_flight = self
+            .get("journal.kafka.max_in_flight", |v| {
+                parse_count(v, 10_000_000)
+            })
+            .unwrap_or(NonZeroUsize::MIN.saturating_add(99_999));
+        let message_max_bytes = self
+            .get("journal.kafka.message_max_bytes", |v| {
+                match v.parse::<usize>() {
+                    Ok(n) if (1000..=1_000_000_000).contains(&n) => Ok(n),
+                    _ => Err(format!(
+                        "expected a byte count from 1000 to 1000000000, found `{v}`"
+                    )),
+                }
+            })
+            .unwrap_or(1_000_000);
+        let fallback_dir = self
+            .get("journal.kafka.fallback_dir", parse_path)
+            .unwrap_or_else(|| data_dir.join("fallback").join("kafka"));
+        let security_protocol = self
+            .get("journal.kafka.security_protocol", |v| match v {
+                "plaintext" => Ok(KafkaSecurity::Plaintext),
+                "sasl_plaintext" => Ok(KafkaSecurity::SaslPlaintext),
+                "ssl" | "sasl_ssl" => Err(format!(
+                    "`{v}` needs TLS, which this build's librdkafka lacks (rdkafka's `ssl` \
+                     feature is off); expected plaintext or sasl_plaintext"
+                )),
+                other => Err(format!(
+                    "unknown security protocol `{other}`, expected one of plaintext, sasl_plaintext"
+                )),
+            })
+            .unwrap_or(KafkaSecurity::Plaintext);
+        let sasl_username = self.get("journal.kafka.sasl_username", parse_optional_text);
+        let sasl_password_env = self.get("journal.kafka.sasl_password_env", |v| {
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                Err(format!(
+                    "expected the name of an environment variable (letters, digits, `_`), \
+                     found `{v}`; the password itself never goes in the config"
+                ))
+            } else {
+                Ok(Some(v.to_string()))
+            }
+        });
+        let (sasl_username, sasl_password_env) =
+            (sasl_username.flatten(), sasl_password_env.flatten());
+        let origin = kind_origin.unwrap_or(Origin::Env(format!("{ENV_PREFIX}JOURNAL__KIND")));
+        let Some(brokers) = brokers else {
+            let message = "`kind: kafka` needs `journal.kafka.brokers` (comma-separated host:port)";
+            self.errors
+                .push(self.error("journal.kind", origin, message.to_string()));
+            return JournalConfig::Local;
+        };
+        if security_protocol == KafkaSecurity::SaslPlaintext
+            && (sasl_username.is_none() || sasl_password_env.is_none())
+        {
+            let message = "`security_protocol: sasl_plaintext` needs `journal.kafka.sasl_username` \
+                           and `journal.kafka.sasl_password_env`";
+            self.errors
+                .push(self.error("journal.kind", origin, message.to_string()));
+        }
+        JournalConfig::Kafka(KafkaJournalConfig {
+            brokers,
+            topic,
+            message_timeout,
+            max_in_flight,
+            message_max_bytes,
+            fallback_dir,
+            security_protocol,
+            sasl_username,
+            sasl_password_env,
+        })
     }
 
     fn forward(&mut self, d: ForwardConfig) -> ForwardConfig {
@@ -637,6 +856,43 @@ fn parse_base_url(value: &str) -> Result<String, String> {
         )),
         Err(e) => Err(format!("expected an http(s) URL, found `{value}` ({e})")),
     }
+}
+
+fn parse_brokers(value: &str) -> Result<Vec<String>, String> {
+    let brokers: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(str::to_string)
+        .collect();
+    match brokers.iter().find(|b| {
+        b.rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    }) {
+        _ if brokers.is_empty() => Err("expected comma-separated host:port, found nothing".into()),
+        Some(bad) => Err(format!("expected comma-separated host:port, found `{bad}`")),
+        None => Ok(brokers),
+    }
+}
+
+/// A Kafka topic name (Kafka's own rule: 1–249 of `[a-zA-Z0-9._-]`).
+fn parse_topic(value: &str) -> Result<String, String> {
+    if (1..=249).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "expected a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), found `{value}`"
+        ))
+    }
+}
+
+/// Text, or empty for none.
+fn parse_optional_text(value: &str) -> Result<Option<String>, String> {
+    Ok((!value.is_empty()).then(|| value.to_string()))
 }
 
 fn parse_rate(value: &str) -> Result<u32, String> {
@@ -875,6 +1131,65 @@ mod tests {
             Err(vec![
                 "F:1:20: forward.enabled: expected true or false, found `yes`".to_string(),
                 "F:1:38: forward.concurrency: expected a number from 1 to 256, found `0`"
+                    .to_string(),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_kafka_journal_is_configured_from_the_file_and_the_environment() {
+        let config = load_text(
+            "journal:\n  kind: kafka\n  kafka:\n    brokers: \"k1:9092, k2:9093\"\n    message_timeout_ms: 250\n",
+            &[("BACKFLOW__JOURNAL__KAFKA__TOPIC", "hits.v1")],
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let JournalConfig::Kafka(k) = config.journal else {
+            panic!("not kafka: {:?}", config.journal)
+        };
+        assert_eq!(k.brokers, ["k1:9092", "k2:9093"]);
+        assert_eq!(k.topic, "hits.v1");
+        assert_eq!(k.message_timeout, Duration::from_millis(250));
+        assert_eq!(k.max_in_flight.get(), 100_000);
+        assert_eq!(k.fallback_dir, PathBuf::from("./data/fallback/kafka"));
+        assert_eq!(k.security_protocol, KafkaSecurity::Plaintext);
+        // Without `kind: kafka` the producer's keys are not read.
+        assert_eq!(
+            load_text("journal: {kafka: {topic: t}}\n", &[]).map(|c| c.journal),
+            Ok(JournalConfig::Local)
+        );
+    }
+
+    #[test]
+    fn kafka_journal_errors_are_located() {
+        assert_eq!(
+            load_text("journal:\n  kind: kafak\n", &[]),
+            Err(vec![
+                "F:2:9: journal.kind: unknown journal kind `kafak`, expected one of local, kafka"
+                    .to_string()
+            ])
+        );
+        assert_eq!(
+            load_text("journal:\n  kind: kafka\n", &[]),
+            Err(vec![
+                "F:2:9: journal.kind: `kind: kafka` needs `journal.kafka.brokers` (comma-separated host:port)"
+                    .to_string()
+            ])
+        );
+        assert_eq!(
+            load_text(
+                "journal:\n  kind: kafka\n  kafka:\n    brokers: k1\n    topic: \"a b\"\n    security_protocol: ssl\n    sasl_password_env: \"s3cr3t!\"\n",
+                &[]
+            ),
+            Err(vec![
+                "F:4:14: journal.kafka.brokers: expected comma-separated host:port, found `k1`"
+                    .to_string(),
+                "F:5:12: journal.kafka.topic: expected a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), found `a b`"
+                    .to_string(),
+                "F:6:24: journal.kafka.security_protocol: `ssl` needs TLS, which this build's librdkafka lacks (rdkafka's `ssl` feature is off); expected plaintext or sasl_plaintext"
+                    .to_string(),
+                "F:7:24: journal.kafka.sasl_password_env: expected the name of an environment variable (letters, digits, `_`), found `s3cr3t!`; the password itself never goes in the config"
+                    .to_string(),
+                "F:2:9: journal.kind: `kind: kafka` needs `journal.kafka.brokers` (comma-separated host:port)"
                     .to_string(),
             ])
         );

@@ -233,6 +233,8 @@ pub struct Metrics {
     pub schedule: ScheduleMetrics,
     /// Pipeline sources: HTTP pull and object-store listing.
     pub source: SourceMetrics,
+    /// The collection endpoints' Kafka journal (`journal.kind: kafka`).
+    pub kafka_journal: crate::collect::appender::KafkaJournalMetrics,
 }
 
 /// Metrics of pipeline sources that talk to remote APIs.
@@ -306,6 +308,7 @@ impl Metrics {
             forward: ForwardMetrics::default(),
             schedule: ScheduleMetrics::default(),
             source: SourceMetrics::default(),
+            kafka_journal: Default::default(),
             journal: std::sync::Arc::new(JournalCollector::default()),
             registry: Registry::default(),
         };
@@ -534,6 +537,7 @@ impl Metrics {
             "Objects returned by object-store source listings",
             s.objects_listed.clone(),
         );
+        m.kafka_journal.register(r);
         r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));
         Metrics { registry, ..m }
     }

@@ -50,7 +50,7 @@ pub(crate) fn hit(method: reqwest::Method, url: &str) -> Reply {
     })
 }
 
-fn create(
+pub(crate) fn create(
     p: &Project,
     env: &[(&str, String)],
     name: &str,
