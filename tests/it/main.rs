@@ -11,6 +11,7 @@ mod collect;
 mod config;
 mod crash;
 mod datasets;
+mod deploy;
 mod downloads;
 mod duckdb;
 mod enrich;
