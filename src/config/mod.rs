@@ -12,8 +12,10 @@ pub mod daemon;
 pub mod error;
 pub mod load;
 pub mod model;
+pub mod model_tags;
 pub mod raw;
 pub mod raw_dataset;
+pub mod raw_tags;
 pub mod schema_file;
 
 pub use daemon::{DaemonConfig, LogFormat};

@@ -14,6 +14,7 @@
 
 pub mod behavior;
 pub mod publish;
+pub mod tags;
 
 use std::time::Instant;
 
@@ -55,6 +56,8 @@ pub enum DatasetError {
         stage: &'static str,
         source: PolarsError,
     },
+    #[error("source columns: {0}")]
+    Columns(String),
     #[error("validation failed, not published: {0}")]
     Invalid(String),
     #[error("pointer {path} is unreadable: {reason}")]
@@ -97,6 +100,9 @@ pub struct RefreshSummary {
     /// Versions deleted by retention (pointer sequence numbers), and unpublished folders.
     pub deleted_versions: Vec<i64>,
     pub deleted_orphans: Vec<String>,
+    /// Where the windows of a user tag dataset ended (RFC 3339 UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<String>,
 }
 
 /// Built tables, encoded, ready to store.
@@ -113,6 +119,18 @@ pub async fn refresh(
     job: &DatasetJob,
     trigger: &str,
 ) -> Result<RefreshSummary, DatasetError> {
+    refresh_as_of(runtime, job, trigger, None).await
+}
+
+/// [`refresh`] as if run at `as_of` (default now): a user tag dataset's windows end at the
+/// period containing it. Source data committed after `as_of` is still read; only its windows
+/// move.
+pub async fn refresh_as_of(
+    runtime: &Runtime,
+    job: &DatasetJob,
+    trigger: &str,
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<RefreshSummary, DatasetError> {
     let _lock = runtime.lock(&job.name)?;
     let run_id = runtime.catalog.start_run(&job.name, trigger)?;
     runtime.metrics.runs_in_progress.inc();
@@ -123,7 +141,7 @@ pub async fn refresh(
         dataset: job.output().to_string(),
         ..RefreshSummary::default()
     };
-    let result = run(runtime, job, &mut summary).await;
+    let result = run(runtime, job, as_of, &mut summary).await;
     runtime.metrics.runs_in_progress.dec();
     let status = if result.is_ok() {
         RunStatus::Succeeded
@@ -165,26 +183,23 @@ pub async fn refresh(
 async fn run(
     runtime: &Runtime,
     job: &DatasetJob,
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
     summary: &mut RefreshSummary,
 ) -> Result<(), DatasetError> {
     let lake = &runtime.lake;
     let started_at = chrono::Utc::now();
-    let DatasetBuild::Behavior(build) = &job.build;
-    let committed = CommittedFiles::default();
-    let behavior_events = match &build.behavior_events {
-        Some(ds) => source(lake, &committed, ds, behavior::BEHAVIOR_EVENT_COLUMNS).await?,
-        None => None,
+    let built = match &job.build {
+        DatasetBuild::Behavior(build) => {
+            build_behavior(lake, build, &job.publish, runtime.tz).await?
+        }
+        DatasetBuild::UserTags(build) => {
+            let now = as_of.unwrap_or(started_at);
+            let (built, end) =
+                tags::build_tables(lake, build, &job.publish, now, runtime.tz).await?;
+            summary.window_end = Some(end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            built
+        }
     };
-    let ad_events = match &build.ad_events {
-        Some(m) => source(lake, &committed, &m.dataset, behavior::AD_EVENT_COLUMNS).await?,
-        None => None,
-    };
-    let (build, policy, tz) = (build.clone(), job.publish.clone(), runtime.tz);
-    let built = tokio::task::spawn_blocking(move || {
-        build_tables(&build, behavior_events, ad_events, &policy, tz)
-    })
-    .await
-    .map_err(|e| DatasetError::Task(e.to_string()))??;
     summary.rows_in = built.rows_in;
     summary.rows_out = built.rows_out;
 
@@ -226,6 +241,30 @@ async fn run(
     summary.deleted_versions = retained.dropped;
     summary.deleted_orphans = retained.orphans;
     Ok(())
+}
+
+/// Reads the behavior dataset's sources and builds its tables.
+async fn build_behavior(
+    lake: &Location,
+    build: &crate::config::model::BehaviorBuild,
+    policy: &PublishPolicy,
+    tz: Tz,
+) -> Result<Built, DatasetError> {
+    let committed = CommittedFiles::default();
+    let behavior_events = match &build.behavior_events {
+        Some(ds) => source(lake, &committed, ds, behavior::BEHAVIOR_EVENT_COLUMNS).await?,
+        None => None,
+    };
+    let ad_events = match &build.ad_events {
+        Some(m) => source(lake, &committed, &m.dataset, behavior::AD_EVENT_COLUMNS).await?,
+        None => None,
+    };
+    let (build, policy) = (build.clone(), policy.clone());
+    tokio::task::spawn_blocking(move || {
+        build_tables(&build, behavior_events, ad_events, &policy, tz)
+    })
+    .await
+    .map_err(|e| DatasetError::Task(e.to_string()))?
 }
 
 /// A lazy frame over the committed files of a source dataset (`None`: no committed file).
@@ -277,7 +316,7 @@ fn build_tables(
     let mut main = behavior::aggregate(inputs, build.time_grain, tz)
         .and_then(LazyFrame::collect)
         .map_err(polars("aggregate"))?;
-    validate(&main, policy)?;
+    validate(&main, policy, &behavior::key_columns())?;
     let mut types = behavior::value_dimension(main.clone().lazy(), "behavior_type")
         .collect()
         .map_err(polars("behavior type dimension"))?;
@@ -306,7 +345,11 @@ fn build_tables(
 }
 
 /// The publish checks of the main table; every failed check is in the message.
-pub fn validate(main: &DataFrame, policy: &PublishPolicy) -> Result<(), DatasetError> {
+pub fn validate(
+    main: &DataFrame,
+    policy: &PublishPolicy,
+    key: &[&str],
+) -> Result<(), DatasetError> {
     let mut problems = Vec::new();
     let height = main.height();
     if height == 0 && !policy.allow_empty {
@@ -315,7 +358,7 @@ pub fn validate(main: &DataFrame, policy: &PublishPolicy) -> Result<(), DatasetE
         );
     }
     if height > 0 {
-        let keys: Vec<Expr> = behavior::key_columns().into_iter().map(col).collect();
+        let keys: Vec<Expr> = key.iter().map(|c| col(*c)).collect();
         let duplicates = main
             .clone()
             .lazy()
@@ -328,7 +371,7 @@ pub fn validate(main: &DataFrame, policy: &PublishPolicy) -> Result<(), DatasetE
         if duplicates > 0 {
             problems.push(format!(
                 "{duplicates} key(s) occur more than once (key: {})",
-                behavior::key_columns().join(", ")
+                key.join(", ")
             ));
         }
         for (column, max) in &policy.max_null_ratio {

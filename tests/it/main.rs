@@ -24,3 +24,4 @@ mod registry;
 mod reports;
 mod s3;
 mod serve;
+mod tags;
