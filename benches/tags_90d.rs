@@ -169,9 +169,9 @@ fn duckdb_sql(lake: &Path, out: &Path) -> String {
         .iter()
         .map(|f| format!("max(CASE WHEN {} THEN {f} END) AS {f}", present(f)))
         .collect();
-    let top = |name: &str, column: &str, n: usize, filter: &str| {
+    let top = |name: &str, tag: &str, column: &str, n: usize, filter: &str| {
         format!(
-            "{name} AS (SELECT u, string_agg(v, ',' ORDER BY c DESC, v) AS {name} FROM (
+            "{name} AS (SELECT u, string_agg(v, ',' ORDER BY c DESC, v) AS {tag} FROM (
                SELECT u, v, c, row_number() OVER (PARTITION BY u ORDER BY c DESC, v) AS r FROM
                  (SELECT u, {column} AS v, count(*) AS c FROM hu WHERE {filter} AND {column} IS NOT NULL GROUP BY ALL)
              ) WHERE r <= {n} GROUP BY u)"
@@ -229,8 +229,20 @@ FROM rfm ORDER BY user_id
         lake = lake.display(),
         out = out.display(),
         ids = ids.join(", "),
-        top_click = top("top_click", "channel", 1, &format!("t >= {s30} AND endpoint = 'click'")),
-        top_cities = top("top_cities", "geo_city", 3, "true"),
+        top_click = top(
+            "top_click",
+            "user_tag_top_click_media_30d",
+            "channel",
+            1,
+            &format!("t >= {s30} AND endpoint = 'click'")
+        ),
+        top_cities = top(
+            "top_cities",
+            "user_tag_top_cities_90d",
+            "geo_city",
+            3,
+            "true"
+        ),
     )
 }
 
@@ -333,5 +345,38 @@ print(con.sql(f"SELECT count(*) FROM read_parquet('{sys.argv[2]}')").fetchone()[
                 stdout.trim()
             );
         }
+        // Both results, row for row (the ratio rounded to 9 places).
+        let check = r#"
+import sys, duckdb
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+a = f"SELECT * REPLACE (round(user_tag_ctr_30d, 9) AS user_tag_ctr_30d) FROM read_parquet('{sys.argv[1]}', hive_partitioning = false)"
+b = f"SELECT * REPLACE (round(user_tag_ctr_30d, 9) AS user_tag_ctr_30d) FROM read_parquet('{sys.argv[2]}')"
+print(con.sql(f"SELECT (SELECT count(*) FROM ({a} EXCEPT ALL {b})) + (SELECT count(*) FROM ({b} EXCEPT ALL {a}))").fetchone()[0])
+"#;
+        let pointer_dir = lake.join("datasets/user_tags/_current");
+        let mut pointers: Vec<_> = std::fs::read_dir(&pointer_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        pointers.sort();
+        let pointer: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(pointers.last().unwrap()).unwrap()).unwrap();
+        let ours = lake
+            .join(pointer["path"].as_str().unwrap())
+            .join("user_tags/*.parquet");
+        let out = Command::new(&python)
+            .args([
+                "-c",
+                check,
+                &ours.display().to_string(),
+                &out.display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        println!(
+            "rows differing between backflow and duckdb: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
     }
 }

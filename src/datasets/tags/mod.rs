@@ -88,7 +88,12 @@ pub(super) async fn build_tables(
         end.with_timezone(&tz).date_naive() + Days::new(1),
     );
     let needed = needed(build);
+    let started = std::time::Instant::now();
     let hits = source::read(lake, &build.source, days, &needed).await?;
+    tracing::debug!(
+        dataset = %build.output, files = hits.files,
+        seconds = started.elapsed().as_secs_f64(), "source files listed and checked"
+    );
     let (build, policy) = (build.clone(), policy.clone());
     let built = tokio::task::spawn_blocking(move || compute(hits.frame, &build, &policy, end, tz))
         .await
@@ -130,9 +135,11 @@ fn compute(
         validate(&main, policy, &["user_id"])?;
         return encode(&mut main, build, 0);
     };
+    let started = std::time::Instant::now();
     let grouped = build::plan(hits, build, end, tz)
         .and_then(|lf| lf.collect_with_engine(Engine::Streaming))
         .map_err(polars("group hits by user"))?;
+    tracing::debug!(dataset = %build.output, seconds = started.elapsed().as_secs_f64(), "hits grouped by user");
     let grouped = match grouped {
         QueryResult::Single(df) => df,
         QueryResult::Multiple(_) => {
@@ -147,9 +154,12 @@ fn compute(
         .and_then(|c| c.i64().ok().and_then(|c| c.sum()))
         .unwrap_or(0)
         .max(0) as u64;
+    let started = std::time::Instant::now();
     let mut main = build::finish(grouped, build, end).map_err(polars("row-wise tags"))?;
     validate(&main, policy, &["user_id"])?;
-    encode(&mut main, build, rows_in)
+    let built = encode(&mut main, build, rows_in);
+    tracing::debug!(dataset = %build.output, seconds = started.elapsed().as_secs_f64(), "row-wise tags, checks, encoding");
+    built
 }
 
 /// The version's tables as Parquet.
