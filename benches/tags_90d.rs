@@ -349,6 +349,7 @@ print(con.sql(f"SELECT count(*) FROM read_parquet('{sys.argv[2]}')").fetchone()[
         let check = r#"
 import sys, duckdb
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 con.execute("SET TimeZone = 'UTC'")
 a = f"SELECT * REPLACE (round(user_tag_ctr_30d, 9) AS user_tag_ctr_30d) FROM read_parquet('{sys.argv[1]}', hive_partitioning = false)"
 b = f"SELECT * REPLACE (round(user_tag_ctr_30d, 9) AS user_tag_ctr_30d) FROM read_parquet('{sys.argv[2]}')"
