@@ -86,6 +86,10 @@ enum Command {
         /// Stop after this many batches.
         #[arg(long)]
         max_batches: Option<usize>,
+        /// Dataset jobs: refresh as if run at this time (RFC 3339); a user tag dataset's
+        /// windows end at the period containing it. Default: now.
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
@@ -375,13 +379,17 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             from,
             to,
             max_batches,
+            as_of,
             json,
         } => {
             let (pipelines, jobs) = select(&cfg, Some(&pipeline))?;
             let runtime = daemon::open_runtime(&cfg)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             for job in &jobs {
-                let opts = datasets::RefreshOptions::now("cli");
+                let opts = datasets::RefreshOptions {
+                    as_of,
+                    ..datasets::RefreshOptions::now("cli")
+                };
                 let summary = rt.block_on(datasets::refresh(&runtime, job, &opts))?;
                 if json {
                     println!("{}", serde_json::to_string(&summary)?);

@@ -12,9 +12,11 @@ pub mod daemon;
 pub mod error;
 pub mod load;
 pub mod model;
+pub mod model_tags;
 pub mod raw;
 pub mod raw_dataset;
 pub mod raw_http;
+pub mod raw_tags;
 pub mod schema_file;
 
 pub use daemon::{DaemonConfig, LogFormat};

@@ -441,6 +441,7 @@ impl DatasetJob {
     pub fn output(&self) -> &str {
         match &self.build {
             DatasetBuild::Behavior(b) => &b.output,
+            DatasetBuild::UserTags(b) => &b.output,
         }
     }
 }
@@ -449,6 +450,7 @@ impl DatasetJob {
 #[derive(Debug, Clone)]
 pub enum DatasetBuild {
     Behavior(BehaviorBuild),
+    UserTags(super::model_tags::UserTagsBuild),
 }
 
 /// The behavior dataset (行为数据集) and its dimension tables.

@@ -12,6 +12,7 @@ use serde::de::{self, MapAccess};
 use serde::{Deserialize, Deserializer};
 
 use super::raw::{Located, OrderedMap, RawPipeline, RawSchedule, Tagged, TaggedVisitor};
+use super::raw_tags::RawUserTagsBuild;
 
 /// Any file under `pipelines/`: a streaming pipeline (no `kind`, or `kind: stream`) or a
 /// dataset job (`kind: dataset`). Used for the JSON Schema; the loader reads `kind` first.
@@ -132,6 +133,9 @@ pub enum RawDatasetBuild {
     /// The behavior dataset (行为数据集, spec/datasets-admin.md §1.7): one row per user,
     /// behavior type, period, channel and object, plus its dimension tables.
     Behavior(RawBehaviorBuild),
+    /// The user tag dataset (用户标签数据集, spec/datasets-admin.md §1.3): one row per user, tags
+    /// declared in `tags`.
+    UserTags(RawUserTagsBuild),
 }
 
 /// The `type` values of a dataset build.
@@ -139,16 +143,18 @@ pub enum RawDatasetBuild {
 #[serde(rename_all = "snake_case")]
 pub enum DatasetBuildKind {
     Behavior,
+    UserTags,
 }
 
 impl<'de> Tagged<'de> for RawDatasetBuild {
     type Kind = DatasetBuildKind;
-    const KINDS: &'static str = "behavior";
+    const KINDS: &'static str = "behavior, user_tags";
 
     fn from_kind<A: MapAccess<'de>>(kind: DatasetBuildKind, rest: A) -> Result<Self, A::Error> {
         let rest = de::value::MapAccessDeserializer::new(rest);
         match kind {
             DatasetBuildKind::Behavior => RawBehaviorBuild::deserialize(rest).map(Self::Behavior),
+            DatasetBuildKind::UserTags => RawUserTagsBuild::deserialize(rest).map(Self::UserTags),
         }
     }
 }
@@ -250,8 +256,9 @@ pub struct RawPublish {
     #[serde(default)]
     pub allow_empty: bool,
     /// Largest share of nulls per column of the main table, from 0 to 1:
-    /// `{channel: 0.5}`. `user_id`, `id_type`, `behavior_type`, `behavior_time` and
-    /// `object_attribute` are always checked at 0.
+    /// `{channel: 0.5}`. Required columns are always checked at 0: `user_id`, `id_type`,
+    /// `behavior_type`, `behavior_time` and `object_attribute` of the behavior dataset;
+    /// `user_id` and `id_type` of a user tag dataset.
     #[serde(default)]
     pub max_null_ratio: Option<OrderedMap<Located<f64>>>,
 }

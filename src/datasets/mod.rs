@@ -19,6 +19,7 @@
 
 pub mod behavior;
 pub mod publish;
+pub mod tags;
 
 use std::time::Instant;
 
@@ -61,6 +62,8 @@ pub enum DatasetError {
         stage: &'static str,
         source: PolarsError,
     },
+    #[error("source columns: {0}")]
+    Columns(String),
     #[error("validation failed, not published: {0}")]
     Invalid(String),
     #[error("pointer {path} is unreadable: {reason}")]
@@ -108,6 +111,9 @@ pub struct RefreshSummary {
     /// Versions deleted by retention (pointer sequence numbers), and unpublished folders.
     pub deleted_versions: Vec<i64>,
     pub deleted_orphans: Vec<String>,
+    /// Where the windows of a user tag dataset ended (RFC 3339 UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<String>,
 }
 
 /// How a refresh is run.
@@ -121,6 +127,10 @@ pub struct RefreshOptions {
     /// Rebuild only this period and keep the current version's other rows; `None` rebuilds
     /// everything.
     pub period: Option<Period>,
+    /// Refresh as if run at this time (default: now, or the end of `period`): a user tag
+    /// dataset's windows end at the hour or day containing it. Source data committed later is
+    /// still read; only the windows move.
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl RefreshOptions {
@@ -162,7 +172,7 @@ pub async fn refresh(
         dataset: job.output().to_string(),
         ..RefreshSummary::default()
     };
-    let result = run(runtime, job, opts.period.as_ref(), &mut summary).await;
+    let result = run(runtime, job, opts, &mut summary).await;
     runtime.metrics.runs_in_progress.dec();
     let status = if result.is_ok() {
         RunStatus::Succeeded
@@ -204,7 +214,7 @@ pub async fn refresh(
 async fn run(
     runtime: &Runtime,
     job: &DatasetJob,
-    period: Option<&Period>,
+    opts: &RefreshOptions,
     summary: &mut RefreshSummary,
 ) -> Result<(), DatasetError> {
     let lake = &runtime.lake;
@@ -219,47 +229,62 @@ async fn run(
             },
         });
     }
-    let DatasetBuild::Behavior(build) = &job.build;
-    let committed = CommittedFiles::default();
-    let behavior_events = match &build.behavior_events {
-        Some(ds) => source(lake, &committed, ds, behavior::BEHAVIOR_EVENT_COLUMNS).await?,
-        None => None,
+    let period = opts.period.as_ref();
+    let built = match &job.build {
+        DatasetBuild::Behavior(build) => {
+            let committed = CommittedFiles::default();
+            let behavior_events = match &build.behavior_events {
+                Some(ds) => source(lake, &committed, ds, behavior::BEHAVIOR_EVENT_COLUMNS).await?,
+                None => None,
+            };
+            let ad_events = match &build.ad_events {
+                Some(m) => source(lake, &committed, &m.dataset, behavior::AD_EVENT_COLUMNS).await?,
+                None => None,
+            };
+            // A period instance keeps the current version's rows outside its period.
+            let kept = match period {
+                Some(period) => match current(lake, job.output()).await? {
+                    Some(pointer) => {
+                        let files: Vec<String> = pointer
+                            .tables
+                            .iter()
+                            .filter(|t| t.table == "behavior")
+                            .map(|t| t.path.clone())
+                            .collect();
+                        lake::frame(lake, &files, behavior::BEHAVIOR_EVENT_COLUMNS)
+                            .await?
+                            .map(|lf| lf.filter(in_period(period).not()))
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            let (build, policy, tz) = (build.clone(), job.publish.clone(), runtime.tz);
+            let window = period.map(in_period);
+            tokio::task::spawn_blocking(move || {
+                let inputs = Inputs {
+                    behavior_events,
+                    ad_events,
+                    window,
+                    kept,
+                };
+                build_tables(&build, inputs, &policy, tz)
+            })
+            .await
+            .map_err(|e| DatasetError::Task(e.to_string()))??
+        }
+        DatasetBuild::UserTags(build) => {
+            // A period instance is the snapshot as of the period's end.
+            let now = opts
+                .as_of
+                .or(period.map(|p| p.end.with_timezone(&chrono::Utc)))
+                .unwrap_or(started_at);
+            let (built, end) =
+                tags::build_tables(lake, build, &job.publish, now, runtime.tz).await?;
+            summary.window_end = Some(end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            built
+        }
     };
-    let ad_events = match &build.ad_events {
-        Some(m) => source(lake, &committed, &m.dataset, behavior::AD_EVENT_COLUMNS).await?,
-        None => None,
-    };
-    // A period instance keeps the current version's rows outside its period.
-    let kept = match period {
-        Some(period) => match current(lake, job.output()).await? {
-            Some(pointer) => {
-                let files: Vec<String> = pointer
-                    .tables
-                    .iter()
-                    .filter(|t| t.table == "behavior")
-                    .map(|t| t.path.clone())
-                    .collect();
-                lake::frame(lake, &files, behavior::BEHAVIOR_EVENT_COLUMNS)
-                    .await?
-                    .map(|lf| lf.filter(in_period(period).not()))
-            }
-            None => None,
-        },
-        None => None,
-    };
-    let (build, policy, tz) = (build.clone(), job.publish.clone(), runtime.tz);
-    let window = period.map(in_period);
-    let built = tokio::task::spawn_blocking(move || {
-        let inputs = Inputs {
-            behavior_events,
-            ad_events,
-            window,
-            kept,
-        };
-        build_tables(&build, inputs, &policy, tz)
-    })
-    .await
-    .map_err(|e| DatasetError::Task(e.to_string()))??;
     summary.rows_in = built.rows_in;
     summary.rows_out = built.rows_out;
 
@@ -385,7 +410,7 @@ fn build_tables(
     let mut main = behavior::aggregate(inputs, build.time_grain, tz)
         .and_then(LazyFrame::collect)
         .map_err(polars("aggregate"))?;
-    validate(&main, policy)?;
+    validate(&main, policy, &behavior::key_columns())?;
     let mut types = behavior::value_dimension(main.clone().lazy(), "behavior_type")
         .collect()
         .map_err(polars("behavior type dimension"))?;
@@ -414,7 +439,11 @@ fn build_tables(
 }
 
 /// The publish checks of the main table; every failed check is in the message.
-pub fn validate(main: &DataFrame, policy: &PublishPolicy) -> Result<(), DatasetError> {
+pub fn validate(
+    main: &DataFrame,
+    policy: &PublishPolicy,
+    key: &[&str],
+) -> Result<(), DatasetError> {
     let mut problems = Vec::new();
     let height = main.height();
     if height == 0 && !policy.allow_empty {
@@ -423,7 +452,7 @@ pub fn validate(main: &DataFrame, policy: &PublishPolicy) -> Result<(), DatasetE
         );
     }
     if height > 0 {
-        let keys: Vec<Expr> = behavior::key_columns().into_iter().map(col).collect();
+        let keys: Vec<Expr> = key.iter().map(|c| col(*c)).collect();
         let duplicates = main
             .clone()
             .lazy()
@@ -436,7 +465,7 @@ pub fn validate(main: &DataFrame, policy: &PublishPolicy) -> Result<(), DatasetE
         if duplicates > 0 {
             problems.push(format!(
                 "{duplicates} key(s) occur more than once (key: {})",
-                behavior::key_columns().join(", ")
+                key.join(", ")
             ));
         }
         for (column, max) in &policy.max_null_ratio {

@@ -613,6 +613,7 @@ impl Jobs {
                     trigger: String::new(),
                     run_id: Some(run_id),
                     period,
+                    as_of: None,
                 };
                 match datasets::refresh(&self.runtime, job, &opts).await {
                     Ok(_) => None,

@@ -27,12 +27,16 @@ use super::Period;
 
 /// The lake datasets a dataset job reads.
 pub fn sources(job: &DatasetJob) -> Vec<String> {
-    let DatasetBuild::Behavior(b) = &job.build;
-    let mut out: Vec<String> = b.behavior_events.iter().cloned().collect();
-    if let Some(m) = &b.ad_events {
-        out.push(m.dataset.clone());
+    match &job.build {
+        DatasetBuild::Behavior(b) => {
+            let mut out: Vec<String> = b.behavior_events.iter().cloned().collect();
+            if let Some(m) = &b.ad_events {
+                out.push(m.dataset.clone());
+            }
+            out
+        }
+        DatasetBuild::UserTags(b) => vec![b.source.clone()],
     }
-    out
 }
 
 /// How a wait ended.

@@ -30,3 +30,4 @@ mod rollups;
 mod s3;
 mod schedule;
 mod serve;
+mod tags;

@@ -9,6 +9,7 @@ use crate::config::model::{
     AdEventsMapping, AdObject, BEHAVIOR_COLUMNS, BEHAVIOR_REQUIRED, BehaviorBuild, DatasetBuild,
     DatasetJob, PeriodUnit, PublishPolicy, RefreshPolicy, TimeGrain, WaitForSources,
 };
+use crate::config::model_tags::USER_TAGS_REQUIRED;
 use crate::config::raw::Located;
 use crate::config::raw_dataset::{
     RawAdEventsMapping, RawAdObject, RawBehaviorBuild, RawDatasetBuild, RawDatasetJob,
@@ -35,8 +36,10 @@ pub(super) fn load_job(
 ) -> Result<LoadedJob, Vec<ConfigError>> {
     let raw: RawDatasetJob = parse_yaml(file, text).map_err(|err| vec![err])?;
     let name_at = raw.name.location();
-    let RawDatasetBuild::Behavior(b) = &raw.dataset;
-    let output_at = b.output.location();
+    let output_at = match &raw.dataset {
+        RawDatasetBuild::Behavior(b) => b.output.location(),
+        RawDatasetBuild::UserTags(b) => b.output.location(),
+    };
     let mut schemas = SchemaCache::default();
     let mut converter = Converter {
         errors: Collector::new(file),
@@ -60,14 +63,30 @@ impl Converter<'_> {
             .check(raw.name.location(), "name", check_ident(raw.name.value()));
         let build = match raw.dataset {
             RawDatasetBuild::Behavior(b) => self.behavior(b).map(DatasetBuild::Behavior),
+            RawDatasetBuild::UserTags(b) => self.user_tags(file, b).map(DatasetBuild::UserTags),
         };
-        let publish = self.publish(raw.publish.unwrap_or_default());
+        // Null-ratio columns are checked only against a build without errors.
+        let (columns, required): (Option<Vec<String>>, &[&str]) = match &build {
+            Some(DatasetBuild::Behavior(_)) => (
+                Some(BEHAVIOR_COLUMNS.iter().map(|c| (*c).to_string()).collect()),
+                BEHAVIOR_REQUIRED,
+            ),
+            Some(DatasetBuild::UserTags(b)) => (Some(b.columns()), USER_TAGS_REQUIRED),
+            None => (None, &[]),
+        };
+        let publish = self.publish(
+            raw.publish.unwrap_or_default(),
+            columns.as_deref(),
+            required,
+        );
         let schedule = raw.schedule.map(|schedule| self.schedule(schedule));
         // The grain of builds that have one (a period must not split a row).
         let grain = build.as_ref().map(|b| match b {
-            DatasetBuild::Behavior(b) => b.time_grain,
+            DatasetBuild::Behavior(b) => Some(b.time_grain),
+            // A snapshot as of the period's end: any period fits.
+            DatasetBuild::UserTags(_) => None,
         });
-        let refresh = self.refresh(raw.refresh.unwrap_or_default(), grain);
+        let refresh = self.refresh(raw.refresh.unwrap_or_default(), grain.flatten());
         Some(DatasetJob {
             name: name?,
             file: file.to_path_buf(),
@@ -129,7 +148,7 @@ impl Converter<'_> {
         })
     }
 
-    fn ident(&mut self, raw: &Located<String>, path: &str) -> Option<String> {
+    pub(super) fn ident(&mut self, raw: &Located<String>, path: &str) -> Option<String> {
         self.errors
             .check(raw.location(), path, check_ident(raw.value()))
     }
@@ -216,28 +235,32 @@ impl Converter<'_> {
         })
     }
 
-    fn publish(&mut self, raw: RawPublish) -> Option<PublishPolicy> {
+    /// `columns`: the main table's columns; `required`: those always checked at 0 nulls.
+    fn publish(
+        &mut self,
+        raw: RawPublish,
+        columns: Option<&[String]>,
+        required: &[&str],
+    ) -> Option<PublishPolicy> {
         let keep = self.limit(
             raw.keep_versions,
             "publish.keep_versions",
             DEFAULT_KEEP_VERSIONS,
         );
         let keep = keep.and_then(|k| self.usize_limit(k, "publish.keep_versions"));
-        let mut ratios: Vec<(String, f64)> = BEHAVIOR_REQUIRED
-            .iter()
-            .map(|c| ((*c).to_string(), 0.0))
-            .collect();
+        let mut ratios: Vec<(String, f64)> =
+            required.iter().map(|c| ((*c).to_string(), 0.0)).collect();
         let mut ok = true;
         for (column, ratio) in raw.max_null_ratio.map(|m| m.0).unwrap_or_default() {
             let path = format!("publish.max_null_ratio.{}", column.value());
-            if !BEHAVIOR_COLUMNS.contains(&column.value().as_str()) {
+            if let Some(columns) = columns.filter(|c| !c.contains(column.value())) {
                 self.errors.push(
                     column.location(),
                     &path,
                     format!(
                         "unknown column `{}`, expected one of {}",
                         column.value(),
-                        BEHAVIOR_COLUMNS.join(", ")
+                        columns.join(", ")
                     ),
                 );
                 ok = false;
@@ -252,7 +275,7 @@ impl Converter<'_> {
                 ok = false;
                 continue;
             }
-            if BEHAVIOR_REQUIRED.contains(&column.value().as_str()) {
+            if required.contains(&column.value().as_str()) {
                 self.errors.push(
                     column.location(),
                     &path,

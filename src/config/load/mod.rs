@@ -6,6 +6,7 @@
 //! checks that span files (duplicate pipeline names, two writers of one dataset).
 
 mod job;
+mod tags;
 
 use std::collections::HashMap;
 use std::num::{NonZeroU64, NonZeroUsize};

@@ -399,3 +399,75 @@ fn listing_after_watermark_gets_its_default_interval() {
         ]
     );
 }
+
+fn job_errors(text: &str) -> Vec<String> {
+    match job::load_job(Path::new("t.yaml"), text, &LoadOptions::default()) {
+        Ok(loaded) => panic!("expected errors, got {:?}", loaded.job),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const TAGS_HEAD: &str = "kind: dataset\nname: t\ndataset:\n  type: user_tags\n  output: t\n";
+
+#[test]
+fn user_tags_get_their_defaults() {
+    let text = format!(
+        "{TAGS_HEAD}  tags:\n    user_tag_a: {{type: count, window: 7d}}\n    user_tag_b: {{type: top_n, column: channel, n: 2, window: 12h}}\n"
+    );
+    let loaded = job::load_job(Path::new("t.yaml"), &text, &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let crate::config::model::DatasetBuild::UserTags(build) = &loaded.job.build else {
+        panic!("expected user_tags");
+    };
+    assert_eq!(
+        (
+            build.source.as_str(),
+            build.include_flagged,
+            build.id_columns.len()
+        ),
+        ("ad_events", false, 7)
+    );
+    assert_eq!(build.window_end, crate::config::model_tags::WindowEnd::Day);
+    assert_eq!(build.tags[0].defined_at, "t.yaml:7:5");
+    assert_eq!(build.lookback(), crate::config::model_tags::Window::Days(7));
+    assert_eq!(
+        loaded.job.publish.max_null_ratio,
+        [("user_id".to_string(), 0.0), ("id_type".to_string(), 0.0)]
+    );
+}
+
+#[test]
+fn user_tag_errors_are_located_and_all_reported() {
+    let text = format!(
+        "{TAGS_HEAD}  id_columns: [idfa, phone]\n  tags:\n    clicks: {{type: count, window: 7x}}\n    user_tag_a: {{type: count, window: 0d, filter: \"endpoint = = 'x'\"}}\n    user_tag_r: {{type: ratio, numerator: user_tag_a, denominator: user_tag_b, min_denominator: 0}}\n    user_tag_l: {{type: last_seen, window: 1d}}\n    user_tag_n: {{type: count, window: 1d}}\n    user_tag_rfm:\n      type: rfm\n      recency: {{tag: user_tag_n, thresholds: [3, 1]}}\n      frequency: {{tag: user_tag_l, thresholds: [1], compare_to: median}}\n      monetary: {{tag: user_tag_n, thresholds: []}}\n    user_tag_p:\n      type: aipl\n      awareness: user_tag_zzz > 1\n      interest: user_tag_n > 1\n      purchase: user_tag_n > 2\n      loyalty: user_tag_n > 3\n    user_tag_t: {{type: top_n, column: channel, n: 0, window: 7d}}\npublish:\n  max_null_ratio: {{user_id: 0.1}}\n"
+    );
+    assert_eq!(
+        job_errors(&text),
+        [
+            "t.yaml:6:22: dataset.id_columns[1]: unknown ID column `phone`, expected one of idfa, idfa_md5, imei, imei_md5, oaid, oaid_md5, android_id, android_id_md5, mac, mac_md5, caid, aaid",
+            "t.yaml:8:5: dataset.tags.clicks: invalid tag name `clicks`, expected `user_tag_` followed by lower-case letters, digits and `_`, at most 64 characters",
+            "t.yaml:8:35: dataset.tags.clicks.window: invalid window `7x`, expected whole days or hours such as `7d`, `30d`, `12h`",
+            "t.yaml:9:39: dataset.tags.user_tag_a.window: window `0d` is empty, expected at least 1",
+            "t.yaml:9:51: dataset.tags.user_tag_a.filter: invalid SQL expression `endpoint = = 'x'`: unable to parse 'endpoint = = 'x'' as Expr",
+            "t.yaml:10:67: dataset.tags.user_tag_r.denominator: unknown tag `user_tag_b`: no tag is defined above this one",
+            "t.yaml:10:96: dataset.tags.user_tag_r.min_denominator: expected a number greater than 0, found 0",
+            "t.yaml:15:22: dataset.tags.user_tag_rfm.recency.tag: tag `user_tag_n` is a `count` tag, expected a `last_seen` tag",
+            "t.yaml:15:46: dataset.tags.user_tag_rfm.recency.thresholds: thresholds must be strictly ascending, found [3.0, 1.0]",
+            "t.yaml:16:24: dataset.tags.user_tag_rfm.frequency.tag: tag `user_tag_l` is a `last_seen` tag, expected a numeric tag (count, sum or ratio)",
+            "t.yaml:16:65: dataset.tags.user_tag_rfm.frequency.compare_to: expected `mean` or a number, found `median`",
+            "t.yaml:17:47: dataset.tags.user_tag_rfm.monetary.thresholds: expected at least one threshold",
+            "t.yaml:20:18: dataset.tags.user_tag_p.awareness: unknown tag `user_tag_zzz`, expected one defined above: user_tag_l, user_tag_n",
+            "t.yaml:24:51: dataset.tags.user_tag_t.n: expected a number greater than 0, found 0",
+        ]
+    );
+    // A tag defined twice is a YAML error (duplicate key), located too.
+    let text = format!(
+        "{TAGS_HEAD}  tags:\n    user_tag_a: {{type: count, window: 7d}}\n    user_tag_a: {{type: count, window: 1d}}\n"
+    );
+    let errors = job_errors(&text);
+    assert!(
+        errors.len() == 1
+            && errors[0].starts_with("t.yaml:8:5: dataset.tags: duplicate mapping key: user_tag_a"),
+        "{errors:?}"
+    );
+}
