@@ -28,7 +28,7 @@ fn validate_reports_every_error_of_every_file_with_its_location() {
     );
     assert!(err.contains("pipelines/typo.yaml:2:1"), "{err}");
     assert!(err.contains("unknown field `sourc`"), "{err}");
-    assert!(err.contains("error(s) in 6 file(s)"), "{err}");
+    assert!(err.contains("error(s) in 7 file(s)"), "{err}");
 }
 
 #[test]
