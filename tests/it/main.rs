@@ -19,6 +19,7 @@ mod hits;
 mod http_source;
 mod journal;
 mod kafka;
+mod kafka_scale;
 mod media_e2e;
 mod pipeline;
 mod quota;
