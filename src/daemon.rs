@@ -411,6 +411,7 @@ fn journal_topic_source(
         max_bytes_per_batch: journal.max_bytes_per_batch,
         idle: std::time::Duration::from_secs(2),
         join_timeout: std::time::Duration::from_secs(60),
+        session_timeout: std::time::Duration::from_secs(45),
     }
 }
 

@@ -312,8 +312,23 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Opens (creating if needed) the catalog file and brings its schema up to date.
+    /// Opens (creating if needed) the catalog file and brings its schema up to date. Two
+    /// processes creating the same catalog at once (scaled-out Kafka pipelines) may find it
+    /// busy while the other sets it up: that is retried for about ten seconds.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let mut attempt = 0;
+        loop {
+            match Self::open_once(path) {
+                Err(e) if e.retryable() && attempt < 100 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Catalog, CatalogError> {
         let open_err = |source| CatalogError::Open {
             path: path.display().to_string(),
             source,
@@ -327,6 +342,9 @@ impl Catalog {
             })?;
         }
         let conn = Connection::open(path).map_err(open_err)?;
+        // Another process may be opening (migrating) the same catalog right now.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         Self::init(conn).map_err(|e| match e {
@@ -353,7 +371,13 @@ impl Catalog {
             });
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction()?;
+            // Immediate: two processes opening a new catalog at once migrate one after the
+            // other, and the second skips what the first applied.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if current > index as i64 {
+                continue;
+            }
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", index as i64 + 1)?;
             tx.commit()?;

@@ -138,6 +138,7 @@ pub struct KafkaSource {
     pub max_bytes_per_batch: NonZeroUsize,
     pub idle: std::time::Duration,
     pub join_timeout: std::time::Duration,
+    pub session_timeout: std::time::Duration,
 }
 
 /// Which topics a Kafka source subscribes to.

@@ -325,6 +325,11 @@ pub struct RawKafka {
     /// broker lets go of a crashed member); past it the run fails.
     #[serde(default)]
     pub join_timeout_ms: Option<Located<u64>>,
+    /// After this many milliseconds without a heartbeat the broker drops a member and gives its
+    /// partitions to the others (> 0, default 45000; the broker bounds it, 6000 at least on
+    /// Kafka's defaults). Lower means a crashed member's partitions move sooner.
+    #[serde(default)]
+    pub session_timeout_ms: Option<Located<u64>>,
 }
 
 /// Payload format of Kafka messages.

@@ -19,6 +19,7 @@ pub mod source;
 pub mod testing;
 pub mod transform;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -282,7 +283,12 @@ impl Runtime {
         opts: &RunOptions,
         cancel: &CancellationToken,
     ) -> Result<RunSummary, PipelineError> {
-        let _lock = self.lock(&pipeline.name)?;
+        // A Kafka pipeline may run in several processes at once (members of one consumer group
+        // on one catalog): its batches are serialized instead (`kafka_step`).
+        let _lock = match pipeline.source {
+            SourceConfig::Kafka(_) => None,
+            _ => self.lock(&pipeline.name)?,
+        };
         let started = chrono::Utc::now();
         let run_id = match opts.run_id {
             Some(id) => {
@@ -396,6 +402,12 @@ impl Runtime {
             {
                 return Ok(());
             }
+            if let Some(session) = kafka.as_mut() {
+                if !self.kafka_step(pipeline, session, summary).await? {
+                    return Ok(());
+                }
+                continue;
+            }
             let (intent, prefetched) = match self.catalog.open_intent(&pipeline.name)? {
                 Some(intent) => {
                     warn!(pipeline = %pipeline.name, batch = intent.seq, "replaying a batch left open by an earlier run");
@@ -404,9 +416,8 @@ impl Runtime {
                     (intent, None)
                 }
                 None => {
-                    let Some((positions, mut prefetched)) = self
-                        .plan(pipeline, opts, kafka.as_mut(), http.as_mut())
-                        .await?
+                    let Some((positions, mut prefetched)) =
+                        self.plan(pipeline, opts, http.as_mut()).await?
                     else {
                         return Ok(());
                     };
@@ -427,29 +438,143 @@ impl Runtime {
                 }
             };
             failpoint("after_intent");
-            let started = Instant::now();
-            match self
-                .execute(pipeline, &intent, prefetched, kafka.as_mut())
-                .await
-            {
-                Ok((stats, files_failed)) => {
-                    summary.batches += 1;
-                    summary.rows_in += stats.rows_in;
-                    summary.rows_out += stats.rows_out;
-                    summary.rows_quarantined += stats.rows_quarantined;
-                    summary.files_failed += files_failed;
-                    self.metrics.batches_committed.get_or_create(&labels).inc();
-                    self.metrics
-                        .batch_duration
-                        .get_or_create(&labels)
-                        .observe(started.elapsed().as_secs_f64());
-                }
-                Err(e) => {
-                    self.metrics.commit_failures.get_or_create(&labels).inc();
-                    return Err(e);
-                }
+            self.execute_counted(pipeline, &intent, prefetched, None, summary)
+                .await?;
+        }
+    }
+
+    /// Executes a batch and counts it in the run summary and the metrics.
+    async fn execute_counted(
+        &self,
+        pipeline: &Pipeline,
+        intent: &BatchIntent,
+        prefetched: Option<Fetched>,
+        kafka: Option<&mut kafka_source::Session>,
+        summary: &mut RunSummary,
+    ) -> Result<(), PipelineError> {
+        let labels = Metrics::labels(&pipeline.name);
+        let started = Instant::now();
+        match self.execute(pipeline, intent, prefetched, kafka).await {
+            Ok((stats, files_failed)) => {
+                summary.batches += 1;
+                summary.rows_in += stats.rows_in;
+                summary.rows_out += stats.rows_out;
+                summary.rows_quarantined += stats.rows_quarantined;
+                summary.files_failed += files_failed;
+                self.metrics.batches_committed.get_or_create(&labels).inc();
+                self.metrics
+                    .batch_duration
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.commit_failures.get_or_create(&labels).inc();
+                Err(e)
             }
         }
+    }
+
+    /// Where the catalog says each partition of a Kafka pipeline continues.
+    fn kafka_catalog_next(
+        &self,
+        pipeline: &Pipeline,
+    ) -> Result<BTreeMap<(String, i32), i64>, PipelineError> {
+        Ok(self
+            .catalog
+            .last_committed_positions(&pipeline.name)?
+            .map(serde_json::from_value::<KafkaPositions>)
+            .transpose()
+            .map_err(|e| PipelineError::Positions(e.to_string()))?
+            .map(|p| p.next_offsets())
+            .unwrap_or_default())
+    }
+
+    /// One step of a Kafka pipeline; `false` when the member's partitions are drained.
+    ///
+    /// Several processes may run the pipeline on one catalog, each a member of the group
+    /// reading its own partitions. A member reads its batch outside any lock, then takes the
+    /// pipeline's batch lock for the catalog part: it first replays a batch another member left
+    /// open (a crashed process: the lock is free only once it is gone), then fits its own batch
+    /// to the catalog (messages another member committed meanwhile are dropped), records the
+    /// intent, writes and commits. Every message lands once whichever member read it.
+    async fn kafka_step(
+        &self,
+        pipeline: &Pipeline,
+        session: &mut kafka_source::Session,
+        summary: &mut RunSummary,
+    ) -> Result<bool, PipelineError> {
+        let SourceConfig::Kafka(cfg) = &pipeline.source else {
+            return Err(PipelineError::Task(
+                "kafka session without a kafka source".into(),
+            ));
+        };
+        let labels = Metrics::labels(&pipeline.name);
+        session.set_offsets(self.kafka_catalog_next(pipeline)?);
+        let planned = session.plan().await?;
+        failpoint::injected_delay("kafka_planned").await;
+        let _lock = self.batch_lock(&pipeline.name).await?;
+        if let Some(intent) = self.catalog.open_intent(&pipeline.name)? {
+            warn!(pipeline = %pipeline.name, batch = intent.seq, "replaying a batch left open by an earlier run or another member");
+            self.metrics.batches_replayed.get_or_create(&labels).inc();
+            summary.replayed_batches += 1;
+            self.execute_counted(pipeline, &intent, None, Some(session), summary)
+                .await?;
+        }
+        let Some((positions, records)) = planned else {
+            return Ok(false);
+        };
+        let catalog_next = self.kafka_catalog_next(pipeline)?;
+        let (positions, records, dropped) = kafka_source::fit(positions, records, &catalog_next);
+        if dropped > 0 {
+            info!(pipeline = %pipeline.name, messages = dropped, "dropped messages another member committed meanwhile");
+        }
+        let Some(positions) = positions else {
+            session.set_offsets(catalog_next);
+            return Ok(true);
+        };
+        info!(pipeline = %pipeline.name, messages = records.len(), ranges = %kafka_source::describe(&positions), "kafka batch planned");
+        let planned_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let intent =
+            self.catalog
+                .create_intent(&pipeline.name, &to_positions(&positions)?, &planned_at)?;
+        failpoint("after_intent");
+        let fetched = Fetched::Kafka {
+            cfg: cfg.clone(),
+            records,
+            hits: self.kafka_hits(cfg)?,
+        };
+        self.execute_counted(pipeline, &intent, Some(fetched), Some(session), summary)
+            .await?;
+        Ok(true)
+    }
+
+    /// Waits for the pipeline's batch lock (another process of the same group holds it while it
+    /// commits a batch). `None` for in-memory catalogs.
+    async fn batch_lock(&self, name: &str) -> Result<Option<std::fs::File>, PipelineError> {
+        let Some(dir) = &self.lock_dir else {
+            return Ok(None);
+        };
+        let path = dir.join(format!("{name}.batch.lock"));
+        let shown = path.display().to_string();
+        let locked = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| PipelineError::Task(e.to_string()))?;
+        locked.map(Some).map_err(|source| PipelineError::Lock {
+            path: shown,
+            source,
+        })
     }
 
     fn journal(&self) -> Result<&Journal, PipelineError> {
@@ -462,7 +587,6 @@ impl Runtime {
         &self,
         pipeline: &Pipeline,
         opts: &RunOptions,
-        kafka: Option<&mut kafka_source::Session>,
         http: Option<&mut http_source::Session>,
     ) -> Result<Option<(serde_json::Value, Option<Fetched>)>, PipelineError> {
         match &pipeline.source {
@@ -518,34 +642,9 @@ impl Runtime {
                 };
                 Ok(Some((positions, Some(fetched))))
             }
-            SourceConfig::Kafka(cfg) => {
-                let Some(session) = kafka else {
-                    return Err(PipelineError::Task("kafka session missing".to_string()));
-                };
-                if session.needs_offsets() {
-                    // The catalog is the truth: where the last committed batch left each partition.
-                    let next = self
-                        .catalog
-                        .last_committed_positions(&pipeline.name)?
-                        .map(serde_json::from_value::<KafkaPositions>)
-                        .transpose()
-                        .map_err(|e| PipelineError::Positions(e.to_string()))?
-                        .map(|p| p.next_offsets())
-                        .unwrap_or_default();
-                    session.set_offsets(next);
-                }
-                let hits = self.kafka_hits(cfg)?;
-                let Some((positions, records)) = session.plan().await? else {
-                    return Ok(None);
-                };
-                info!(pipeline = %pipeline.name, messages = records.len(), ranges = %kafka_source::describe(&positions), "kafka batch planned");
-                let fetched = Fetched::Kafka {
-                    cfg: cfg.clone(),
-                    records,
-                    hits,
-                };
-                Ok(Some((to_positions(positions)?, Some(fetched))))
-            }
+            SourceConfig::Kafka(_) => Err(PipelineError::Task(
+                "kafka batches are planned by `kafka_step`".to_string(),
+            )),
             SourceConfig::Http(_) => {
                 let Some(session) = http else {
                     return Err(PipelineError::Task("http session missing".to_string()));

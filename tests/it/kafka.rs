@@ -15,23 +15,23 @@ use rdkafka::util::Timeout;
 
 use crate::support::*;
 
-fn broker() -> Option<String> {
+pub(crate) fn broker() -> Option<String> {
     require_env("BACKFLOW_TEST_KAFKA")
 }
 
 /// A name no other test (or earlier run against the same broker) uses.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime")
 }
 
-fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -49,7 +49,7 @@ fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 
 /// Produces `(partition, payload)` messages with an idempotent `acks=all` producer, each with a
 /// `source` header, and waits for every delivery report.
-fn produce(brokers: &str, topic: &str, messages: &[(i32, String)]) {
+pub(crate) fn produce(brokers: &str, topic: &str, messages: &[(i32, String)]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -78,7 +78,12 @@ fn produce(brokers: &str, topic: &str, messages: &[(i32, String)]) {
 }
 
 /// The group's committed offsets, partition → offset (absent: none committed).
-fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+pub(crate) fn committed(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)

@@ -21,6 +21,7 @@ mod http_source;
 mod journal;
 mod kafka;
 mod kafka_journal;
+mod kafka_scale;
 mod media_e2e;
 mod pipeline;
 mod quota;

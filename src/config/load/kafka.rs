@@ -48,6 +48,7 @@ impl Converter<'_> {
             .and_then(|n| self.usize_limit(n, "source.max_bytes_per_batch"));
         let idle = self.limit(raw.idle_ms, "source.idle_ms", 2_000);
         let join = self.limit(raw.join_timeout_ms, "source.join_timeout_ms", 60_000);
+        let session = self.limit(raw.session_timeout_ms, "source.session_timeout_ms", 45_000);
         Some(KafkaSource {
             brokers: brokers?,
             topics: topics?,
@@ -66,6 +67,7 @@ impl Converter<'_> {
             max_bytes_per_batch: bytes?,
             idle: Duration::from_millis(idle?.0.get()),
             join_timeout: Duration::from_millis(join?.0.get()),
+            session_timeout: Duration::from_millis(session?.0.get()),
         })
     }
 

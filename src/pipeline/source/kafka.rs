@@ -98,6 +98,16 @@ fn client_config(cfg: &KafkaSource) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set(
+            "session.timeout.ms",
+            cfg.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.session_timeout.as_millis() / 3)
+                .clamp(1, 3000)
+                .to_string(),
+        )
+        .set(
             "auto.offset.reset",
             match cfg.start_from {
                 StartFrom::Earliest => "earliest",
@@ -142,6 +152,9 @@ pub struct Session {
     commit_pending: bool,
     /// A message or partition end has been seen: the group has assigned partitions.
     joined: bool,
+    /// The last client error with no message or partition end after it (kept across batches:
+    /// librdkafka reports a lost broker once).
+    error_since_progress: Option<String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -175,12 +188,8 @@ impl Session {
             next: None,
             commit_pending: false,
             joined: false,
+            error_since_progress: None,
         })
-    }
-
-    /// Whether the catalog's offsets are still to be loaded.
-    pub fn needs_offsets(&self) -> bool {
-        self.next.is_none()
     }
 
     /// Sets the catalog's view of where each partition continues.
@@ -209,7 +218,17 @@ impl Session {
                 self.cfg.join_timeout.saturating_sub(started.elapsed())
             };
             let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
-                Err(_) if self.joined => break,
+                Err(_) if self.joined => {
+                    if let (true, Some(error)) = (records.is_empty(), &self.error_since_progress) {
+                        // Not drained: nothing arrives because the client cannot reach the
+                        // brokers. Failing (retryable) keeps the run from reporting success.
+                        return Err(PipelineError::Kafka(format!(
+                            "no message and no partition end for {} ms, and the client reports: {error} (brokers down?)",
+                            self.cfg.idle.as_millis()
+                        )));
+                    }
+                    break;
+                }
                 Err(_) => {
                     let assigned = self.assigned()?;
                     if assigned.is_empty() {
@@ -225,6 +244,7 @@ impl Session {
                 }
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
                     self.joined = true;
+                    self.error_since_progress = None;
                     at_end.insert(partition);
                     let assigned = self.assigned()?;
                     if !assigned.is_empty() && assigned.iter().all(|(_, p)| at_end.contains(p)) {
@@ -236,11 +256,13 @@ impl Session {
                     // librdkafka retries transient errors itself; these are reports.
                     warn!(pipeline = %self.pipeline, error = %e, "kafka client error");
                     last_error = Some(e.to_string());
+                    self.error_since_progress = Some(e.to_string());
                     continue;
                 }
                 Ok(Ok(message)) => message,
             };
             self.joined = true;
+            self.error_since_progress = None;
             at_end.remove(&message.partition());
             let key = (message.topic().to_string(), message.partition());
             let offset = message.offset();
@@ -354,6 +376,56 @@ impl Session {
             }
         }
     }
+}
+
+/// Fits a planned batch to the catalog just before its intent is recorded: with several
+/// members on one catalog (processes of one group), another member may have committed some of
+/// these offsets since this one planned (a partition moved between them while the group's
+/// offsets lagged the catalog). Messages below the catalog's `next` are dropped, each range
+/// starts at the catalog's `next` (when it is inside the range), and `next` becomes the
+/// catalog's, advanced by this batch's ranges. `None` when nothing is left.
+pub fn fit(
+    positions: KafkaPositions,
+    mut records: Vec<KafkaRecord>,
+    catalog_next: &Offsets,
+) -> (Option<KafkaPositions>, Vec<KafkaRecord>, u64) {
+    let before = records.len();
+    records.retain(|r| {
+        catalog_next
+            .get(&(r.topic.clone(), r.partition))
+            .is_none_or(|next| r.offset >= *next)
+    });
+    let dropped = (before - records.len()) as u64;
+    let mut next = catalog_next.clone();
+    let mut ranges = Vec::with_capacity(positions.ranges.len());
+    for mut range in positions.ranges {
+        let key = (range.topic.clone(), range.partition);
+        let kept = records
+            .iter()
+            .filter(|r| r.topic == range.topic && r.partition == range.partition)
+            .count() as u64;
+        if kept == 0 {
+            continue;
+        }
+        if let Some(at) = catalog_next.get(&key) {
+            range.from = range.from.max(*at);
+        }
+        range.records = kept;
+        next.insert(key, range.to);
+        ranges.push(range);
+    }
+    if ranges.is_empty() {
+        return (None, Vec::new(), dropped);
+    }
+    let next = next
+        .into_iter()
+        .map(|((topic, partition), offset)| PartitionOffset {
+            topic,
+            partition,
+            offset,
+        })
+        .collect();
+    (Some(KafkaPositions { ranges, next }), records, dropped)
 }
 
 /// Reads exactly the ranges of a planned batch again (a replay), outside the group.
