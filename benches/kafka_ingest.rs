@@ -112,7 +112,11 @@ fn main() {
         .expect("admin");
     for r in rt
         .block_on(admin.create_topics(
-            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
             &AdminOptions::new(),
         ))
         .expect("create topic")
@@ -153,12 +157,18 @@ fn main() {
             // Bounded in-flight: await the oldest delivery reports.
             while pending.len() >= 100_000 {
                 if let Some(f) = pending.pop_front() {
-                    f.await.expect("canceled").map_err(|(e, _)| e).expect("delivered");
+                    f.await
+                        .expect("canceled")
+                        .map_err(|(e, _)| e)
+                        .expect("delivered");
                 }
             }
         }
         for f in pending {
-            f.await.expect("canceled").map_err(|(e, _)| e).expect("delivered");
+            f.await
+                .expect("canceled")
+                .map_err(|(e, _)| e)
+                .expect("delivered");
         }
     });
     file.flush().expect("flush");
