@@ -55,7 +55,7 @@ fn event(n: u64) -> String {
 }
 
 /// Runs `cmd` under `/usr/bin/time`; returns (wall, cpu seconds).
-fn timed(cmd: &mut Command, what: &str) -> (Duration, f64) {
+fn timed(cmd: &mut Command, what: &str) -> (Duration, f64, String) {
     let times = tempfile::NamedTempFile::new().expect("temp file");
     let program = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(ToOwned::to_owned).collect();
@@ -92,7 +92,7 @@ fn timed(cmd: &mut Command, what: &str) -> (Duration, f64) {
         .split_whitespace()
         .filter_map(|v| v.parse::<f64>().ok())
         .sum();
-    (wall, cpu)
+    (wall, cpu, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn main() {
@@ -199,7 +199,7 @@ sink:
         ),
     )
     .expect("pipeline");
-    let (wall, cpu) = timed(
+    let (wall, cpu, run_out) = timed(
         Command::new(env!("CARGO_BIN_EXE_backflow"))
             .args(["run", "kafka_ingest", "--json"])
             .current_dir(&project)
@@ -207,6 +207,7 @@ sink:
         "backflow run",
     );
     let lag = produced_at.elapsed();
+    let summary = run_out.lines().last().unwrap_or("").to_string();
 
     // 3. DuckDB: the same messages as NDJSON → Parquet.
     let python = std::env::var("BACKFLOW_TEST_PYTHON").unwrap_or_else(|_| {
@@ -220,7 +221,7 @@ sink:
         ndjson.display(),
         work.path().join("duckdb.parquet").display()
     );
-    let (duck_wall, duck_cpu) = timed(Command::new(python).args(["-c", &script]), "duckdb");
+    let (duck_wall, duck_cpu, _) = timed(Command::new(python).args(["-c", &script]), "duckdb");
 
     let rate = |d: Duration| messages as f64 / d.as_secs_f64();
     println!(
@@ -240,6 +241,7 @@ sink:
         messages as f64 / cpu.max(0.001),
         lag.as_secs_f64()
     );
+    println!("  backflow run summary: {summary}");
     println!(
         "  duckdb ndjson → parquet:    {:.1} s wall, {:.1} CPU-s, {:.0} rows/s, {:.0} rows per CPU-s",
         duck_wall.as_secs_f64(),
