@@ -1,0 +1,252 @@
+//! Kafka → Parquet ingest against a local broker, compared with DuckDB on the same messages.
+//!
+//! ```text
+//! BACKFLOW_TEST_KAFKA=127.0.0.1:PORT MESSAGES=5000000 nice -n 10 cargo bench --bench kafka_ingest
+//! ```
+//!
+//! 1. creates a topic (`PARTITIONS`, default 4) and produces `MESSAGES` (default 200000)
+//!    ad-event JSON messages with an idempotent `acks=all` producer (timed on its own: the
+//!    broker's own speed), writing the same lines to an NDJSON file;
+//! 2. runs `backflow run kafka_ingest` (this build's release binary) under `/usr/bin/time` into a
+//!    fresh lake: messages/s, messages per CPU-second, and the end-to-end lag of the backlog
+//!    (last message produced → its batch committed, i.e. the run's end);
+//! 3. runs DuckDB (`BACKFLOW_TEST_PYTHON`, default the tool venv) on the NDJSON file:
+//!    `COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet, COMPRESSION zstd)`, under
+//!    `/usr/bin/time` too.
+//!
+//! Per core = rows per CPU-second (user + system) of the process, so a run that uses both cores
+//! and one that uses one compare fairly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One ad event, shaped like the behavior events the collection endpoints receive.
+fn event(n: u64) -> String {
+    let kinds = ["impression", "click", "view", "complete"];
+    let countries = ["FR", "DE", "US", "ES", "IT"];
+    serde_json::json!({
+        "event_id": format!("e{n:010}"),
+        "event_time": format!("2026-03-{:02}T{:02}:{:02}:{:02}Z", 1 + n % 28, n % 24, n % 60, (n / 60) % 60),
+        "event_type": kinds[(n % 4) as usize],
+        "campaign_id": format!("cmp-{}", n % 97),
+        "creative_id": format!("cr-{}", n % 1009),
+        "placement": format!("pl-{}", n % 31),
+        "device": if n.is_multiple_of(3) { "mobile" } else { "desktop" },
+        "country": countries[(n % 5) as usize],
+        "cost_micros": (n * 37) % 100_000,
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36",
+    })
+    .to_string()
+}
+
+/// Runs `cmd` under `/usr/bin/time`; returns (wall, cpu seconds).
+fn timed(cmd: &mut Command, what: &str) -> (Duration, f64, String) {
+    let times = tempfile::NamedTempFile::new().expect("temp file");
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(ToOwned::to_owned).collect();
+    let mut wrapped = Command::new("/usr/bin/time");
+    wrapped
+        .arg("-f")
+        .arg("%U %S")
+        .arg("-o")
+        .arg(times.path())
+        .arg(program)
+        .args(args);
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            wrapped.env(k, v);
+        }
+    }
+    let started = Instant::now();
+    let out = wrapped.output().expect("spawn");
+    let wall = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(times.path()).expect("times");
+    let cpu: f64 = text
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    (wall, cpu, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn main() {
+    let Ok(brokers) = std::env::var("BACKFLOW_TEST_KAFKA") else {
+        eprintln!("kafka_ingest: set BACKFLOW_TEST_KAFKA=127.0.0.1:PORT (a tansu or Kafka broker)");
+        return;
+    };
+    let messages = env_or("MESSAGES", 200_000);
+    let partitions = env_or("PARTITIONS", 4) as i32;
+    let work = tempfile::tempdir().expect("tempdir");
+    let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin");
+    for r in rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        ))
+        .expect("create topic")
+    {
+        r.expect("topic created");
+    }
+
+    // 1. Produce, and write the same lines as NDJSON.
+    let ndjson = work.path().join("events.ndjson");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&ndjson).expect("ndjson"));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut pending = std::collections::VecDeque::new();
+        for n in 0..messages {
+            let payload = event(n);
+            writeln!(file, "{payload}").expect("write ndjson");
+            let key = format!("cmp-{}", n % 97);
+            let future = producer.send_result(
+                FutureRecord::to(&topic)
+                    .partition((n % partitions as u64) as i32)
+                    .key(&key)
+                    .payload(&payload),
+            );
+            match future {
+                Ok(f) => pending.push_back(f),
+                Err((e, _)) => panic!("enqueue: {e}"),
+            }
+            // Bounded in-flight: await the oldest delivery reports.
+            while pending.len() >= 100_000 {
+                if let Some(f) = pending.pop_front() {
+                    f.await
+                        .expect("canceled")
+                        .map_err(|(e, _)| e)
+                        .expect("delivered");
+                }
+            }
+        }
+        for f in pending {
+            f.await
+                .expect("canceled")
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
+    });
+    file.flush().expect("flush");
+    let produce = started.elapsed();
+    let produced_at = Instant::now();
+    let bytes = std::fs::metadata(&ndjson).map(|m| m.len()).unwrap_or(0);
+
+    // 2. backflow: Kafka → Parquet.
+    let project = work.path().join("project");
+    std::fs::create_dir_all(project.join("pipelines")).expect("mkdir");
+    std::fs::write(
+        project.join("pipelines/kafka_ingest.yaml"),
+        format!(
+            r#"name: kafka_ingest
+source:
+  type: kafka
+  brokers: ["{brokers}"]
+  topics: [{topic}]
+  group_id: {topic}-group
+  idle_ms: 3000
+transforms:
+  - cast: {{event_time: timestamp, cost_micros: int64}}
+sink:
+  type: parquet
+  dataset: ad_events
+  partition_by: {{column: event_time, granularity: day}}
+"#
+        ),
+    )
+    .expect("pipeline");
+    let (wall, cpu, run_out) = timed(
+        Command::new(env!("CARGO_BIN_EXE_backflow"))
+            .args(["run", "kafka_ingest", "--json"])
+            .current_dir(&project)
+            .env("RUST_LOG", "warn"),
+        "backflow run",
+    );
+    let lag = produced_at.elapsed();
+    let summary = run_out.lines().last().unwrap_or("").to_string();
+
+    // 3. DuckDB: the same messages as NDJSON → Parquet.
+    let python = std::env::var("BACKFLOW_TEST_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/backflow/tools/py/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let script = format!(
+        "import duckdb; duckdb.sql(\"COPY (SELECT * FROM read_json('{}')) TO '{}' (FORMAT parquet, COMPRESSION zstd)\")",
+        ndjson.display(),
+        work.path().join("duckdb.parquet").display()
+    );
+    let (duck_wall, duck_cpu, _) = timed(Command::new(python).args(["-c", &script]), "duckdb");
+
+    let rate = |d: Duration| messages as f64 / d.as_secs_f64();
+    println!(
+        "kafka_ingest: {messages} messages ({:.0} MiB NDJSON), {partitions} partitions",
+        bytes as f64 / 1048576.0
+    );
+    println!(
+        "  produce (rdkafka → broker): {:.1} s, {:.0} msg/s",
+        produce.as_secs_f64(),
+        rate(produce)
+    );
+    println!(
+        "  backflow kafka → parquet:   {:.1} s wall, {:.1} CPU-s, {:.0} msg/s, {:.0} msg per CPU-s; lag (last produced → committed) {:.1} s",
+        wall.as_secs_f64(),
+        cpu,
+        rate(wall),
+        messages as f64 / cpu.max(0.001),
+        lag.as_secs_f64()
+    );
+    println!("  backflow run summary: {summary}");
+    println!(
+        "  duckdb ndjson → parquet:    {:.1} s wall, {:.1} CPU-s, {:.0} rows/s, {:.0} rows per CPU-s",
+        duck_wall.as_secs_f64(),
+        duck_cpu,
+        rate(duck_wall),
+        messages as f64 / duck_cpu.max(0.001)
+    );
+}
