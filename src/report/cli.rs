@@ -69,8 +69,10 @@ fn json_out(value: &impl serde::Serialize, out: &mut dyn Write) -> Result<(), Re
     writeln!(out, "{text}").map_err(|e| ReportError::Task(format!("writing the report: {e}")))
 }
 
+/// What the ad monitoring and the Tencent report share: workspace, range, form, region,
+/// metrics and output.
 #[derive(Debug, Args)]
-pub struct AdMonitoringArgs {
+pub struct LinkReportArgs {
     #[arg(long)]
     pub workspace: String,
     /// First day (YYYY-MM-DD, workspace time zone; default: 7 days before today).
@@ -82,22 +84,11 @@ pub struct AdMonitoringArgs {
     /// date, hour or audience.
     #[arg(long, default_value = "date")]
     pub form: String,
-    /// group, channel or activity.
-    #[arg(long, default_value = "group")]
-    pub by: String,
-    /// Only these activity groups (repeat or comma-separate).
-    #[arg(long)]
-    pub group: Vec<String>,
-    /// Only these channels (media ids).
-    #[arg(long)]
-    pub channel: Vec<String>,
-    /// Only these activity ids.
-    #[arg(long)]
-    pub activity: Vec<String>,
     /// Audience form: province or city.
     #[arg(long, default_value = "province")]
     pub region: String,
-    /// Metrics to show (impressions, clicks, unique_impressions, unique_clicks, ctr).
+    /// Metrics to show (default: all of the report's; ad monitoring: impressions, clicks,
+    /// unique_impressions, unique_clicks, ctr; Tencent: clicks, unique_clicks).
     #[arg(long)]
     pub metrics: Vec<String>,
     /// Print the report as JSON (the API's shape).
@@ -111,20 +102,17 @@ pub struct AdMonitoringArgs {
     pub exact: bool,
 }
 
-fn push(pairs: &mut Vec<(String, String)>, name: &str, values: &[String]) {
-    pairs.extend(values.iter().map(|v| (name.to_string(), v.clone())));
-}
-
-impl AdMonitoringArgs {
-    fn pairs(&self) -> Vec<(String, String)> {
+impl LinkReportArgs {
+    /// The API's query parameters: these, with `by` and the report's own filters.
+    fn pairs(&self, by: &str, filters: &[(&str, &[String])]) -> Vec<(String, String)> {
         let mut pairs = Vec::new();
         push(&mut pairs, "from", self.from.as_slice());
         push(&mut pairs, "to", self.to.as_slice());
         push(&mut pairs, "form", std::slice::from_ref(&self.form));
-        push(&mut pairs, "by", std::slice::from_ref(&self.by));
-        push(&mut pairs, "group", &self.group);
-        push(&mut pairs, "channel", &self.channel);
-        push(&mut pairs, "activity", &self.activity);
+        pairs.push(("by".into(), by.to_string()));
+        for (name, values) in filters {
+            push(&mut pairs, name, values);
+        }
         push(&mut pairs, "region", std::slice::from_ref(&self.region));
         push(&mut pairs, "metrics", &self.metrics);
         if self.csv {
@@ -137,19 +125,45 @@ impl AdMonitoringArgs {
     }
 }
 
+fn push(pairs: &mut Vec<(String, String)>, name: &str, values: &[String]) {
+    pairs.extend(values.iter().map(|v| (name.to_string(), v.clone())));
+}
+
+#[derive(Debug, Args)]
+pub struct AdMonitoringArgs {
+    #[command(flatten)]
+    pub common: LinkReportArgs,
+    /// group, channel or activity.
+    #[arg(long, default_value = "group")]
+    pub by: String,
+    /// Only these activity groups (repeat or comma-separate).
+    #[arg(long)]
+    pub group: Vec<String>,
+    /// Only these channels (media ids).
+    #[arg(long)]
+    pub channel: Vec<String>,
+    /// Only these activity ids.
+    #[arg(long)]
+    pub activity: Vec<String>,
+}
+
+impl AdMonitoringArgs {
+    fn pairs(&self) -> Vec<(String, String)> {
+        self.common.pairs(
+            &self.by,
+            &[
+                ("group", &self.group),
+                ("channel", &self.channel),
+                ("activity", &self.activity),
+            ],
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TencentArgs {
-    #[arg(long)]
-    pub workspace: String,
-    /// First day (YYYY-MM-DD, workspace time zone; default: 7 days before today).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Last day, included (default: yesterday). At most 60 days in all.
-    #[arg(long)]
-    pub to: Option<String>,
-    /// date, hour or audience.
-    #[arg(long, default_value = "date")]
-    pub form: String,
+    #[command(flatten)]
+    pub common: LinkReportArgs,
     /// task (feedback task name) or adgroup (Tencent ad id).
     #[arg(long, default_value = "task")]
     pub by: String,
@@ -159,41 +173,14 @@ pub struct TencentArgs {
     /// Only these Tencent ad ids (adgroup_id).
     #[arg(long)]
     pub adgroup: Vec<String>,
-    /// Audience form: province or city.
-    #[arg(long, default_value = "province")]
-    pub region: String,
-    /// Metrics to show (clicks, unique_clicks).
-    #[arg(long)]
-    pub metrics: Vec<String>,
-    /// Print the report as JSON (the API's shape).
-    #[arg(long, conflicts_with = "csv")]
-    pub json: bool,
-    /// Print the detail table as CSV (the API's export).
-    #[arg(long)]
-    pub csv: bool,
-    /// Exact uniques from a scan of the committed Parquet instead of the rollups.
-    #[arg(long)]
-    pub exact: bool,
 }
 
 impl TencentArgs {
     fn pairs(&self) -> Vec<(String, String)> {
-        let mut pairs = Vec::new();
-        push(&mut pairs, "from", self.from.as_slice());
-        push(&mut pairs, "to", self.to.as_slice());
-        push(&mut pairs, "form", std::slice::from_ref(&self.form));
-        push(&mut pairs, "by", std::slice::from_ref(&self.by));
-        push(&mut pairs, "task", &self.task);
-        push(&mut pairs, "adgroup", &self.adgroup);
-        push(&mut pairs, "region", std::slice::from_ref(&self.region));
-        push(&mut pairs, "metrics", &self.metrics);
-        if self.csv {
-            pairs.push(("format".into(), "csv".into()));
-        }
-        if self.exact {
-            pairs.push(("exact".into(), "true".into()));
-        }
-        pairs
+        self.common.pairs(
+            &self.by,
+            &[("task", &self.task), ("adgroup", &self.adgroup)],
+        )
     }
 }
 
@@ -225,9 +212,9 @@ pub async fn run(
     match command {
         ReportCommand::AdMonitoring(args) => {
             let (q, format) =
-                params::ad_monitoring(&args.workspace, &args.pairs(), reports.today())?;
+                params::ad_monitoring(&args.common.workspace, &args.pairs(), reports.today())?;
             let report = reports.ad_monitoring(&q).await?;
-            match (format, args.json) {
+            match (format, args.common.json) {
                 (_, true) => {
                     let text = serde_json::to_string_pretty(&report)
                         .map_err(|e| ReportError::Task(e.to_string()))?;
@@ -243,9 +230,10 @@ pub async fn run(
             }
         }
         ReportCommand::Tencent(args) => {
-            let (q, format) = params::tencent(&args.workspace, &args.pairs(), reports.today())?;
+            let (q, format) =
+                params::tencent(&args.common.workspace, &args.pairs(), reports.today())?;
             let report = reports.tencent(&q).await?;
-            match (format, args.json) {
+            match (format, args.common.json) {
                 (Format::Csv, false) => {
                     let body = report
                         .to_csv()

@@ -310,27 +310,6 @@ fn hits_are_forwarded_with_macros_filled_and_retried_until_the_third_party_is_ba
     );
 }
 
-/// `backflow serve` again on the same project (no token line is printed the second time).
-fn restart(
-    p: &Project,
-    (public, admin): (u16, u16),
-    env: &[(&str, String)],
-) -> std::process::Child {
-    let child = p
-        .command(&["serve"])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("BACKFLOW__PUBLIC__LISTEN", format!("127.0.0.1:{public}"))
-        .env("BACKFLOW__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    wait_for("the daemon to come up again", || {
-        crate::serve::http::blocking_get(&format!("http://127.0.0.1:{admin}/healthz")).is_ok()
-    });
-    child
-}
-
 #[test]
 fn queued_jobs_survive_kill_9_and_are_sent_after_restart() {
     let p = project();
@@ -365,7 +344,7 @@ fn queued_jobs_survive_kill_9_and_are_sent_after_restart() {
     d.child.wait().expect("reap");
 
     let server = ThirdParty::start(third, 200);
-    let mut again = restart(&p, (public, admin), &env);
+    let mut again = crate::collect::start_again(&p, (public, admin), &env);
     wait_for("the queued jobs sent after the restart", || {
         server.accepted().len() >= 3
     });
