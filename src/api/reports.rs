@@ -12,9 +12,9 @@ use serde_json::json;
 
 use super::{ApiError, AppState, authorize};
 use crate::catalog::{Role, TokenInfo};
+use crate::report::ReportError;
 use crate::report::downloads::DownloadInput;
 use crate::report::params::{self, Format};
-use crate::report::{Report, ReportError};
 
 /// The report routes (merged into the admin router).
 pub fn routes() -> Router<AppState> {
@@ -129,7 +129,11 @@ async fn ad_monitoring(
     let reports = &state.reports;
     let (q, format) = params::ad_monitoring(&ws, &pairs, reports.today())?;
     let report = reports.ad_monitoring(&q).await?;
-    respond(report, format)
+    let name = format!(
+        "ad-monitoring-{}-{}-{}",
+        report.workspace, report.from, report.to
+    );
+    respond(&report, format, &name, || report.to_csv())
 }
 
 async fn tencent(
@@ -142,16 +146,8 @@ async fn tencent(
     let reports = &state.reports;
     let (q, format) = params::tencent(&ws, &pairs, reports.today())?;
     let report = reports.tencent(&q).await?;
-    match format {
-        Format::Json => Ok(Json(report).into_response()),
-        Format::Csv => {
-            let body = report
-                .to_csv()
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let name = format!("tencent-{}-{}-{}", report.workspace, report.from, report.to);
-            Ok(csv_response(&name, body))
-        }
-    }
+    let name = format!("tencent-{}-{}-{}", report.workspace, report.from, report.to);
+    respond(&report, format, &name, || report.to_csv())
 }
 
 async fn dashboard(
@@ -187,18 +183,18 @@ async fn resources(
     Ok(Json(state.reports.resources(&ws, range)?).into_response())
 }
 
-fn respond(report: Report, format: Format) -> Result<Response, ReportApiError> {
+/// A report as JSON, or its detail table as a CSV download named `name`.
+fn respond<R: serde::Serialize>(
+    report: &R,
+    format: Format,
+    name: &str,
+    csv: impl FnOnce() -> Result<Vec<u8>, csv::Error>,
+) -> Result<Response, ReportApiError> {
     match format {
         Format::Json => Ok(Json(report).into_response()),
         Format::Csv => {
-            let body = report
-                .to_csv()
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let name = format!(
-                "ad-monitoring-{}-{}-{}",
-                report.workspace, report.from, report.to
-            );
-            Ok(csv_response(&name, body))
+            let body = csv().map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(csv_response(name, body))
         }
     }
 }
