@@ -317,8 +317,8 @@ fn main() {
         let summary: serde_json::Value =
             serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_default();
         println!(
-            "backflow run {run}: {secs:.2} s, peak RSS {rss:.0} MiB, {} users from {} hits",
-            summary["rows_out"], summary["rows_in"]
+            "backflow run {run}: {secs:.2} s, peak RSS {rss:.0} MiB, {} users from {} hits, {} partitions",
+            summary["rows_out"], summary["rows_in"], summary["partitions"]
         );
     }
     if let Ok(python) = std::env::var("BACKFLOW_TEST_PYTHON") {

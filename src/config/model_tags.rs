@@ -51,9 +51,16 @@ pub struct UserTagsBuild {
     /// Extra ID columns, in order.
     pub id_columns: Vec<String>,
     pub window_end: WindowEnd,
+    /// Hits per partition of the user grouping ([`DEFAULT_PARTITION_ROWS`]).
+    pub partition_rows: u64,
     /// The tags in column order; a tag only refers to tags before it.
     pub tags: Vec<TagDef>,
 }
+
+/// Hits per partition of the user grouping unless the job says otherwise.
+pub const DEFAULT_PARTITION_ROWS: u64 = 4_000_000;
+/// The smallest `partition_rows` accepted.
+pub const MIN_PARTITION_ROWS: u64 = 1_000;
 
 impl UserTagsBuild {
     /// The main table's columns, in order: the key, its ID type, the extra IDs, the tags.

@@ -34,6 +34,12 @@ pub struct RawUserTagsBuild {
     /// window `7d` is `[end - 7 days, end)`; hits after `end` wait for the next refresh.
     #[serde(default)]
     pub window_end: RawWindowEnd,
+    /// Hits per partition when grouping by user (default 4 000 000, at least 1 000). A
+    /// refresh reading more hits than this first splits them by user into partitions on local
+    /// disk (the daemon's `data_dir/tmp/`) and groups one partition at a time: peak memory
+    /// follows this number (about 1 GiB per 2 M hits with the shipped tags), not the lake.
+    #[serde(default)]
+    pub partition_rows: Option<Located<u64>>,
     /// The tags, in column order, keyed by column name: `user_tag_` then lower-case letters,
     /// digits and `_` (at most 64 characters). A tag may use only tags defined above it.
     pub tags: OrderedMap<RawTag>,

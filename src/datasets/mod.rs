@@ -114,6 +114,10 @@ pub struct RefreshSummary {
     /// Where the windows of a user tag dataset ended (RFC 3339 UTC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_end: Option<String>,
+    /// How many partitions by user the hits of a user tag dataset were grouped in (1: all
+    /// at once; see `partition_rows`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<usize>,
 }
 
 /// How a refresh is run.
@@ -279,9 +283,23 @@ async fn run(
                 .as_of
                 .or(period.map(|p| p.end.with_timezone(&chrono::Utc)))
                 .unwrap_or(started_at);
-            let (built, end) =
-                tags::build_tables(lake, build, &job.publish, now, runtime.tz).await?;
+            // Scratch space next to the lock files (`data_dir/tmp/`, one per job: its lock
+            // is held), else a fresh one in the system's.
+            let scratch = match runtime.lock_dir.as_ref().and_then(|d| d.parent()) {
+                Some(data_dir) => data_dir
+                    .join("tmp")
+                    .join(format!("dataset-{}", build.output)),
+                None => std::env::temp_dir().join(format!(
+                    "backflow-dataset-{}-{}-{}",
+                    build.output,
+                    std::process::id(),
+                    chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+                )),
+            };
+            let (built, end, parts) =
+                tags::build_tables(lake, build, &job.publish, now, runtime.tz, scratch).await?;
             summary.window_end = Some(end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            summary.partitions = Some(parts);
             built
         }
     };

@@ -11,13 +11,13 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::support::*;
 
-struct Bucket {
+pub(crate) struct Bucket {
     endpoint: String,
     name: String,
     store: Arc<dyn ObjectStore>,
 }
 
-fn bucket(endpoint: String, name: &str) -> Bucket {
+pub(crate) fn bucket(endpoint: String, name: &str) -> Bucket {
     // moto creates a bucket on a plain PUT.
     let status = std::process::Command::new("curl")
         .args(["-fsS", "-X", "PUT", &format!("{endpoint}/{name}")])
@@ -46,7 +46,7 @@ fn bucket(endpoint: String, name: &str) -> Bucket {
 }
 
 impl Bucket {
-    fn env(&self, cmd: &mut std::process::Command) {
+    pub(crate) fn env(&self, cmd: &mut std::process::Command) {
         cmd.env("AWS_ENDPOINT", &self.endpoint)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "test")
@@ -56,7 +56,7 @@ impl Bucket {
             .env("BACKFLOW__LAKE__URL", format!("s3://{}/lake", self.name));
     }
 
-    async fn keys(&self, prefix: &str) -> Vec<String> {
+    pub(crate) async fn keys(&self, prefix: &str) -> Vec<String> {
         let prefix = ObjectPath::from(prefix);
         let mut keys: Vec<String> = self
             .store
@@ -69,7 +69,18 @@ impl Bucket {
         keys
     }
 
-    async fn dataset_rows(&self, prefix: &str) -> Vec<String> {
+    pub(crate) async fn get(&self, key: &str) -> Vec<u8> {
+        self.store
+            .get(&ObjectPath::from(key))
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes")
+            .to_vec()
+    }
+
+    pub(crate) async fn dataset_rows(&self, prefix: &str) -> Vec<String> {
         let mut rows = Vec::new();
         for key in self
             .keys(prefix)

@@ -513,6 +513,105 @@ fn every_tag_kind_equals_duckdb_sql_over_the_same_parquet() {
 }
 
 #[test]
+fn a_refresh_split_into_partitions_by_user_equals_the_one_pass_refresh_and_duckdb() {
+    if require_env("BACKFLOW_TEST_PYTHON").is_none() {
+        return;
+    }
+    let p = project(false);
+    let parts = TAGS
+        .replace("name: test_tags", "name: test_tags_parts")
+        .replace("output: test_tags", "output: test_tags_parts")
+        .replace(
+            "window_end: hour",
+            "window_end: hour\n  partition_rows: 1000",
+        );
+    p.write("pipelines/test_tags_parts.yaml", &parts);
+    drop_hits(&p, "ad", "hits.ndjson", &generated_hits());
+    run_ok(&p, &["run", "ad_drop", "--json"]);
+
+    let one = refresh(&p, "test_tags", AS_OF);
+    assert_eq!(one["partitions"], 1);
+    // About 2 800 hits in the partitions read, at most 1 000 per partition.
+    let split = refresh(&p, "test_tags_parts", AS_OF);
+    assert_eq!(split["status"], "succeeded");
+    assert!(split["partitions"].as_u64() >= Some(3), "{split}");
+    assert_eq!(split["rows_in"], one["rows_in"]);
+    assert_eq!(split["rows_out"], one["rows_out"]);
+
+    let version = current_path(&p.lake(), "test_tags_parts");
+    let users = check_against_sql(&p, &version, end());
+    assert_eq!(split["rows_out"], users);
+    let (differ, _, _) = diff(
+        &p,
+        &published(&version),
+        &published(&current_path(&p.lake(), "test_tags")),
+    );
+    assert_eq!(differ, 0, "the split and one-pass versions differ");
+    // The partitions were scratch: nothing is left in the data dir.
+    let scratch = p.path().join("data/tmp/dataset-test_tags_parts");
+    assert!(!scratch.exists(), "{} was left behind", scratch.display());
+}
+
+/// `backflow run JOB --as-of AS_OF --json` on the lake of bucket `b`.
+fn refresh_on(p: &Project, b: &crate::s3::Bucket, job: &str) -> serde_json::Value {
+    let mut cmd = p.command(&["run", job, "--json", "--as-of", AS_OF]);
+    b.env(&mut cmd);
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "{job} failed: {}", stderr(&out));
+    serde_json::from_str(stdout(&out).lines().last().unwrap_or("")).expect("summary JSON")
+}
+
+#[tokio::test]
+async fn a_refresh_on_an_s3_lake_equals_the_one_on_local_disk() {
+    let Some(endpoint) = require_env("BACKFLOW_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let b = crate::s3::bucket(endpoint, "tags-lake");
+    let parts = |p: &Project| {
+        let job = TAGS.replace(
+            "window_end: hour",
+            "window_end: hour\n  partition_rows: 1000",
+        );
+        p.write("pipelines/test_tags.yaml", &job);
+    };
+    let local = project(false);
+    parts(&local);
+    drop_hits(&local, "ad", "hits.ndjson", &generated_hits());
+    run_ok(&local, &["run", "ad_drop", "--json"]);
+    let want = refresh(&local, "test_tags", AS_OF);
+    let version = current_path(&local.lake(), "test_tags");
+    let want_rows = row_multiset(&read_dataset(
+        &local.lake().join(&version).join("user_tags"),
+    ));
+
+    // The same hits into the bucket's lake, the same refresh: files are downloaded to the
+    // scratch directory and grouped in partitions there.
+    let remote = project(false);
+    parts(&remote);
+    drop_hits(&remote, "ad", "hits.ndjson", &generated_hits());
+    let mut cmd = remote.command(&["run", "ad_drop", "--json"]);
+    b.env(&mut cmd);
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "ad_drop on S3: {}", stderr(&out));
+    let got = refresh_on(&remote, &b, "test_tags");
+    assert_eq!(got["rows_in"], want["rows_in"]);
+    assert_eq!(got["partitions"], want["partitions"]);
+    assert!(got["partitions"].as_u64() >= Some(3), "{got}");
+    let pointers = b.keys("lake/datasets/test_tags/_current").await;
+    assert_eq!(pointers.len(), 1, "{pointers:?}");
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&b.get(&pointers[0]).await).expect("pointer");
+    let path = pointer["path"].as_str().expect("path");
+    let got_rows = b.dataset_rows(&format!("lake/{path}/user_tags")).await;
+    assert_eq!(got_rows.len(), want_rows.len());
+    assert!(
+        got_rows == want_rows,
+        "the S3 refresh differs from the local one"
+    );
+    assert!(!remote.path().join("data/tmp/dataset-test_tags").exists());
+}
+
+#[test]
 fn hourly_refreshes_move_the_windows_by_the_hour() {
     if require_env("BACKFLOW_TEST_PYTHON").is_none() {
         return;

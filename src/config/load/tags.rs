@@ -6,8 +6,9 @@ use std::path::Path;
 use super::Converter;
 use crate::config::model::CompiledExpr;
 use crate::config::model_tags::{
-    AIPL_STAGES, CompareTo, ID_COLUMN_FIELDS, MAX_TAG_NAME, RfmPart, RfmRule, Scope, TAG_PREFIX,
-    TagDef, TagKind, USER_ID_FIELDS, UserTagsBuild, Window, WindowEnd,
+    AIPL_STAGES, CompareTo, DEFAULT_PARTITION_ROWS, ID_COLUMN_FIELDS, MAX_TAG_NAME,
+    MIN_PARTITION_ROWS, RfmPart, RfmRule, Scope, TAG_PREFIX, TagDef, TagKind, USER_ID_FIELDS,
+    UserTagsBuild, Window, WindowEnd,
 };
 use crate::config::raw::Located;
 use crate::config::raw_tags::{RawCompareTo, RawRfmPart, RawTag, RawUserTagsBuild, RawWindowEnd};
@@ -138,7 +139,23 @@ impl Converter<'_> {
                 }
             }
         }
+        let partition_rows = match &raw.partition_rows {
+            None => Some(DEFAULT_PARTITION_ROWS),
+            Some(n) if *n.value() < MIN_PARTITION_ROWS => {
+                self.errors.push(
+                    n.location(),
+                    "dataset.partition_rows",
+                    format!(
+                        "partition_rows {} is too small, expected at least {MIN_PARTITION_ROWS}",
+                        n.value()
+                    ),
+                );
+                None
+            }
+            Some(n) => Some(*n.value()),
+        };
         let id_columns: Vec<String> = id_columns?;
+        let partition_rows = partition_rows?;
         if !ok {
             return None;
         }
@@ -151,6 +168,7 @@ impl Converter<'_> {
                 RawWindowEnd::Day => WindowEnd::Day,
                 RawWindowEnd::Hour => WindowEnd::Hour,
             },
+            partition_rows,
             tags,
         })
     }

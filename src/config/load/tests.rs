@@ -428,11 +428,25 @@ fn user_tags_get_their_defaults() {
         ("ad_events", false, 7)
     );
     assert_eq!(build.window_end, crate::config::model_tags::WindowEnd::Day);
+    assert_eq!(build.partition_rows, 4_000_000);
     assert_eq!(build.tags[0].defined_at, "t.yaml:7:5");
     assert_eq!(build.lookback(), crate::config::model_tags::Window::Days(7));
     assert_eq!(
         loaded.job.publish.max_null_ratio,
         [("user_id".to_string(), 0.0), ("id_type".to_string(), 0.0)]
+    );
+}
+
+#[test]
+fn a_tiny_partition_size_is_a_located_error() {
+    let text = format!(
+        "{TAGS_HEAD}  partition_rows: 10\n  tags:\n    user_tag_a: {{type: count, window: 7d}}\n"
+    );
+    assert_eq!(
+        job_errors(&text),
+        [
+            "t.yaml:6:19: dataset.partition_rows: partition_rows 10 is too small, expected at least 1000"
+        ]
     );
 }
 

@@ -10,6 +10,7 @@
 //! 10:00 and the next one picks up from there.
 
 pub mod build;
+pub mod partition;
 pub mod source;
 
 use chrono::{DateTime, Days, Utc};
@@ -72,14 +73,17 @@ pub fn needed(build: &UserTagsBuild) -> Vec<Needed> {
     out
 }
 
-/// Builds a version's tables as of `now`; returns them with the window end used.
+/// Builds a version's tables as of `now`; returns them with the window end used and the
+/// number of partitions the hits were grouped in. `scratch` is a local directory for
+/// downloaded source files and partitions (removed afterwards).
 pub(super) async fn build_tables(
     lake: &Location,
     build: &UserTagsBuild,
     policy: &PublishPolicy,
     now: DateTime<Utc>,
     tz: Tz,
-) -> Result<(Built, DateTime<Utc>), DatasetError> {
+    scratch: std::path::PathBuf,
+) -> Result<(Built, DateTime<Utc>, usize), DatasetError> {
     let end = build::window_end(now, build.window_end, tz);
     let start = build::window_start(end, build.lookback(), tz);
     // Partitions are local days of the pipeline's zone; a day either side covers any zone.
@@ -89,16 +93,25 @@ pub(super) async fn build_tables(
     );
     let needed = needed(build);
     let started = std::time::Instant::now();
-    let hits = source::read(lake, &build.source, days, &needed).await?;
+    let scratch = partition::Scratch::create(scratch)?;
+    let hits = source::read(lake, &build.source, days, &needed, scratch.path()).await?;
     tracing::debug!(
-        dataset = %build.output, files = hits.files,
+        dataset = %build.output, files = hits.files, rows = hits.rows,
         seconds = started.elapsed().as_secs_f64(), "source files listed and checked"
     );
+    let parts = partition::count(hits.rows, build.partition_rows);
     let (build, policy) = (build.clone(), policy.clone());
-    let built = tokio::task::spawn_blocking(move || compute(hits.frame, &build, &policy, end, tz))
-        .await
-        .map_err(|e| DatasetError::Task(e.to_string()))??;
-    Ok((built, end))
+    let built = tokio::task::spawn_blocking(move || {
+        let grouping = Grouping {
+            parts,
+            scratch: &scratch,
+            keep: &needed,
+        };
+        compute(hits.frame, &build, &policy, end, tz, grouping)
+    })
+    .await
+    .map_err(|e| DatasetError::Task(e.to_string()))??;
+    Ok((built, end, parts))
 }
 
 /// The main table without rows (no committed source file: column types are not known from
@@ -123,12 +136,96 @@ fn empty_output(build: &UserTagsBuild) -> PolarsResult<DataFrame> {
     DataFrame::new_infer_height(columns)
 }
 
+/// How the hits are grouped by user: in one pass, or split into `parts` partitions written
+/// under `scratch` (only the `keep` columns, the user and the time).
+struct Grouping<'a> {
+    parts: usize,
+    scratch: &'a partition::Scratch,
+    keep: &'a [Needed],
+}
+
+fn collect(lf: LazyFrame) -> Result<DataFrame, DatasetError> {
+    match lf
+        .collect_with_engine(Engine::Streaming)
+        .map_err(polars("group hits by user"))?
+    {
+        QueryResult::Single(df) => Ok(df),
+        QueryResult::Multiple(_) => Err(DatasetError::Task(
+            "the grouping returned several frames".into(),
+        )),
+    }
+}
+
+/// The per-user table (before the row-wise tags).
+fn grouped(
+    hits: LazyFrame,
+    build: &UserTagsBuild,
+    end: DateTime<Utc>,
+    tz: Tz,
+    grouping: &Grouping<'_>,
+) -> Result<DataFrame, DatasetError> {
+    if grouping.parts <= 1 {
+        return collect(build::plan(hits, build, end, tz).map_err(polars("plan"))?);
+    }
+    let started = std::time::Instant::now();
+    let mut columns = vec![col(build::USER), col(build::PRIO), col(build::TIME)];
+    columns.extend(
+        grouping
+            .keep
+            .iter()
+            .filter(|c| {
+                c.name == "event_time"
+                    || !c.used_by.is_empty()
+                    || build.id_columns.contains(&c.name)
+            })
+            .map(|c| col(c.name.as_str())),
+    );
+    let prepared = build::prepare(hits, build, end, tz).select(columns);
+    let dir = grouping.scratch.path().join("partitions");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| DatasetError::Task(format!("creating {}: {e}", dir.display())))?;
+    let files = partition::write(prepared.clone(), grouping.parts, &dir)?;
+    tracing::info!(
+        dataset = %build.output, partitions = grouping.parts, written = files.len(),
+        rows = files.iter().map(|f| f.1).sum::<u64>(),
+        seconds = started.elapsed().as_secs_f64(), "hits partitioned by user"
+    );
+    if files.is_empty() {
+        // No hit counts: the grouping of none, for its columns.
+        return collect(build::group(prepared.limit(0), build, end, tz).map_err(polars("plan"))?);
+    }
+    let mut out: Option<DataFrame> = None;
+    for (i, (path, rows)) in files.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let path = PlRefPath::try_from_pathbuf(path.clone()).map_err(polars("path"))?;
+        let part = LazyFrame::scan_parquet(path, ScanArgsParquet::default())
+            .map_err(polars("scan a partition"))?;
+        let df = collect(build::group(part, build, end, tz).map_err(polars("plan"))?)?;
+        tracing::debug!(
+            dataset = %build.output, partition = i, rows, users = df.height(),
+            seconds = started.elapsed().as_secs_f64(), "partition grouped by user"
+        );
+        match &mut out {
+            None => out = Some(df),
+            Some(all) => {
+                all.vstack_mut_owned(df)
+                    .map_err(polars("concatenate partitions"))?;
+            }
+        }
+    }
+    // Written while the parts were grouped; the next step reads the table whole.
+    let mut all = out.ok_or_else(|| DatasetError::Task("no partition was grouped".into()))?;
+    all.rechunk_mut();
+    Ok(all)
+}
+
 fn compute(
     hits: Option<LazyFrame>,
     build: &UserTagsBuild,
     policy: &PublishPolicy,
     end: DateTime<Utc>,
     tz: Tz,
+    grouping: Grouping<'_>,
 ) -> Result<Built, DatasetError> {
     let Some(hits) = hits else {
         let mut main = empty_output(build).map_err(polars("empty frame"))?;
@@ -136,18 +233,8 @@ fn compute(
         return encode(&mut main, build, 0);
     };
     let started = std::time::Instant::now();
-    let grouped = build::plan(hits, build, end, tz)
-        .and_then(|lf| lf.collect_with_engine(Engine::Streaming))
-        .map_err(polars("group hits by user"))?;
+    let grouped = grouped(hits, build, end, tz, &grouping)?;
     tracing::debug!(dataset = %build.output, seconds = started.elapsed().as_secs_f64(), "hits grouped by user");
-    let grouped = match grouped {
-        QueryResult::Single(df) => df,
-        QueryResult::Multiple(_) => {
-            return Err(DatasetError::Task(
-                "the grouping returned several frames".into(),
-            ));
-        }
-    };
     let rows_in = grouped
         .column(build::ROWS)
         .ok()

@@ -29,25 +29,30 @@ pub struct Needed {
     pub used_by: Vec<(String, String)>,
 }
 
-/// The hits read, and how many files they came from.
+/// The hits read, how many files they came from, and how many rows those files hold.
 pub struct Hits {
     pub frame: Option<LazyFrame>,
     pub files: usize,
+    pub rows: u64,
 }
 
-/// One file's schema, and its rows when they had to be fetched (remote lakes).
+/// One file's schema and row count, and where it is read from: in the lake (local lakes) or
+/// downloaded to the scratch directory (remote lakes).
 struct FileSchema {
     relative: String,
+    local: PathBuf,
     schema: Arc<Schema>,
-    fetched: Option<DataFrame>,
+    rows: u64,
 }
 
-/// Reads the committed hits of `dataset` in `days`, checking `needed` columns.
+/// Reads the committed hits of `dataset` in `days`, checking `needed` columns. Files of a
+/// remote lake are downloaded into `scratch` one at a time (never held in memory).
 pub async fn read(
     lake: &Location,
     dataset: &str,
     days: (NaiveDate, NaiveDate),
     needed: &[Needed],
+    scratch: &std::path::Path,
 ) -> Result<Hits, DatasetError> {
     let range = DateRange {
         from: days.0,
@@ -58,49 +63,57 @@ pub async fn read(
         return Ok(Hits {
             frame: None,
             files: 0,
+            rows: 0,
         });
     }
-    let schemas = match &lake.url {
-        StorageUrl::File { root } => {
-            let (root, list) = (root.clone(), files.clone());
-            tokio::task::spawn_blocking(move || local_schemas(&root, &list))
-                .await
-                .map_err(|e| DatasetError::Task(e.to_string()))??
-        }
-        _ => {
-            let mut out = Vec::with_capacity(files.len());
-            for relative in &files {
-                let path = lake.child(relative);
-                let bytes = match lake.store.get(&path).await {
-                    Ok(got) => got.bytes().await,
-                    Err(e) => Err(e),
-                }
-                .map_err(|source| DatasetError::Storage {
-                    path: path.to_string(),
-                    source,
-                })?;
-                let df = ParquetReader::new(std::io::Cursor::new(bytes))
-                    .finish()
-                    .map_err(polars("read parquet"))?;
-                out.push(FileSchema {
-                    relative: relative.clone(),
-                    schema: df.schema().clone(),
-                    fetched: Some(df),
-                });
-            }
-            out
-        }
+    let local: Vec<(String, PathBuf)> = match &lake.url {
+        StorageUrl::File { root } => files
+            .iter()
+            .map(|relative| (relative.clone(), root.join(relative)))
+            .collect(),
+        _ => download(lake, &files, scratch).await?,
     };
+    let schemas = tokio::task::spawn_blocking(move || local_schemas(&local))
+        .await
+        .map_err(|e| DatasetError::Task(e.to_string()))??;
     let types = check_columns(dataset, &schemas, needed)?;
     let n = schemas.len();
-    let root = match &lake.url {
-        StorageUrl::File { root } => Some(root.clone()),
-        _ => None,
-    };
+    let rows = schemas.iter().map(|f| f.rows).sum();
     Ok(Hits {
-        frame: Some(frame(root, schemas, needed, &types)?),
+        frame: Some(frame(schemas, needed, &types)?),
         files: n,
+        rows,
     })
+}
+
+/// Downloads the files of a remote lake into `scratch/source/`, one at a time.
+async fn download(
+    lake: &Location,
+    files: &[String],
+    scratch: &std::path::Path,
+) -> Result<Vec<(String, PathBuf)>, DatasetError> {
+    let dir = scratch.join("source");
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| DatasetError::Task(format!("creating {}: {e}", dir.display())))?;
+    let mut out = Vec::with_capacity(files.len());
+    for (i, relative) in files.iter().enumerate() {
+        let path = lake.child(relative);
+        let bytes = match lake.store.get(&path).await {
+            Ok(got) => got.bytes().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|source| DatasetError::Storage {
+            path: path.to_string(),
+            source,
+        })?;
+        let local = dir.join(format!("{i:06}.parquet"));
+        tokio::fs::write(&local, &bytes)
+            .await
+            .map_err(|e| DatasetError::Task(format!("writing {}: {e}", local.display())))?;
+        out.push((relative.clone(), local));
+    }
+    Ok(out)
 }
 
 fn scan_args() -> ScanArgsParquet {
@@ -111,23 +124,21 @@ fn scan_args() -> ScanArgsParquet {
     }
 }
 
-fn local_schemas(
-    root: &std::path::Path,
-    files: &[String],
-) -> Result<Vec<FileSchema>, DatasetError> {
+fn local_schemas(files: &[(String, PathBuf)]) -> Result<Vec<FileSchema>, DatasetError> {
     files
         .iter()
-        .map(|relative| {
+        .map(|(relative, local)| {
             // The footer only: a refresh may read thousands of hourly files.
-            let file = std::fs::File::open(root.join(relative))
+            let file = std::fs::File::open(local)
                 .map_err(|e| DatasetError::Task(format!("opening {relative}: {e}")))?;
-            let arrow = ParquetReader::new(file)
-                .schema()
-                .map_err(polars("parquet schema"))?;
+            let mut reader = ParquetReader::new(file);
+            let arrow = reader.schema().map_err(polars("parquet schema"))?;
+            let rows = reader.num_rows().map_err(polars("parquet row count"))?;
             Ok(FileSchema {
                 relative: relative.clone(),
+                local: local.clone(),
                 schema: Arc::new(Schema::from_arrow_schema(&arrow)),
-                fetched: None,
+                rows: rows as u64,
             })
         })
         .collect()
@@ -199,7 +210,6 @@ fn check_columns(
 /// One frame of the needed columns over all files: files of one schema scanned together, a
 /// column a file lacks read as null.
 fn frame(
-    root: Option<PathBuf>,
     files: Vec<FileSchema>,
     needed: &[Needed],
     types: &BTreeMap<String, DataType>,
@@ -220,25 +230,13 @@ fn frame(
     let mut frames = Vec::new();
     let mut groups: BTreeMap<Vec<String>, (Arc<Schema>, Vec<PlRefPath>)> = BTreeMap::new();
     for file in files {
-        match (file.fetched, &root) {
-            (Some(df), _) => frames.push(df.lazy().select(select(&file.schema))),
-            (None, Some(root)) => {
-                let path = PlRefPath::try_from_pathbuf(root.join(&file.relative))
-                    .map_err(polars("path"))?;
-                let names: Vec<String> = file.schema.iter_names().map(|n| n.to_string()).collect();
-                groups
-                    .entry(names)
-                    .or_insert_with(|| (Arc::clone(&file.schema), Vec::new()))
-                    .1
-                    .push(path);
-            }
-            (None, None) => {
-                return Err(DatasetError::Task(format!(
-                    "{} was neither fetched nor local",
-                    file.relative
-                )));
-            }
-        }
+        let path = PlRefPath::try_from_pathbuf(file.local).map_err(polars("path"))?;
+        let names: Vec<String> = file.schema.iter_names().map(|n| n.to_string()).collect();
+        groups
+            .entry(names)
+            .or_insert_with(|| (Arc::clone(&file.schema), Vec::new()))
+            .1
+            .push(path);
     }
     for (_, (schema, paths)) in groups {
         let lf = LazyFrame::scan_parquet_files(paths.into_iter().collect(), scan_args())
