@@ -458,6 +458,10 @@ pub struct RawValidate {
 #[derive(Debug, JsonSchema)]
 #[schemars(rename = "Sink")]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per pipeline file; size is irrelevant"
+)]
 pub enum RawSink {
     /// Hive-partitioned Parquet in the lake, written exactly once.
     Parquet(RawParquetSink),

@@ -886,7 +886,9 @@ impl Runtime {
             })?;
             let df = transform::apply(df, &pipeline_owned.transforms, tz, &mut quarantine)?;
             let SinkConfig::Parquet(sink_cfg) = &pipeline_owned.sink else {
-                return Err(PipelineError::Task("parquet batch without a parquet sink".into()));
+                return Err(PipelineError::Task(
+                    "parquet batch without a parquet sink".into(),
+                ));
             };
             let tally = metered
                 .then(|| quota::tally(&df, &sink_cfg.partition_column, tz))

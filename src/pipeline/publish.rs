@@ -15,7 +15,7 @@
 
 use tracing::info;
 
-use super::failpoint::failpoint;
+use super::failpoint::{self, failpoint};
 use super::frame::{Quarantine, TextFrameBuilder};
 use super::sink::kafka::{self as kafka_sink, Publisher, Rejected};
 use super::sink::parquet::{self as parquet_sink, EncodedFile, Put};
@@ -94,8 +94,13 @@ impl Runtime {
             })?;
             let df = transform::apply(df, &pipeline_owned.transforms, tz, &mut quarantine)?;
             let mut rejected = Rejected::default();
-            let messages =
-                kafka_sink::encode(&df, &cfg_owned, &batch_owned, &mut quarantine, &mut rejected)?;
+            let messages = kafka_sink::encode(
+                &df,
+                &cfg_owned,
+                &batch_owned,
+                &mut quarantine,
+                &mut rejected,
+            )?;
             let quarantine_file = parquet_sink::encode_quarantine(
                 &quarantine,
                 &pipeline_owned.name,
@@ -141,6 +146,7 @@ impl Runtime {
                 .inc_by(bytes);
         }
 
+        failpoint::injected_delay("kafka_sink_send").await;
         info!(pipeline = %pipeline.name, batch = %batch, topic = %cfg.topic, messages = encoded.messages.len(), "kafka sink: sending the batch");
         let sent = publisher.send(&batch, &encoded.messages).await?;
         failpoint("kafka_sink_delivered");

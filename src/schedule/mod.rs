@@ -37,9 +37,7 @@ use tracing::{error, info, warn};
 
 use crate::catalog::{CatalogError, NewRun, RunRecord, RunStatus};
 use crate::config::load::DEFAULT_WORKSPACE;
-use crate::config::model::{
-    DatasetJob, Misfire, Overlap, Pipeline, RetryPolicy, Schedule,
-};
+use crate::config::model::{DatasetJob, Misfire, Overlap, Pipeline, RetryPolicy, Schedule};
 use crate::datasets::{self, RefreshOptions};
 use crate::pipeline::{RunOptions, Runtime};
 use crate::telemetry::{JobOutcomeLabels, PipelineLabels, RunLabels, WorkspaceLabels};

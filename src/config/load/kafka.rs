@@ -19,8 +19,14 @@ const RESERVED_CLIENT_KEYS: &[(&str, &str)] = &[
     ("bootstrap.servers", "use `brokers`"),
     ("metadata.broker.list", "use `brokers`"),
     ("acks", "the sink always waits for all in-sync replicas"),
-    ("request.required.acks", "the sink always waits for all in-sync replicas"),
-    ("enable.idempotence", "the sink's producer is always idempotent"),
+    (
+        "request.required.acks",
+        "the sink always waits for all in-sync replicas",
+    ),
+    (
+        "enable.idempotence",
+        "the sink's producer is always idempotent",
+    ),
     ("transactional.id", "the sink does not use transactions"),
     ("message.timeout.ms", "use `message_timeout_ms`"),
     ("delivery.timeout.ms", "use `message_timeout_ms`"),
@@ -33,9 +39,15 @@ const RESERVED_CLIENT_KEYS: &[(&str, &str)] = &[
 
 /// Whether a librdkafka property holds a secret (never in YAML).
 fn is_secret_key(key: &str) -> bool {
-    ["password", "secret", "sasl.jaas", "private.key", "ssl.key.pem"]
-        .iter()
-        .any(|s| key.contains(s))
+    [
+        "password",
+        "secret",
+        "sasl.jaas",
+        "private.key",
+        "ssl.key.pem",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 /// A topic name Kafka accepts.
@@ -201,9 +213,11 @@ impl Converter<'_> {
 impl Converter<'_> {
     pub(super) fn kafka_sink(&mut self, raw: RawKafkaSink) -> Option<KafkaSink> {
         let brokers = self.brokers(raw.brokers, "sink.brokers");
-        let topic = self
-            .errors
-            .check(raw.topic.location(), "sink.topic", check_topic(raw.topic.value()));
+        let topic = self.errors.check(
+            raw.topic.location(),
+            "sink.topic",
+            check_topic(raw.topic.value()),
+        );
         let key_column = self.non_empty(&raw.key_column, "sink.key_column", "column name");
         let headers = self.sink_headers(raw.headers);
         let timeout = self.limit(raw.message_timeout_ms, "sink.message_timeout_ms", 30_000);

@@ -279,11 +279,15 @@ fn kafka_sink_errors_are_located_and_all_reported() {
     // librdkafka's own checks of the `client` properties, located at the value.
     assert_eq!(errors.len(), want.len() + 2, "{errors:#?}");
     assert!(
-        errors[want.len()].starts_with("p.yaml:11:65: sink.client.no.such.property: librdkafka refuses `no.such.property: 1`"),
+        errors[want.len()].starts_with(
+            "p.yaml:11:65: sink.client.no.such.property: librdkafka refuses `no.such.property: 1`"
+        ),
         "{errors:#?}"
     );
     assert!(
-        errors[want.len() + 1].starts_with("p.yaml:11:79: sink.client.linger.ms: librdkafka refuses `linger.ms: soon`"),
+        errors[want.len() + 1].starts_with(
+            "p.yaml:11:79: sink.client.linger.ms: librdkafka refuses `linger.ms: soon`"
+        ),
         "{errors:#?}"
     );
 }

@@ -23,10 +23,12 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use polars::prelude::*;
 use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::daemon::KafkaSecurity;
 use crate::config::model::KafkaSink;
@@ -235,9 +237,45 @@ fn classify(e: &KafkaError) -> (&'static str, bool) {
     }
 }
 
+/// The producer's client callbacks: librdkafka reports a broker that is down every few
+/// milliseconds while it retries; each kind of error is logged once per run (with the pipeline),
+/// the repeats at debug level. The batch's own outcome is logged by [`Publisher::send`].
+struct SinkContext {
+    pipeline: String,
+    brokers: String,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                warn!(pipeline = %self.pipeline, facility = fac, "kafka sink: librdkafka: {log_message}")
+            }
+            _ => {
+                debug!(pipeline = %self.pipeline, facility = fac, "kafka sink: librdkafka: {log_message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = format!("{:?}", error.rdkafka_error_code());
+        let first = self
+            .seen
+            .lock()
+            .map(|mut seen| seen.insert(code))
+            .unwrap_or(true);
+        if first {
+            warn!(pipeline = %self.pipeline, brokers = %self.brokers, error = %error, reason, "kafka sink: client error (repeats are logged at debug level)");
+        } else {
+            debug!(pipeline = %self.pipeline, brokers = %self.brokers, error = %error, reason, "kafka sink: client error");
+        }
+    }
+}
+
 /// A run's producer for one Kafka sink.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<SinkContext>,
     cfg: KafkaSink,
     pipeline: String,
     metrics: Arc<Metrics>,
@@ -271,7 +309,10 @@ impl Publisher {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("allow.auto.create.topics", "false")
-            .set("message.timeout.ms", cfg.message_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                cfg.message_timeout.as_millis().to_string(),
+            )
             .set(
                 "queue.buffering.max.messages",
                 cfg.max_in_flight.get().to_string(),
@@ -281,7 +322,7 @@ impl Publisher {
             let env = cfg.sasl_password_env.clone().unwrap_or_default();
             let password = std::env::var(&env).map_err(|_| {
                 PipelineError::Sink(format!(
-                    "sink.sasl_password_env: environment variable `{env}` is not set (it holds the SASL password)"
+                    "sasl_password_env: environment variable `{env}` is not set (it holds the SASL password)"
                 ))
             })?;
             config
@@ -293,12 +334,18 @@ impl Publisher {
                 )
                 .set("sasl.password", password);
         }
-        let producer: FutureProducer = config.create().map_err(|e| {
-            PipelineError::Sink(format!(
-                "kafka sink: creating the producer for brokers {}: {e}",
-                cfg.brokers.join(",")
-            ))
-        })?;
+        let context = SinkContext {
+            pipeline: pipeline.to_string(),
+            brokers: cfg.brokers.join(","),
+            seen: std::sync::Mutex::default(),
+        };
+        let producer: FutureProducer<SinkContext> =
+            config.create_with_context(context).map_err(|e| {
+                PipelineError::Sink(format!(
+                    "kafka: creating the producer for brokers {}: {e}",
+                    cfg.brokers.join(",")
+                ))
+            })?;
         let publisher = Publisher {
             producer,
             cfg: cfg.clone(),
@@ -350,18 +397,16 @@ impl Publisher {
         let timeout = self.cfg.message_timeout.min(Duration::from_secs(30));
         let probed = tokio::task::spawn_blocking(move || {
             let md = client.client().fetch_metadata(Some(&topic), timeout)?;
-            Ok::<_, KafkaError>(
-                match md.topics().iter().find(|t| t.name() == topic) {
-                    None => Some(RDKafkaErrorCode::UnknownTopicOrPartition),
-                    Some(t) => match t.error() {
-                        Some(code) => Some(RDKafkaErrorCode::from(code)),
-                        None if t.partitions().is_empty() => {
-                            Some(RDKafkaErrorCode::UnknownTopicOrPartition)
-                        }
-                        None => None,
-                    },
+            Ok::<_, KafkaError>(match md.topics().iter().find(|t| t.name() == topic) {
+                None => Some(RDKafkaErrorCode::UnknownTopicOrPartition),
+                Some(t) => match t.error() {
+                    Some(code) => Some(RDKafkaErrorCode::from(code)),
+                    None if t.partitions().is_empty() => {
+                        Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+                    }
+                    None => None,
                 },
-            )
+            })
         })
         .await
         .map_err(|e| PipelineError::Task(e.to_string()))?;
@@ -384,12 +429,12 @@ impl Publisher {
         warn!(pipeline = %self.pipeline, brokers = %self.brokers(), topic = %self.cfg.topic, kind, error = %e, "kafka sink: broker check failed; nothing was sent");
         Err(match kind {
             "topic_missing" => PipelineError::Sink(format!(
-                "kafka sink: topic `{}` does not exist on brokers {}; create it (the sink never creates topics)",
+                "kafka topic `{}` does not exist on brokers {}; create it (the sink never creates topics)",
                 self.cfg.topic,
                 self.brokers()
             )),
             "unauthorized" => PipelineError::Sink(format!(
-                "kafka sink: brokers {} refuse access to topic `{}`: {e}",
+                "kafka brokers {} refuse access to topic `{}`: {e}",
                 self.brokers(),
                 self.cfg.topic
             )),
@@ -399,7 +444,7 @@ impl Publisher {
                 self.cfg.topic
             )),
             _ => PipelineError::Sink(format!(
-                "kafka sink: brokers {}, topic `{}`: {e}",
+                "kafka brokers {}, topic `{}`: {e}",
                 self.brokers(),
                 self.cfg.topic
             )),
@@ -508,11 +553,11 @@ impl Publisher {
         );
         Err(match kind {
             "too_large" => PipelineError::Sink(format!(
-                "kafka sink: {what}; the broker's limit is lower than sink.message_max_bytes ({}): lower it to the topic's max.message.bytes",
+                "kafka: {what}; the broker's limit is lower than sink.message_max_bytes ({}): lower it to the topic's max.message.bytes",
                 self.cfg.message_max_bytes
             )),
             _ if retryable => PipelineError::Kafka(format!("sink: {what}")),
-            _ => PipelineError::Sink(format!("kafka sink: {what}")),
+            _ => PipelineError::Sink(format!("kafka: {what}")),
         })
     }
 
@@ -521,7 +566,10 @@ impl Publisher {
         (row, bytes, delivery): (
             u64,
             u64,
-            Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+            Result<
+                rdkafka::producer::future_producer::OwnedDeliveryResult,
+                futures::channel::oneshot::Canceled,
+            >,
         ),
         sent: &mut Sent,
         failed: &mut u64,

@@ -1,4 +1,4 @@
 //! Sinks: where committed rows land.
 
-pub mod parquet;
 pub mod kafka;
+pub mod parquet;
