@@ -590,3 +590,148 @@ impl Publisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::*;
+    use crate::config::model::KafkaSinkFormat;
+
+    fn sink(max_bytes: usize) -> KafkaSink {
+        KafkaSink {
+            brokers: vec!["127.0.0.1:9092".into()],
+            topic: "out".into(),
+            key_column: "k".into(),
+            format: KafkaSinkFormat::Json,
+            headers: vec![("origin".into(), "test".into())],
+            message_timeout: Duration::from_secs(1),
+            max_in_flight: NonZeroUsize::MIN,
+            message_max_bytes: max_bytes,
+            security_protocol: KafkaSecurity::Plaintext,
+            sasl_username: None,
+            sasl_password_env: None,
+            client: Vec::new(),
+        }
+    }
+
+    /// Rows `k` (text, one null), `n` (int64), `ts` (UTC timestamp), `note` (null), with lineage.
+    fn frame() -> PolarsResult<DataFrame> {
+        let ts = Series::new("ts".into(), [1_772_330_400_000_000i64, 0, 1]).cast(
+            &DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)),
+        )?;
+        DataFrame::new(
+            3,
+            vec![
+                Series::new("k".into(), [Some("a"), None, Some("c")]).into(),
+                Series::new("n".into(), [1i64, 2, 3]).into(),
+                ts.into(),
+                Series::new(
+                    "note".into(),
+                    [None::<&str>, None, Some("x".repeat(500).as_str())],
+                )
+                .into(),
+                Series::new(SOURCE_FILE.into(), ["f", "f", "f"]).into(),
+                Series::new(SOURCE_LINE.into(), [1i64, 2, 3]).into(),
+            ],
+        )
+    }
+
+    #[test]
+    fn rows_become_typed_json_in_column_order_and_bad_rows_go_to_quarantine() -> PolarsResult<()> {
+        let df = frame()?;
+        let mut quarantine = Quarantine::default();
+        let mut rejected = Rejected::default();
+        let messages = encode(&df, &sink(400), "p/7", &mut quarantine, &mut rejected)
+            .map_err(|e| PolarsError::ComputeError(e.to_string().into()))?;
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].row, 0);
+        assert_eq!(messages[0].key, b"a");
+        assert_eq!(
+            String::from_utf8_lossy(&messages[0].payload),
+            r#"{"k":"a","n":1,"ts":"2026-03-01T02:00:00Z","note":null}"#
+        );
+        assert_eq!(
+            rejected,
+            Rejected {
+                null_key: 1,
+                too_large: 1
+            }
+        );
+        let reasons: Vec<&str> = quarantine.rows.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons[0], "f:2: sink.key_column `k` is null");
+        assert!(
+            reasons[1].starts_with("f:3: message of ")
+                && reasons[1].ends_with(
+                    "bytes (key, payload and headers) is over sink.message_max_bytes (400)"
+                ),
+            "{reasons:?}"
+        );
+        // Pure: the same frame gives the same messages (what a replay relies on).
+        let again = encode(
+            &df,
+            &sink(400),
+            "p/7",
+            &mut Quarantine::default(),
+            &mut Rejected::default(),
+        )
+        .map_err(|e| PolarsError::ComputeError(e.to_string().into()))?;
+        assert_eq!(again, messages);
+        Ok(())
+    }
+
+    #[test]
+    fn keys_of_other_types_take_their_json_form_and_a_missing_key_column_fails_the_batch()
+    -> PolarsResult<()> {
+        let df = frame()?;
+        let mut cfg = sink(1_000_000);
+        cfg.key_column = "n".into();
+        let messages = encode(
+            &df,
+            &cfg,
+            "p/1",
+            &mut Quarantine::default(),
+            &mut Rejected::default(),
+        )
+        .map_err(|e| PolarsError::ComputeError(e.to_string().into()))?;
+        let keys: Vec<&[u8]> = messages.iter().map(|m| m.key.as_slice()).collect();
+        assert_eq!(keys, [b"1", b"2", b"3"]);
+        cfg.key_column = "ts".into();
+        let messages = encode(
+            &df,
+            &cfg,
+            "p/1",
+            &mut Quarantine::default(),
+            &mut Rejected::default(),
+        )
+        .map_err(|e| PolarsError::ComputeError(e.to_string().into()))?;
+        assert_eq!(messages[0].key, b"2026-03-01T02:00:00Z");
+        cfg.key_column = "missing".into();
+        let err = encode(
+            &df,
+            &cfg,
+            "p/1",
+            &mut Quarantine::default(),
+            &mut Rejected::default(),
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "sink: sink.key_column `missing` is not a column of the batch (columns: k, n, ts, note)"
+            )
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_size_check_counts_key_payload_and_every_header() {
+        let cfg = sink(1_000_000);
+        let size = wire_size(&cfg, "p/7", 12, 3, 100);
+        let headers = ("origin".len() + "test".len() + HEADER_OVERHEAD)
+            + ("backflow-batch".len() + 3 + HEADER_OVERHEAD)
+            + ("backflow-row".len() + 2 + HEADER_OVERHEAD);
+        assert_eq!(size, RECORD_OVERHEAD + 3 + 100 + headers);
+    }
+}
