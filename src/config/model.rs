@@ -534,6 +534,8 @@ pub struct PublishPolicy {
     pub allow_empty: bool,
     /// (column, largest share of nulls), the always-checked required columns first.
     pub max_null_ratio: Vec<(String, f64)>,
+    /// Where each published version is announced (`publish.notify.kafka`), keyed by dataset.
+    pub notify: Option<KafkaSink>,
 }
 
 /// Columns of the behavior dataset's main table, in order (spec/datasets-admin.md §1.7.4).

@@ -109,3 +109,66 @@ impl RawScalar {
         }
     }
 }
+
+/// Where a dataset job announces each published version.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "Notify")]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// A Kafka topic: one message per published version, keyed by the dataset name, JSON
+    /// `{dataset, version, seq, rows, published_at, path, job}`, with the `backflow-batch:
+    /// {job}/{seq}` and `backflow-row: 0` headers.
+    pub kafka: RawKafkaNotice,
+}
+
+/// `publish.notify.kafka`: the producer of a dataset job's change notices (the same producer
+/// settings as a Kafka sink; the key is the dataset name).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "KafkaNotice")]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaNotice {
+    /// Bootstrap brokers, `host:port` each.
+    pub brokers: Located<Vec<Located<String>>>,
+    /// The topic notices go to. It must exist: it is never created.
+    pub topic: Located<String>,
+    /// Fixed headers on every notice, `{name: value, ...}` (`backflow-*` reserved).
+    #[serde(default)]
+    pub headers: Option<OrderedMap<Located<String>>>,
+    /// How long a notice may wait for the broker's acknowledgement, in milliseconds (> 0,
+    /// default 30000). Also bounds the broker check when a refresh starts.
+    #[serde(default)]
+    pub message_timeout_ms: Option<Located<u64>>,
+    /// `plaintext` (default) or `sasl_plaintext`.
+    #[serde(default)]
+    pub security_protocol: RawSecurityProtocol,
+    /// SASL/PLAIN user (with `sasl_plaintext`).
+    #[serde(default)]
+    pub sasl_username: Option<Located<String>>,
+    /// The environment variable holding the SASL password.
+    #[serde(default)]
+    pub sasl_password_env: Option<Located<String>>,
+    /// Further librdkafka producer properties (as for a Kafka sink).
+    #[serde(default)]
+    pub client: Option<OrderedMap<Located<RawScalar>>>,
+}
+
+impl RawKafkaNotice {
+    /// The notice producer as a Kafka sink keyed by the notice's `dataset` member.
+    pub fn into_sink(self) -> RawKafkaSink {
+        let at = self.topic.location();
+        RawKafkaSink {
+            brokers: self.brokers,
+            key_column: Located(serde_saphyr::Spanned::new("dataset".to_string(), at, at)),
+            topic: self.topic,
+            format: RawKafkaSinkFormat::Json,
+            headers: self.headers,
+            message_timeout_ms: self.message_timeout_ms,
+            max_in_flight: None,
+            message_max_bytes: None,
+            security_protocol: self.security_protocol,
+            sasl_username: self.sasl_username,
+            sasl_password_env: self.sasl_password_env,
+            client: self.client,
+        }
+    }
+}

@@ -439,3 +439,74 @@ fn a_broker_down_at_start_or_lost_mid_batch_commits_nothing_and_the_rows_follow_
     let pairs = assert_delivered(&messages, &expected);
     assert_eq!(pairs.len(), 10);
 }
+
+#[test]
+fn a_dataset_job_announces_each_published_version_on_its_notice_topic() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique("notices");
+    create_topic(&brokers, &topic, 1);
+    let p = Project::new();
+    p.drop_fixtures();
+    p.run_pipeline_ok();
+    p.edit_file(
+        "pipelines/behavior_dataset.yaml",
+        "publish:\n",
+        &format!("publish:\n  notify:\n    kafka: {{brokers: [\"{brokers}\"], topic: {topic}}}\n"),
+    );
+    let run = |p: &Project| {
+        let out = p.run(&["run", "behavior_dataset", "--json"]);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        serde_json::from_str::<serde_json::Value>(stdout(&out).lines().last().unwrap_or(""))
+            .expect("summary JSON")
+    };
+    let first = run(&p);
+    let second = run(&p);
+    let notices = consume_all(&brokers, &topic);
+    assert_eq!(notices.len(), 2, "{notices:#?}");
+    for (notice, summary) in notices.iter().zip([&first, &second]) {
+        let json = notice.json();
+        assert_eq!(notice.key.as_deref(), Some("behavior"));
+        assert_eq!(json["dataset"], "behavior");
+        assert_eq!(json["job"], "behavior_dataset");
+        assert_eq!(json["version"], summary["version"], "{json} {summary}");
+        assert_eq!(json["seq"], summary["seq"]);
+        assert_eq!(json["rows"], summary["rows_out"]);
+        assert!(
+            json["published_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+        assert_eq!(
+            notice.dedup(),
+            (format!("behavior_dataset/{}", summary["seq"]), 0)
+        );
+    }
+
+    // A notice topic that is missing fails the refresh before anything is published.
+    p.edit_file(
+        "pipelines/behavior_dataset.yaml",
+        &format!("topic: {topic}}}"),
+        "topic: no.such.topic}",
+    );
+    let out = p.run(&["run", "behavior_dataset"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("kafka topic `no.such.topic` does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    let third = run_after_fix(&p, &topic);
+    assert_eq!(third["seq"], 3, "the failed run published nothing: {third}");
+}
+
+/// Points the dataset job's notices back at `topic` and runs it.
+fn run_after_fix(p: &Project, topic: &str) -> serde_json::Value {
+    p.edit_file(
+        "pipelines/behavior_dataset.yaml",
+        "topic: no.such.topic}",
+        &format!("topic: {topic}}}"),
+    );
+    let out = p.run(&["run", "behavior_dataset", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str(stdout(&out).lines().last().unwrap_or("")).expect("summary JSON")
+}

@@ -212,17 +212,23 @@ impl Converter<'_> {
 
 impl Converter<'_> {
     pub(super) fn kafka_sink(&mut self, raw: RawKafkaSink) -> Option<KafkaSink> {
-        let brokers = self.brokers(raw.brokers, "sink.brokers");
+        self.kafka_producer(raw, "sink")
+    }
+
+    /// A Kafka producer's settings at `at` (`sink`, `publish.notify.kafka`).
+    pub(super) fn kafka_producer(&mut self, raw: RawKafkaSink, at: &str) -> Option<KafkaSink> {
+        let p = |field: &str| format!("{at}.{field}");
+        let brokers = self.brokers(raw.brokers, &p("brokers"));
         let topic = self.errors.check(
             raw.topic.location(),
-            "sink.topic",
+            &p("topic"),
             check_topic(raw.topic.value()),
         );
-        let key_column = self.non_empty(&raw.key_column, "sink.key_column", "column name");
-        let headers = self.sink_headers(raw.headers);
-        let timeout = self.limit(raw.message_timeout_ms, "sink.message_timeout_ms", 30_000);
+        let key_column = self.non_empty(&raw.key_column, &p("key_column"), "column name");
+        let headers = self.sink_headers(raw.headers, &p("headers"));
+        let timeout = self.limit(raw.message_timeout_ms, &p("message_timeout_ms"), 30_000);
         let in_flight = self
-            .limit(raw.max_in_flight, "sink.max_in_flight", 100_000)
+            .limit(raw.max_in_flight, &p("max_in_flight"), 100_000)
             .and_then(|(n, at)| {
                 let checked = if n.get() <= 10_000_000 {
                     Ok(n)
@@ -230,10 +236,10 @@ impl Converter<'_> {
                     Err(format!("expected at most 10000000, found {n}"))
                 };
                 self.errors
-                    .check(at, "sink.max_in_flight", checked)
+                    .check(at, &p("max_in_flight"), checked)
                     .map(|n| (n, at))
             })
-            .and_then(|n| self.usize_limit(n, "sink.max_in_flight"));
+            .and_then(|n| self.usize_limit(n, &p("max_in_flight")));
         let max_bytes = match raw.message_max_bytes {
             None => Some(1_000_000),
             Some(raw) => {
@@ -246,13 +252,13 @@ impl Converter<'_> {
                     ))
                 };
                 self.errors
-                    .check(raw.location(), "sink.message_max_bytes", checked)
+                    .check(raw.location(), &p("message_max_bytes"), checked)
             }
         };
         let sasl_username = match &raw.sasl_username {
             None => Some(None),
             Some(user) => self
-                .non_empty(user, "sink.sasl_username", "user name")
+                .non_empty(user, &p("sasl_username"), "user name")
                 .map(Some),
         };
         let sasl_password_env = match &raw.sasl_password_env {
@@ -261,7 +267,7 @@ impl Converter<'_> {
                 .errors
                 .check(
                     env.location(),
-                    "sink.sasl_password_env",
+                    &p("sasl_password_env"),
                     check_env_name(env.value()),
                 )
                 .map(Some),
@@ -272,14 +278,14 @@ impl Converter<'_> {
                 if raw.sasl_username.is_none() || raw.sasl_password_env.is_none() {
                     self.errors.push(
                         raw.topic.location(),
-                        "sink.security_protocol",
+                        &p("security_protocol"),
                         "`sasl_plaintext` needs `sasl_username` and `sasl_password_env`",
                     );
                 }
                 KafkaSecurity::SaslPlaintext
             }
         };
-        let client = self.client_properties(raw.client);
+        let client = self.client_properties(raw.client, &p("client"));
         Some(KafkaSink {
             brokers: brokers?,
             topic: topic?,
@@ -302,6 +308,7 @@ impl Converter<'_> {
     fn sink_headers(
         &mut self,
         raw: Option<OrderedMap<Located<String>>>,
+        path: &str,
     ) -> Option<Vec<(String, String)>> {
         let Some(map) = raw else {
             return Some(Vec::new());
@@ -324,7 +331,7 @@ impl Converter<'_> {
                 } else {
                     Ok(key.clone())
                 };
-                let key = self.errors.check(name.location(), "sink.headers", checked)?;
+                let key = self.errors.check(name.location(), path, checked)?;
                 Some((key, value.into_value()))
             })
             .collect();
@@ -335,6 +342,7 @@ impl Converter<'_> {
     fn client_properties(
         &mut self,
         raw: Option<OrderedMap<Located<RawScalar>>>,
+        prefix: &str,
     ) -> Option<Vec<(String, String)>> {
         let Some(map) = raw else {
             return Some(Vec::new());
@@ -344,7 +352,7 @@ impl Converter<'_> {
             .into_iter()
             .map(|(name, value)| {
                 let key = name.value().clone();
-                let path = format!("sink.client.{key}");
+                let path = format!("{prefix}.{key}");
                 if let Some((_, why)) = RESERVED_CLIENT_KEYS.iter().find(|(k, _)| *k == key) {
                     self.errors.push(
                         name.location(),

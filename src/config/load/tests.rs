@@ -401,6 +401,35 @@ fn dataset_job_refresh_is_checked_against_the_time_grain() {
     );
 }
 
+#[test]
+fn dataset_change_notices_take_kafka_producer_settings_with_located_errors() {
+    let job = "kind: dataset\nname: j\ndataset: {type: behavior, output: b, time_grain: day}\n";
+    let (jobs, errors) = load_job_text(&format!(
+        "{job}publish:\n  notify:\n    kafka: {{brokers: [\"127.0.0.1:9092\"], topic: datasets.changes}}\n"
+    ));
+    assert!(errors.is_empty(), "{errors:?}");
+    let notify = jobs[0]
+        .publish
+        .notify
+        .as_ref()
+        .unwrap_or_else(|| panic!("a notice"));
+    assert_eq!(
+        (notify.topic.as_str(), notify.key_column.as_str()),
+        ("datasets.changes", "dataset")
+    );
+    let (_, errors) = load_job_text(&format!(
+        "{job}publish:\n  notify:\n    kafka: {{brokers: [x], topic: \"a b\", client: {{acks: 0}}}}\n"
+    ));
+    assert_eq!(
+        errors,
+        [
+            "j.yaml:6:23: publish.notify.kafka.brokers[0]: expected `host:port`, found `x`",
+            "j.yaml:6:34: publish.notify.kafka.topic: `a b` is not a topic name (1-249 of `a-z A-Z 0-9 . _ -`)",
+            "j.yaml:6:50: publish.notify.kafka.client.acks: `acks` cannot be set here: the sink always waits for all in-sync replicas",
+        ]
+    );
+}
+
 /// Loads a dataset job file; errors with the file named `j.yaml`.
 fn load_job_text(text: &str) -> (Vec<DatasetJob>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
