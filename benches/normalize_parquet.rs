@@ -59,7 +59,9 @@ fn bench(c: &mut Criterion) {
     let SourceConfig::ObjectStoreFiles(source) = &pipeline.source else {
         panic!("expected an object_store_files source");
     };
-    let SinkConfig::Parquet(sink) = &pipeline.sink;
+    let SinkConfig::Parquet(sink) = &pipeline.sink else {
+        panic!("expected a parquet sink");
+    };
     let data = ndjson(ROWS);
     let file = SourceFile {
         path: "bench.ndjson".into(),

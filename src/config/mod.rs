@@ -16,6 +16,7 @@ pub mod model_tags;
 pub mod raw;
 pub mod raw_dataset;
 pub mod raw_http;
+pub mod raw_kafka_sink;
 pub mod raw_tags;
 pub mod schema_file;
 

@@ -277,6 +277,46 @@ pub enum Keep {
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Parquet(ParquetSink),
+    Kafka(KafkaSink),
+}
+
+impl SinkConfig {
+    /// The lake dataset the sink writes, if it writes one.
+    pub fn dataset(&self) -> Option<&str> {
+        match self {
+            SinkConfig::Parquet(p) => Some(&p.dataset),
+            SinkConfig::Kafka(_) => None,
+        }
+    }
+}
+
+/// One message per row on a Kafka topic, keyed by a column; a batch commits once every
+/// message is acknowledged (`acks=all`, idempotent producer). At least once downstream: each
+/// message carries the dedup headers `backflow-batch: {pipeline}/{batch}` and
+/// `backflow-row: {n}`, the same when a batch is sent again.
+#[derive(Debug, Clone)]
+pub struct KafkaSink {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    pub topic: String,
+    pub key_column: String,
+    pub format: KafkaSinkFormat,
+    /// Fixed headers on every message, in order (names checked, `backflow-*` reserved).
+    pub headers: Vec<(String, String)>,
+    pub message_timeout: std::time::Duration,
+    pub max_in_flight: NonZeroUsize,
+    pub message_max_bytes: usize,
+    pub security_protocol: crate::config::daemon::KafkaSecurity,
+    pub sasl_username: Option<String>,
+    /// The environment variable holding the SASL password.
+    pub sasl_password_env: Option<String>,
+    /// Further librdkafka properties, in order (checked by librdkafka at load time).
+    pub client: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaSinkFormat {
+    Json,
 }
 
 /// Hive-partitioned Parquet under `{lake}/{dataset}/`, written exactly once.
@@ -494,6 +534,8 @@ pub struct PublishPolicy {
     pub allow_empty: bool,
     /// (column, largest share of nulls), the always-checked required columns first.
     pub max_null_ratio: Vec<(String, f64)>,
+    /// Where each published version is announced (`publish.notify.kafka`), keyed by dataset.
+    pub notify: Option<KafkaSink>,
 }
 
 /// Columns of the behavior dataset's main table, in order (spec/datasets-admin.md §1.7.4).

@@ -458,9 +458,16 @@ pub struct RawValidate {
 #[derive(Debug, JsonSchema)]
 #[schemars(rename = "Sink")]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per pipeline file; size is irrelevant"
+)]
 pub enum RawSink {
     /// Hive-partitioned Parquet in the lake, written exactly once.
     Parquet(RawParquetSink),
+    /// One message per row on a Kafka topic, keyed, every delivery acknowledged before the
+    /// batch commits (at least once downstream, with dedup headers).
+    Kafka(super::raw_kafka_sink::RawKafkaSink),
 }
 
 /// The `type` values of a sink.
@@ -468,16 +475,20 @@ pub enum RawSink {
 #[serde(rename_all = "snake_case")]
 pub enum SinkKind {
     Parquet,
+    Kafka,
 }
 
 impl<'de> Tagged<'de> for RawSink {
     type Kind = SinkKind;
-    const KINDS: &'static str = "parquet";
+    const KINDS: &'static str = "parquet, kafka";
 
     fn from_kind<A: MapAccess<'de>>(kind: SinkKind, rest: A) -> Result<Self, A::Error> {
         let rest = de::value::MapAccessDeserializer::new(rest);
         match kind {
             SinkKind::Parquet => RawParquetSink::deserialize(rest).map(Self::Parquet),
+            SinkKind::Kafka => {
+                super::raw_kafka_sink::RawKafkaSink::deserialize(rest).map(Self::Kafka)
+            }
         }
     }
 }

@@ -261,4 +261,10 @@ pub struct RawPublish {
     /// `user_id` and `id_type` of a user tag dataset.
     #[serde(default)]
     pub max_null_ratio: Option<OrderedMap<Located<f64>>>,
+    /// Announce each published version downstream (`{kafka: {brokers, topic, ...}}`). The
+    /// brokers and topic are checked before the refresh builds anything; a notice that is not
+    /// acknowledged fails the run after the version was published (its retry publishes and
+    /// announces a newer version).
+    #[serde(default)]
+    pub notify: Option<super::raw_kafka_sink::RawNotify>,
 }

@@ -72,6 +72,11 @@ pub enum DatasetError {
     Conflict(String),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("version {version} was published, but its change notice was not delivered: {source}")]
+    Notice {
+        version: String,
+        source: Box<PipelineError>,
+    },
 }
 
 impl DatasetError {
@@ -82,6 +87,7 @@ impl DatasetError {
                 true
             }
             DatasetError::Run(e) => e.retryable(),
+            DatasetError::Notice { source, .. } => source.retryable(),
             DatasetError::Catalog(e) => e.retryable(),
             DatasetError::Source(ReportError::Storage { .. }) => true,
             _ => false,
@@ -223,6 +229,19 @@ async fn run(
 ) -> Result<(), DatasetError> {
     let lake = &runtime.lake;
     let started_at = chrono::Utc::now();
+    // Change notices: a broker that is down (or a missing topic) fails the run before anything
+    // is built or published.
+    let notifier = match &job.publish.notify {
+        Some(cfg) => Some(
+            crate::pipeline::sink::kafka::Publisher::connect(
+                cfg,
+                &job.name,
+                std::sync::Arc::clone(&runtime.metrics),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     failpoint::injected_delay("dataset_read_sources").await;
     if let Some(message) = failpoint::injected_error("dataset_read_sources") {
         return Err(DatasetError::Storage {
@@ -335,6 +354,9 @@ async fn run(
         pointer.run_id,
         summary.rows_out,
     )?;
+    if let Some(notifier) = &notifier {
+        notify(notifier, job, &pointer, summary.rows_out).await?;
+    }
     let retained = publish::retain(lake, job.output(), job.publish.keep_versions.get()).await?;
     for seq in &retained.dropped {
         runtime
@@ -344,6 +366,44 @@ async fn run(
     summary.deleted_versions = retained.dropped;
     summary.deleted_orphans = retained.orphans;
     Ok(())
+}
+
+/// Announces a published version on the job's notice topic: one message keyed by the dataset,
+/// headers `backflow-batch: {job}/{seq}`, `backflow-row: 0` (the same if it is ever sent again).
+async fn notify(
+    notifier: &crate::pipeline::sink::kafka::Publisher,
+    job: &DatasetJob,
+    pointer: &Pointer,
+    rows: u64,
+) -> Result<(), DatasetError> {
+    let payload = serde_json::json!({
+        "dataset": pointer.dataset,
+        "version": pointer.version,
+        "seq": pointer.seq,
+        "rows": rows,
+        "published_at": pointer.published_at,
+        "path": pointer.path,
+        "job": job.name,
+    });
+    let message = crate::pipeline::sink::kafka::Message {
+        row: 0,
+        key: pointer.dataset.clone().into_bytes(),
+        payload: payload.to_string().into_bytes(),
+    };
+    let batch = crate::pipeline::sink::kafka::batch_id(&job.name, pointer.seq);
+    match notifier.send(&batch, &[message]).await {
+        Ok(_) => {
+            info!(job = %job.name, dataset = %pointer.dataset, version = %pointer.version, seq = pointer.seq, "dataset change notice delivered");
+            Ok(())
+        }
+        Err(e) => {
+            warn!(job = %job.name, dataset = %pointer.dataset, version = %pointer.version, seq = pointer.seq, error = %e, "version published, but its change notice was not delivered; the run fails (a retry publishes and announces a newer version)");
+            Err(DatasetError::Notice {
+                version: pointer.version.clone(),
+                source: Box::new(e),
+            })
+        }
+    }
 }
 
 /// A lazy frame over the committed files of a source dataset (`None`: no committed file).

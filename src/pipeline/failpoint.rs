@@ -2,7 +2,8 @@
 //!
 //! With `BACKFLOW_FAILPOINT=<name>` in its environment the process aborts (no destructors, no
 //! flush: as abrupt as `kill -9`) when it reaches that point. Points: `after_intent`,
-//! `after_first_put`, `before_manifest`, `after_manifest`, `after_commit`; dataset refreshes:
+//! `after_first_put`, `before_manifest`, `after_manifest`, `after_commit`; Kafka sinks:
+//! `kafka_sink_delivered` (every message acknowledged, batch not committed); dataset refreshes:
 //! `dataset_before_publish`, `dataset_after_publish`. Unset (always, in
 //! production), this is one environment lookup per point per batch.
 //!

@@ -281,7 +281,7 @@ pub fn rows_as_json(
     Ok(out)
 }
 
-fn any_to_json(value: AnyValue<'_>) -> serde_json::Value {
+pub(crate) fn any_to_json(value: AnyValue<'_>) -> serde_json::Value {
     use serde_json::Value;
     match value {
         AnyValue::Null => Value::Null,

@@ -13,6 +13,7 @@
 
 pub mod failpoint;
 pub mod frame;
+mod publish;
 pub mod quota;
 pub mod sink;
 pub mod source;
@@ -373,6 +374,16 @@ impl Runtime {
         summary: &mut RunSummary,
     ) -> Result<(), PipelineError> {
         let labels = Metrics::labels(&pipeline.name);
+        // A Kafka sink keeps one producer for the whole run; a broker that is down (or a topic
+        // that is missing) fails the run here, before anything is planned.
+        let publisher = match &pipeline.sink {
+            SinkConfig::Kafka(cfg) => Some(
+                sink::kafka::Publisher::connect(cfg, &pipeline.name, Arc::clone(&self.metrics))
+                    .await?,
+            ),
+            SinkConfig::Parquet(_) => None,
+        };
+        let publisher = publisher.as_ref();
         // A Kafka source keeps one group member for the whole run.
         let mut kafka = match &pipeline.source {
             SourceConfig::Kafka(cfg) => Some(kafka_source::Session::connect(cfg, &pipeline.name)?),
@@ -403,7 +414,10 @@ impl Runtime {
                 return Ok(());
             }
             if let Some(session) = kafka.as_mut() {
-                if !self.kafka_step(pipeline, session, summary).await? {
+                if !self
+                    .kafka_step(pipeline, session, publisher, summary)
+                    .await?
+                {
                     return Ok(());
                 }
                 continue;
@@ -438,7 +452,7 @@ impl Runtime {
                 }
             };
             failpoint("after_intent");
-            self.execute_counted(pipeline, &intent, prefetched, None, summary)
+            self.execute_counted(pipeline, &intent, prefetched, None, publisher, summary)
                 .await?;
         }
     }
@@ -450,11 +464,15 @@ impl Runtime {
         intent: &BatchIntent,
         prefetched: Option<Fetched>,
         kafka: Option<&mut kafka_source::Session>,
+        publisher: Option<&sink::kafka::Publisher>,
         summary: &mut RunSummary,
     ) -> Result<(), PipelineError> {
         let labels = Metrics::labels(&pipeline.name);
         let started = Instant::now();
-        match self.execute(pipeline, intent, prefetched, kafka).await {
+        match self
+            .execute(pipeline, intent, prefetched, kafka, publisher)
+            .await
+        {
             Ok((stats, files_failed)) => {
                 summary.batches += 1;
                 summary.rows_in += stats.rows_in;
@@ -502,6 +520,7 @@ impl Runtime {
         &self,
         pipeline: &Pipeline,
         session: &mut kafka_source::Session,
+        publisher: Option<&sink::kafka::Publisher>,
         summary: &mut RunSummary,
     ) -> Result<bool, PipelineError> {
         let SourceConfig::Kafka(cfg) = &pipeline.source else {
@@ -518,7 +537,7 @@ impl Runtime {
             warn!(pipeline = %pipeline.name, batch = intent.seq, "replaying a batch left open by an earlier run or another member");
             self.metrics.batches_replayed.get_or_create(&labels).inc();
             summary.replayed_batches += 1;
-            self.execute_counted(pipeline, &intent, None, Some(session), summary)
+            self.execute_counted(pipeline, &intent, None, Some(session), publisher, summary)
                 .await?;
         }
         let Some((positions, records)) = planned else {
@@ -544,8 +563,15 @@ impl Runtime {
             records,
             hits: self.kafka_hits(cfg)?,
         };
-        self.execute_counted(pipeline, &intent, Some(fetched), Some(session), summary)
-            .await?;
+        self.execute_counted(
+            pipeline,
+            &intent,
+            Some(fetched),
+            Some(session),
+            publisher,
+            summary,
+        )
+        .await?;
         Ok(true)
     }
 
@@ -814,8 +840,13 @@ impl Runtime {
         intent: &BatchIntent,
         prefetched: Option<Fetched>,
         kafka: Option<&mut kafka_source::Session>,
+        publisher: Option<&sink::kafka::Publisher>,
     ) -> Result<(BatchStats, u64), PipelineError> {
-        let SinkConfig::Parquet(sink_cfg) = &pipeline.sink;
+        let SinkConfig::Parquet(sink_cfg) = &pipeline.sink else {
+            return self
+                .execute_kafka(pipeline, intent, prefetched, kafka, publisher)
+                .await;
+        };
         let labels = Metrics::labels(&pipeline.name);
         // A replay (or a source that planned without reading) reads its positions now.
         let fetched = match prefetched {
@@ -854,7 +885,11 @@ impl Runtime {
                 source,
             })?;
             let df = transform::apply(df, &pipeline_owned.transforms, tz, &mut quarantine)?;
-            let SinkConfig::Parquet(sink_cfg) = &pipeline_owned.sink;
+            let SinkConfig::Parquet(sink_cfg) = &pipeline_owned.sink else {
+                return Err(PipelineError::Task(
+                    "parquet batch without a parquet sink".into(),
+                ));
+            };
             let tally = metered
                 .then(|| quota::tally(&df, &sink_cfg.partition_column, tz))
                 .transpose()

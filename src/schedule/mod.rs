@@ -37,9 +37,7 @@ use tracing::{error, info, warn};
 
 use crate::catalog::{CatalogError, NewRun, RunRecord, RunStatus};
 use crate::config::load::DEFAULT_WORKSPACE;
-use crate::config::model::{
-    DatasetJob, Misfire, Overlap, Pipeline, RetryPolicy, Schedule, SinkConfig,
-};
+use crate::config::model::{DatasetJob, Misfire, Overlap, Pipeline, RetryPolicy, Schedule};
 use crate::datasets::{self, RefreshOptions};
 use crate::pipeline::{RunOptions, Runtime};
 use crate::telemetry::{JobOutcomeLabels, PipelineLabels, RunLabels, WorkspaceLabels};
@@ -219,11 +217,12 @@ impl Jobs {
     ) -> Arc<Jobs> {
         let mut producers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for p in &pipelines {
-            let SinkConfig::Parquet(sink) = &p.sink;
-            producers
-                .entry(sink.dataset.clone())
-                .or_default()
-                .push(p.name.clone());
+            if let Some(dataset) = p.sink.dataset() {
+                producers
+                    .entry(dataset.to_string())
+                    .or_default()
+                    .push(p.name.clone());
+            }
         }
         Arc::new(Jobs {
             runtime,

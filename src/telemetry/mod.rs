@@ -85,6 +85,26 @@ pub struct SourceLabels {
     pub kind: String,
 }
 
+/// A pipeline sink's event with a status from a fixed list.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub pipeline: String,
+    pub status: &'static str,
+}
+
+/// Metrics of pipeline sinks other than Parquet (whose are the `pipeline_*` ones).
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    /// Kafka sink messages by status: `delivered` (acknowledged), `failed` (not acknowledged:
+    /// the batch fails), `too_large` and `null_key` (rows sent to quarantine instead).
+    pub kafka_messages: Family<SinkLabels, Counter>,
+    /// Kafka sink failures by kind: `broker_down`, `timeout`, `topic_missing`,
+    /// `unauthorized`, `too_large`, `other`.
+    pub kafka_errors: Family<SinkLabels, Counter>,
+    /// Payload bytes the Kafka sink had acknowledged.
+    pub kafka_bytes: Family<PipelineLabels, Counter>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub listener: &'static str,
@@ -235,6 +255,8 @@ pub struct Metrics {
     pub source: SourceMetrics,
     /// The collection endpoints' Kafka journal (`journal.kind: kafka`).
     pub kafka_journal: crate::collect::appender::KafkaJournalMetrics,
+    /// Pipeline sinks other than Parquet (Kafka).
+    pub sink: SinkMetrics,
 }
 
 /// Metrics of pipeline sources that talk to remote APIs.
@@ -309,6 +331,7 @@ impl Metrics {
             schedule: ScheduleMetrics::default(),
             source: SourceMetrics::default(),
             kafka_journal: Default::default(),
+            sink: SinkMetrics::default(),
             journal: std::sync::Arc::new(JournalCollector::default()),
             registry: Registry::default(),
         };
@@ -536,6 +559,22 @@ impl Metrics {
             "source_objects_listed",
             "Objects returned by object-store source listings",
             s.objects_listed.clone(),
+        );
+        r.register(
+            "kafka_sink_messages",
+            "Kafka sink messages by status (delivered, failed; too_large and null_key rows went to quarantine)",
+            m.sink.kafka_messages.clone(),
+        );
+        r.register(
+            "kafka_sink_errors",
+            "Kafka sink failures by kind (broker_down, timeout, topic_missing, unauthorized, too_large, other)",
+            m.sink.kafka_errors.clone(),
+        );
+        r.register_with_unit(
+            "kafka_sink_delivered",
+            "Payload bytes of Kafka sink messages the brokers acknowledged",
+            prometheus_client::registry::Unit::Bytes,
+            m.sink.kafka_bytes.clone(),
         );
         m.kafka_journal.register(r);
         r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));

@@ -28,7 +28,7 @@ fn validate_reports_every_error_of_every_file_with_its_location() {
     );
     assert!(err.contains("pipelines/typo.yaml:2:1"), "{err}");
     assert!(err.contains("unknown field `sourc`"), "{err}");
-    assert!(err.contains("error(s) in 8 file(s)"), "{err}");
+    assert!(err.contains("error(s) in 9 file(s)"), "{err}");
 }
 
 #[test]
@@ -37,7 +37,7 @@ fn test_runs_the_shipped_pipeline_tests_and_reports_a_failing_expectation() {
     let out = p.run(&["test"]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(
-        stdout(&out).contains("7 passed, 0 failed"),
+        stdout(&out).contains("8 passed, 0 failed"),
         "{}",
         stdout(&out)
     );

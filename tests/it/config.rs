@@ -71,7 +71,9 @@ fn shipped_pipeline_loads() {
         matches!(&pipeline.transforms[1], TransformStep::Dedup { keys, keep: Keep::First } if keys.len() == 6)
     );
     assert_eq!(schema.fields.len(), 12);
-    let SinkConfig::Parquet(sink) = &pipeline.sink;
+    let SinkConfig::Parquet(sink) = &pipeline.sink else {
+        panic!("expected a parquet sink");
+    };
     assert_eq!(
         (sink.dataset.as_str(), sink.partition_column.as_str()),
         ("behavior_events", "behavior_time")

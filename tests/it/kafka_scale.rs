@@ -159,7 +159,7 @@ fn a_member_dying_mid_batch_leaves_its_partitions_and_its_open_batch_to_the_othe
 
 /// A tansu broker of this test's own, storing in SQLite under `dir` (so a restart keeps the
 /// topics, messages and group offsets).
-struct Tansu {
+pub(crate) struct Tansu {
     bin: String,
     dir: std::path::PathBuf,
     port: u16,
@@ -168,25 +168,30 @@ struct Tansu {
 
 impl Tansu {
     fn start(bin: &str, dir: &Path) -> Tansu {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut t = Tansu {
-            bin: bin.to_string(),
-            dir: dir.to_path_buf(),
-            port,
-            child: None,
-        };
+        let mut t = Tansu::stopped(bin, dir);
         t.restart();
         t
     }
 
-    fn address(&self) -> String {
+    /// A broker on a free port, not started yet (nothing listens there until `restart`).
+    pub(crate) fn stopped(bin: &str, dir: &Path) -> Tansu {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Tansu {
+            bin: bin.to_string(),
+            dir: dir.to_path_buf(),
+            port,
+            child: None,
+        }
+    }
+
+    pub(crate) fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let url = format!("tcp://{}", self.address());
         let log = std::fs::File::create(self.dir.join("tansu.log")).expect("log");
         let child = Command::new(&self.bin)
@@ -214,7 +219,7 @@ impl Tansu {
         panic!("tansu did not listen on {}", self.address());
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -22,6 +22,7 @@ mod journal;
 mod kafka;
 mod kafka_journal;
 mod kafka_scale;
+mod kafka_sink;
 mod media_e2e;
 mod pipeline;
 mod quota;

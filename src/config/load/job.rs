@@ -289,6 +289,12 @@ impl Converter<'_> {
             }
             ratios.push((column.into_value(), *ratio.value()));
         }
+        let notify = match raw.notify {
+            None => Some(None),
+            Some(notify) => self
+                .kafka_producer(notify.kafka.into_sink(), "publish.notify.kafka")
+                .map(Some),
+        };
         if !ok {
             return None;
         }
@@ -296,6 +302,7 @@ impl Converter<'_> {
             keep_versions: keep?,
             allow_empty: raw.allow_empty,
             max_null_ratio: ratios,
+            notify: notify?,
         })
     }
 }

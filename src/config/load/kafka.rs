@@ -1,14 +1,76 @@
-//! Stage two of `source: {type: kafka}`.
+//! Stage two of `source: {type: kafka}` and `sink: {type: kafka}`.
 
 use std::time::Duration;
 
 use super::Converter;
-use crate::config::model::{KafkaFormat, KafkaSource, KafkaTopics, StartFrom};
-use crate::config::raw::{Located, RawKafka, RawKafkaFormat, RawStartFrom};
+use super::http::check_env_name;
+use crate::config::daemon::KafkaSecurity;
+use crate::config::model::{
+    KafkaFormat, KafkaSink, KafkaSinkFormat, KafkaSource, KafkaTopics, StartFrom,
+};
+use crate::config::raw::{Located, OrderedMap, RawKafka, RawKafkaFormat, RawStartFrom};
+use crate::config::raw_kafka_sink::{
+    RawKafkaSink, RawKafkaSinkFormat, RawScalar, RawSecurityProtocol,
+};
+
+/// Producer properties a sink's `client` map cannot set: the delivery guarantees, what the
+/// sink's own fields set, and transactions.
+const RESERVED_CLIENT_KEYS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use `brokers`"),
+    ("metadata.broker.list", "use `brokers`"),
+    ("acks", "the sink always waits for all in-sync replicas"),
+    (
+        "request.required.acks",
+        "the sink always waits for all in-sync replicas",
+    ),
+    (
+        "enable.idempotence",
+        "the sink's producer is always idempotent",
+    ),
+    ("transactional.id", "the sink does not use transactions"),
+    ("message.timeout.ms", "use `message_timeout_ms`"),
+    ("delivery.timeout.ms", "use `message_timeout_ms`"),
+    ("queue.buffering.max.messages", "use `max_in_flight`"),
+    ("message.max.bytes", "use `message_max_bytes`"),
+    ("security.protocol", "use `security_protocol`"),
+    ("sasl.username", "use `sasl_username`"),
+    ("allow.auto.create.topics", "the sink never creates topics"),
+];
+
+/// Whether a librdkafka property holds a secret (never in YAML).
+fn is_secret_key(key: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "sasl.jaas",
+        "private.key",
+        "ssl.key.pem",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+/// A topic name Kafka accepts.
+fn check_topic(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "`{name}` is not a topic name (1-249 of `a-z A-Z 0-9 . _ -`)"
+        ))
+    }
+}
 
 impl Converter<'_> {
     pub(super) fn kafka_source(&mut self, raw: RawKafka) -> Option<KafkaSource> {
-        let brokers = self.brokers(raw.brokers);
+        let brokers = self.brokers(raw.brokers, "source.brokers");
         let topics = match (raw.topics, raw.topic_pattern) {
             (Some(names), None) => self.topic_names(names).map(KafkaTopics::Names),
             (None, Some(pattern)) => self.topic_pattern(&pattern).map(KafkaTopics::Pattern),
@@ -83,11 +145,11 @@ impl Converter<'_> {
         }
     }
 
-    fn brokers(&mut self, raw: Located<Vec<Located<String>>>) -> Option<Vec<String>> {
+    fn brokers(&mut self, raw: Located<Vec<Located<String>>>, path: &str) -> Option<Vec<String>> {
         if raw.value().is_empty() {
             self.errors.push(
                 raw.location(),
-                "source.brokers",
+                path,
                 "expected at least one broker (`host:port`)",
             );
             return None;
@@ -104,7 +166,7 @@ impl Converter<'_> {
                     _ => Err(format!("expected `host:port`, found `{}`", broker.value())),
                 };
                 self.errors
-                    .check(broker.location(), &format!("source.brokers[{i}]"), checked)
+                    .check(broker.location(), &format!("{path}[{i}]"), checked)
             })
             .collect();
         brokers.into_iter().collect()
@@ -124,19 +186,8 @@ impl Converter<'_> {
             .into_iter()
             .enumerate()
             .map(|(i, topic)| {
-                let name = topic.value();
-                let valid = !name.is_empty()
-                    && name.len() <= 249
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-                let checked = if valid {
-                    Ok(name.clone())
-                } else {
-                    Err(format!(
-                        "`{name}` is not a topic name (1-249 of `a-z A-Z 0-9 . _ -`); use `topic_pattern` for a regular expression"
-                    ))
-                };
+                let checked = check_topic(topic.value())
+                    .map_err(|e| format!("{e}; use `topic_pattern` for a regular expression"));
                 self.errors
                     .check(topic.location(), &format!("source.topics[{i}]"), checked)
             })
@@ -156,5 +207,181 @@ impl Converter<'_> {
             .map_err(|e| format!("invalid regular expression `{pattern}`: {e}"));
         self.errors
             .check(raw.location(), "source.topic_pattern", checked)
+    }
+}
+
+impl Converter<'_> {
+    pub(super) fn kafka_sink(&mut self, raw: RawKafkaSink) -> Option<KafkaSink> {
+        self.kafka_producer(raw, "sink")
+    }
+
+    /// A Kafka producer's settings at `at` (`sink`, `publish.notify.kafka`).
+    pub(super) fn kafka_producer(&mut self, raw: RawKafkaSink, at: &str) -> Option<KafkaSink> {
+        let p = |field: &str| format!("{at}.{field}");
+        let brokers = self.brokers(raw.brokers, &p("brokers"));
+        let topic = self.errors.check(
+            raw.topic.location(),
+            &p("topic"),
+            check_topic(raw.topic.value()),
+        );
+        let key_column = self.non_empty(&raw.key_column, &p("key_column"), "column name");
+        let headers = self.sink_headers(raw.headers, &p("headers"));
+        let timeout = self.limit(raw.message_timeout_ms, &p("message_timeout_ms"), 30_000);
+        let in_flight = self
+            .limit(raw.max_in_flight, &p("max_in_flight"), 100_000)
+            .and_then(|(n, at)| {
+                let checked = if n.get() <= 10_000_000 {
+                    Ok(n)
+                } else {
+                    Err(format!("expected at most 10000000, found {n}"))
+                };
+                self.errors
+                    .check(at, &p("max_in_flight"), checked)
+                    .map(|n| (n, at))
+            })
+            .and_then(|n| self.usize_limit(n, &p("max_in_flight")));
+        let max_bytes = match raw.message_max_bytes {
+            None => Some(1_000_000),
+            Some(raw) => {
+                let n = *raw.value();
+                let checked = if (1000..=1_000_000_000).contains(&n) {
+                    Ok(n as usize)
+                } else {
+                    Err(format!(
+                        "expected a byte count from 1000 to 1000000000, found {n}"
+                    ))
+                };
+                self.errors
+                    .check(raw.location(), &p("message_max_bytes"), checked)
+            }
+        };
+        let sasl_username = match &raw.sasl_username {
+            None => Some(None),
+            Some(user) => self
+                .non_empty(user, &p("sasl_username"), "user name")
+                .map(Some),
+        };
+        let sasl_password_env = match &raw.sasl_password_env {
+            None => Some(None),
+            Some(env) => self
+                .errors
+                .check(
+                    env.location(),
+                    &p("sasl_password_env"),
+                    check_env_name(env.value()),
+                )
+                .map(Some),
+        };
+        let security_protocol = match raw.security_protocol {
+            RawSecurityProtocol::Plaintext => KafkaSecurity::Plaintext,
+            RawSecurityProtocol::SaslPlaintext => {
+                if raw.sasl_username.is_none() || raw.sasl_password_env.is_none() {
+                    self.errors.push(
+                        raw.topic.location(),
+                        &p("security_protocol"),
+                        "`sasl_plaintext` needs `sasl_username` and `sasl_password_env`",
+                    );
+                }
+                KafkaSecurity::SaslPlaintext
+            }
+        };
+        let client = self.client_properties(raw.client, &p("client"));
+        Some(KafkaSink {
+            brokers: brokers?,
+            topic: topic?,
+            key_column: key_column?,
+            format: match raw.format {
+                RawKafkaSinkFormat::Json => KafkaSinkFormat::Json,
+            },
+            headers: headers?,
+            message_timeout: Duration::from_millis(timeout?.0.get()),
+            max_in_flight: in_flight?,
+            message_max_bytes: max_bytes?,
+            security_protocol,
+            sasl_username: sasl_username?,
+            sasl_password_env: sasl_password_env?,
+            client: client?,
+        })
+    }
+
+    /// `sink.headers`: names of visible ASCII without the reserved `backflow-` prefix.
+    fn sink_headers(
+        &mut self,
+        raw: Option<OrderedMap<Located<String>>>,
+        path: &str,
+    ) -> Option<Vec<(String, String)>> {
+        let Some(map) = raw else {
+            return Some(Vec::new());
+        };
+        let pairs: Vec<Option<(String, String)>> = map
+            .0
+            .into_iter()
+            .map(|(name, value)| {
+                let key = name.value();
+                let checked = if key.is_empty() {
+                    Err("header name must not be empty".to_string())
+                } else if key.to_ascii_lowercase().starts_with("backflow-") {
+                    Err(format!(
+                        "`{key}`: header names starting with `backflow-` are reserved for the dedup headers"
+                    ))
+                } else if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                    Err(format!(
+                        "`{key}` is not a header name (visible ASCII, no spaces)"
+                    ))
+                } else {
+                    Ok(key.clone())
+                };
+                let key = self.errors.check(name.location(), path, checked)?;
+                Some((key, value.into_value()))
+            })
+            .collect();
+        pairs.into_iter().collect()
+    }
+
+    /// `sink.client`: each property checked by librdkafka itself (no client is created).
+    fn client_properties(
+        &mut self,
+        raw: Option<OrderedMap<Located<RawScalar>>>,
+        prefix: &str,
+    ) -> Option<Vec<(String, String)>> {
+        let Some(map) = raw else {
+            return Some(Vec::new());
+        };
+        let pairs: Vec<Option<(String, String)>> = map
+            .0
+            .into_iter()
+            .map(|(name, value)| {
+                let key = name.value().clone();
+                let path = format!("{prefix}.{key}");
+                if let Some((_, why)) = RESERVED_CLIENT_KEYS.iter().find(|(k, _)| *k == key) {
+                    self.errors.push(
+                        name.location(),
+                        &path,
+                        format!("`{key}` cannot be set here: {why}"),
+                    );
+                    return None;
+                }
+                if is_secret_key(&key) {
+                    self.errors.push(
+                        name.location(),
+                        &path,
+                        format!(
+                            "`{key}` holds a secret, and secrets never go in the YAML; use `sasl_password_env`"
+                        ),
+                    );
+                    return None;
+                }
+                let text = value.value().to_text();
+                let mut probe = rdkafka::ClientConfig::new();
+                probe.set(&key, &text);
+                let checked = probe
+                    .create_native_config()
+                    .map(|_| ())
+                    .map_err(|e| format!("librdkafka refuses `{key}: {text}`: {e}"));
+                self.errors.check(value.location(), &path, checked)?;
+                Some((key, text))
+            })
+            .collect();
+        pairs.into_iter().collect()
     }
 }

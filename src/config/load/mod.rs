@@ -417,21 +417,21 @@ fn check_unique(loaded: Vec<LoadedPipeline>, errors: &mut Vec<ConfigError>) -> V
             errors.push(ConfigError::at(&file, name_at, "name", message));
             continue;
         }
-        let SinkConfig::Parquet(sink) = &pipeline.sink;
-        if let Some((writer, first_file, first_at)) = datasets.get(&sink.dataset) {
-            let message = format!(
-                "dataset `{}` is already written by pipeline `{writer}` ({}); a dataset has one writer",
-                sink.dataset,
-                position(first_file, *first_at)
+        if let Some(dataset) = pipeline.sink.dataset() {
+            if let Some((writer, first_file, first_at)) = datasets.get(dataset) {
+                let message = format!(
+                    "dataset `{dataset}` is already written by pipeline `{writer}` ({}); a dataset has one writer",
+                    position(first_file, *first_at)
+                );
+                errors.push(ConfigError::at(&file, dataset_at, "sink.dataset", message));
+                continue;
+            }
+            datasets.insert(
+                dataset.to_string(),
+                (pipeline.name.clone(), file.clone(), dataset_at),
             );
-            errors.push(ConfigError::at(&file, dataset_at, "sink.dataset", message));
-            continue;
         }
-        names.insert(pipeline.name.clone(), (file.clone(), name_at));
-        datasets.insert(
-            sink.dataset.clone(),
-            (pipeline.name.clone(), file, dataset_at),
-        );
+        names.insert(pipeline.name.clone(), (file, name_at));
         pipelines.push(pipeline);
     }
     pipelines
@@ -453,8 +453,10 @@ fn load_located(
     }
     let raw: RawPipeline = parse_yaml(file, text).map_err(|err| vec![err])?;
     let name_at = raw.name.location();
-    let RawSink::Parquet(sink) = &raw.sink;
-    let dataset_at = sink.dataset.location();
+    let dataset_at = match &raw.sink {
+        RawSink::Parquet(sink) => sink.dataset.location(),
+        RawSink::Kafka(sink) => sink.topic.location(),
+    };
     let mut converter = Converter {
         errors: Collector::new(file),
         schemas_dir: opts.schemas_dir_for(file),
@@ -483,6 +485,15 @@ impl Converter<'_> {
         let name = self
             .errors
             .check(raw.name.location(), "name", check_ident(raw.name.value()));
+        if let (RawSource::Journal(_), RawSink::Kafka(sink)) = (&raw.source, &raw.sink) {
+            self.errors.push(
+                sink.topic.location(),
+                "sink",
+                "a `journal` pipeline is metered for billing and lands in the lake (`type: parquet`); \
+                 to publish hits downstream, read the Kafka journal's topic (`source: {type: kafka, \
+                 format: hit_record}`) in a pipeline with a Kafka sink",
+            );
+        }
         let source = self.source(raw.source);
         let transforms: Vec<_> = raw
             .transforms
@@ -837,6 +848,7 @@ impl Converter<'_> {
     fn sink(&mut self, raw: RawSink) -> Option<SinkConfig> {
         match raw {
             RawSink::Parquet(parquet) => self.parquet_sink(parquet).map(SinkConfig::Parquet),
+            RawSink::Kafka(kafka) => self.kafka_sink(kafka).map(SinkConfig::Kafka),
         }
     }
 

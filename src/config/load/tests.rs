@@ -34,7 +34,9 @@ fn minimal_pipeline_gets_the_defaults() {
         (FileFormat::Auto, Compression::Auto)
     );
     assert_eq!(source.csv, CsvOptions::default());
-    let SinkConfig::Parquet(sink) = &pipeline.sink;
+    let SinkConfig::Parquet(sink) = &pipeline.sink else {
+        panic!("expected a parquet sink");
+    };
     assert_eq!(
         (sink.granularity, sink.row_group_rows.get()),
         (Granularity::Hour, 1_000_000)
@@ -220,6 +222,87 @@ fn kafka_source_errors_are_located_and_all_reported() {
     assert_eq!(errors, want, "{errors:#?}");
 }
 
+const FILES_SOURCE: &str = "name: p\nsource: {type: object_store_files, url: memory://in}\n";
+
+#[test]
+fn kafka_sink_gets_its_defaults_and_keeps_headers_and_client_properties_in_order() {
+    let text = format!(
+        "{FILES_SOURCE}sink:\n  type: kafka\n  brokers: [\"127.0.0.1:9092\"]\n  topic: events.out\n  key_column: user_id\n  headers: {{origin: backflow, env: test}}\n  client: {{linger.ms: 20, compression.type: lz4}}\n"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SinkConfig::Kafka(sink) = &pipeline.sink else {
+        panic!("expected a kafka sink");
+    };
+    assert_eq!(pipeline.sink.dataset(), None);
+    assert_eq!(
+        (sink.topic.as_str(), sink.key_column.as_str()),
+        ("events.out", "user_id")
+    );
+    assert_eq!(sink.format, crate::config::model::KafkaSinkFormat::Json);
+    assert_eq!(
+        (
+            sink.message_timeout.as_millis(),
+            sink.max_in_flight.get(),
+            sink.message_max_bytes
+        ),
+        (30_000, 100_000, 1_000_000)
+    );
+    let pairs = |v: &[(String, String)]| {
+        v.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pairs(&sink.headers), ["origin=backflow", "env=test"]);
+    assert_eq!(
+        pairs(&sink.client),
+        ["linger.ms=20", "compression.type=lz4"]
+    );
+}
+
+#[test]
+fn kafka_sink_errors_are_located_and_all_reported() {
+    let text = format!(
+        "{FILES_SOURCE}sink:\n  type: kafka\n  brokers: [\"nohost\"]\n  topic: \"a b\"\n  key_column: \"\"\n  headers: {{backflow-row: x}}\n  message_max_bytes: 10\n  sasl_password_env: \"p@ss\"\n  client: {{acks: \"1\", sasl.password: hunter2, no.such.property: 1, linger.ms: soon}}\n"
+    );
+    let errors = errors(&text);
+    let want = [
+        "p.yaml:5:13: sink.brokers[0]: expected `host:port`, found `nohost`",
+        "p.yaml:6:10: sink.topic: `a b` is not a topic name (1-249 of `a-z A-Z 0-9 . _ -`)",
+        "p.yaml:7:15: sink.key_column: column name must not be empty",
+        "p.yaml:8:13: sink.headers: `backflow-row`: header names starting with `backflow-` are reserved for the dedup headers",
+        "p.yaml:9:22: sink.message_max_bytes: expected a byte count from 1000 to 1000000000, found 10",
+        "p.yaml:10:22: sink.sasl_password_env: `p@ss` is not an environment variable name (`[A-Z_][A-Z0-9_]*`); the secret itself never goes in YAML",
+        "p.yaml:11:12: sink.client.acks: `acks` cannot be set here: the sink always waits for all in-sync replicas",
+        "p.yaml:11:23: sink.client.sasl.password: `sasl.password` holds a secret, and secrets never go in the YAML; use `sasl_password_env`",
+    ];
+    assert_eq!(errors[..want.len()], want, "{errors:#?}");
+    // librdkafka's own checks of the `client` properties, located at the value.
+    assert_eq!(errors.len(), want.len() + 2, "{errors:#?}");
+    assert!(
+        errors[want.len()].starts_with(
+            "p.yaml:11:65: sink.client.no.such.property: librdkafka refuses `no.such.property: 1`"
+        ),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[want.len() + 1].starts_with(
+            "p.yaml:11:79: sink.client.linger.ms: librdkafka refuses `linger.ms: soon`"
+        ),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn a_journal_pipeline_cannot_publish_to_kafka() {
+    let text = "name: p\nsource: {type: journal}\nsink: {type: kafka, brokers: [\"k:9092\"], topic: hits, key_column: event_id}\n";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("p.yaml:3:49: sink: a `journal` pipeline is metered for billing"),
+        "{errors:#?}"
+    );
+}
+
 #[test]
 fn schedule_policies_get_defaults_and_parse() {
     let pipeline = load(&format!("{MINIMAL}schedule: {{cron: \"*/5 * * * * *\"}}\n"))
@@ -314,6 +397,35 @@ fn dataset_job_refresh_is_checked_against_the_time_grain() {
         [
             "j.yaml:5:11: refresh.period: `hour` periods need `dataset.time_grain: hour` (a day row cannot be rebuilt one hour at a time)",
             "j.yaml:6:31: refresh.wait_for_sources.timeout: invalid duration `0s`: it must be greater than 0",
+        ]
+    );
+}
+
+#[test]
+fn dataset_change_notices_take_kafka_producer_settings_with_located_errors() {
+    let job = "kind: dataset\nname: j\ndataset: {type: behavior, output: b, time_grain: day}\n";
+    let (jobs, errors) = load_job_text(&format!(
+        "{job}publish:\n  notify:\n    kafka: {{brokers: [\"127.0.0.1:9092\"], topic: datasets.changes}}\n"
+    ));
+    assert!(errors.is_empty(), "{errors:?}");
+    let notify = jobs[0]
+        .publish
+        .notify
+        .as_ref()
+        .unwrap_or_else(|| panic!("a notice"));
+    assert_eq!(
+        (notify.topic.as_str(), notify.key_column.as_str()),
+        ("datasets.changes", "dataset")
+    );
+    let (_, errors) = load_job_text(&format!(
+        "{job}publish:\n  notify:\n    kafka: {{brokers: [x], topic: \"a b\", client: {{acks: 0}}}}\n"
+    ));
+    assert_eq!(
+        errors,
+        [
+            "j.yaml:6:23: publish.notify.kafka.brokers[0]: expected `host:port`, found `x`",
+            "j.yaml:6:34: publish.notify.kafka.topic: `a b` is not a topic name (1-249 of `a-z A-Z 0-9 . _ -`)",
+            "j.yaml:6:50: publish.notify.kafka.client.acks: `acks` cannot be set here: the sink always waits for all in-sync replicas",
         ]
     );
 }

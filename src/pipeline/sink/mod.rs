@@ -1,3 +1,4 @@
 //! Sinks: where committed rows land.
 
+pub mod kafka;
 pub mod parquet;
