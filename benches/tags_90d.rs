@@ -246,8 +246,9 @@ FROM rfm ORDER BY user_id
     )
 }
 
-/// Runs `cmd` under `/usr/bin/time -v`; returns (wall seconds, peak RSS MiB, stdout).
-fn timed(cmd: Command) -> (f64, f64, String) {
+/// Runs `cmd` under `/usr/bin/time -v`; returns (wall seconds, CPU seconds, peak RSS MiB,
+/// stdout). CPU seconds (user + system) are what to compare on a shared machine.
+fn timed(cmd: Command) -> (f64, f64, f64, String) {
     let program = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(ToOwned::to_owned).collect();
     let mut outer = Command::new("/usr/bin/time");
@@ -260,13 +261,18 @@ fn timed(cmd: Command) -> (f64, f64, String) {
     let secs = t.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}", stderr);
-    let rss_kb: f64 = stderr
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN);
+    let field = |name: &str| -> f64 {
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let rss_kb = field("Maximum resident set size (kbytes):");
+    let cpu = field("User time (seconds):") + field("System time (seconds):");
     (
         secs,
+        cpu,
         rss_kb / 1024.0,
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
@@ -313,11 +319,11 @@ fn main() {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_backflow"));
         cmd.args(["run", "user_tags", "--json", "--as-of", AS_OF])
             .current_dir(&project);
-        let (secs, rss, stdout) = timed(cmd);
+        let (secs, cpu, rss, stdout) = timed(cmd);
         let summary: serde_json::Value =
             serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_default();
         println!(
-            "backflow run {run}: {secs:.2} s, peak RSS {rss:.0} MiB, {} users from {} hits, {} partitions",
+            "backflow run {run}: {secs:.2} s ({cpu:.1} CPU-s), peak RSS {rss:.0} MiB, {} users from {} hits, {} partitions",
             summary["rows_out"], summary["rows_in"], summary["partitions"]
         );
     }
@@ -339,9 +345,9 @@ print(con.sql(f"SELECT count(*) FROM read_parquet('{sys.argv[2]}')").fetchone()[
                 &duckdb_sql(&lake, &out),
                 &out.display().to_string(),
             ]);
-            let (secs, rss, stdout) = timed(cmd);
+            let (secs, cpu, rss, stdout) = timed(cmd);
             println!(
-                "duckdb run {run}: {secs:.2} s, peak RSS {rss:.0} MiB, {} users",
+                "duckdb run {run}: {secs:.2} s ({cpu:.1} CPU-s), peak RSS {rss:.0} MiB, {} users",
                 stdout.trim()
             );
         }

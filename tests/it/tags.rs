@@ -566,7 +566,14 @@ async fn a_refresh_on_an_s3_lake_equals_the_one_on_local_disk() {
     let Some(endpoint) = require_env("BACKFLOW_TEST_S3_ENDPOINT") else {
         return;
     };
-    let b = crate::s3::bucket(endpoint, "tags-lake");
+    let name = format!(
+        "tags-lake-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos()
+    );
+    let b = crate::s3::bucket(endpoint, &name);
     let parts = |p: &Project| {
         let job = TAGS.replace(
             "window_end: hour",

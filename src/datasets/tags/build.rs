@@ -291,11 +291,12 @@ fn rfm_expr(rule: &RfmRule, end: DateTime<Utc>) -> Expr {
 }
 
 /// Finishes the collected per-user table: row-wise tags in order, then the output columns
-/// sorted by user.
+/// sorted by user (`sorted`: the table already is, skip the sort and its copy of the table).
 pub fn finish(
     grouped: DataFrame,
     build: &UserTagsBuild,
     end: DateTime<Utc>,
+    sorted: bool,
 ) -> PolarsResult<DataFrame> {
     let mut lf = grouped.lazy();
     for tag in &build.tags {
@@ -333,7 +334,11 @@ pub fn finish(
             .alias(c.as_str())
     }));
     select.extend(build.tags.iter().map(|t| col(t.name.as_str())));
-    lf.select(select)
-        .sort(["user_id"], SortMultipleOptions::default())
-        .collect()
+    let lf = lf.select(select);
+    if sorted {
+        lf.collect()
+    } else {
+        lf.sort(["user_id"], SortMultipleOptions::default())
+            .collect()
+    }
 }

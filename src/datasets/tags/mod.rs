@@ -181,28 +181,36 @@ fn grouped(
             .map(|c| col(c.name.as_str())),
     );
     let prepared = build::prepare(hits, build, end, tz).select(columns);
+    let bounds = partition::bounds(&prepared, grouping.parts)?;
     let dir = grouping.scratch.path().join("partitions");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| DatasetError::Task(format!("creating {}: {e}", dir.display())))?;
-    let files = partition::write(prepared.clone(), grouping.parts, &dir)?;
+    let parts = partition::write(prepared.clone(), &bounds, &dir)?;
     tracing::info!(
-        dataset = %build.output, partitions = grouping.parts, written = files.len(),
-        rows = files.iter().map(|f| f.1).sum::<u64>(),
+        dataset = %build.output, partitions = parts.len(),
+        rows = parts.iter().map(|p| p.rows).sum::<u64>(),
         seconds = started.elapsed().as_secs_f64(), "hits partitioned by user"
     );
-    if files.is_empty() {
+    if parts.is_empty() {
         // No hit counts: the grouping of none, for its columns.
         return collect(build::group(prepared.limit(0), build, end, tz).map_err(polars("plan"))?);
     }
+    // Partitions are ranges of users in order: each sorted, they concatenate sorted.
     let mut out: Option<DataFrame> = None;
-    for (i, (path, rows)) in files.iter().enumerate() {
+    for (i, part) in parts.iter().enumerate() {
         let started = std::time::Instant::now();
-        let path = PlRefPath::try_from_pathbuf(path.clone()).map_err(polars("path"))?;
-        let part = LazyFrame::scan_parquet(path, ScanArgsParquet::default())
+        let paths = part
+            .files
+            .iter()
+            .map(|p| PlRefPath::try_from_pathbuf(p.clone()))
+            .collect::<PolarsResult<_>>()
+            .map_err(polars("path"))?;
+        let hits = LazyFrame::scan_parquet_files(paths, ScanArgsParquet::default())
             .map_err(polars("scan a partition"))?;
-        let df = collect(build::group(part, build, end, tz).map_err(polars("plan"))?)?;
+        let grouped = build::group(hits, build, end, tz)
+            .map_err(polars("plan"))?
+            .sort([build::USER], SortMultipleOptions::default());
+        let df = collect(grouped)?;
         tracing::debug!(
-            dataset = %build.output, partition = i, rows, users = df.height(),
+            dataset = %build.output, partition = i, rows = part.rows, users = df.height(),
             seconds = started.elapsed().as_secs_f64(), "partition grouped by user"
         );
         match &mut out {
@@ -213,10 +221,7 @@ fn grouped(
             }
         }
     }
-    // Written while the parts were grouped; the next step reads the table whole.
-    let mut all = out.ok_or_else(|| DatasetError::Task("no partition was grouped".into()))?;
-    all.rechunk_mut();
-    Ok(all)
+    out.ok_or_else(|| DatasetError::Task("no partition was grouped".into()))
 }
 
 fn compute(
@@ -234,6 +239,8 @@ fn compute(
     };
     let started = std::time::Instant::now();
     let grouped = grouped(hits, build, end, tz, &grouping)?;
+    // Partitions come out in user order (see `grouped`); one pass needs the sort.
+    let sorted = grouping.parts > 1;
     tracing::debug!(dataset = %build.output, seconds = started.elapsed().as_secs_f64(), "hits grouped by user");
     let rows_in = grouped
         .column(build::ROWS)
@@ -242,7 +249,7 @@ fn compute(
         .unwrap_or(0)
         .max(0) as u64;
     let started = std::time::Instant::now();
-    let mut main = build::finish(grouped, build, end).map_err(polars("row-wise tags"))?;
+    let mut main = build::finish(grouped, build, end, sorted).map_err(polars("row-wise tags"))?;
     validate(&main, policy, &["user_id"])?;
     let built = encode(&mut main, build, rows_in);
     tracing::debug!(dataset = %build.output, seconds = started.elapsed().as_secs_f64(), "row-wise tags, checks, encoding");

@@ -3,15 +3,14 @@
 //!
 //! Grouping by user holds, per hit, the (user, value) pairs of the distinct and top-N tags and
 //! their sorts (≈ 400 bytes per hit in the lookback, measured at 20 M hits). One streaming
-//! pass over the lake writes the prepared hits ([`super::build::prepare`]) into `parts`
-//! Parquet files by a hash of the user; each file then holds every hit of its users, so the
-//! per-user table is the concatenation of the files grouped one by one. Peak memory follows
-//! the partition size (`partition_rows`), not the lake.
+//! pass over the lake writes the prepared hits ([`super::build::prepare`]) into partitions that
+//! are **ranges of users** (bounds from a sample of the first hits); each partition holds every
+//! hit of its users, so the per-user table is the concatenation of the partitions grouped one
+//! by one — already in `user_id` order when each is sorted. Peak memory follows the partition
+//! size (`partition_rows`), not the lake.
 
-use std::fs::File;
-use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use polars::prelude::*;
 use polars_core::query_result::QueryResult;
@@ -19,8 +18,10 @@ use polars_core::query_result::QueryResult;
 use super::super::{DatasetError, polars};
 use super::build::USER;
 
-/// Rows buffered per partition before they are written as one row group.
-const FLUSH_ROWS: usize = 64 * 1024;
+/// The partition column while writing.
+const PART: &str = "__part";
+/// Users sampled per partition to place the range bounds.
+const SAMPLE_PER_PART: usize = 20_000;
 
 /// How many partitions `rows` hits need with at most `partition_rows` each (1 to 256).
 pub fn count(rows: u64, partition_rows: u64) -> usize {
@@ -62,120 +63,124 @@ impl Drop for Scratch {
     }
 }
 
-/// One partition being written.
-struct Part {
-    path: PathBuf,
-    pending: Vec<DataFrame>,
-    pending_rows: usize,
-    writer: Option<polars::io::parquet::write::BatchedWriter<File>>,
-    rows: u64,
-}
-
-impl Part {
-    fn flush(&mut self) -> PolarsResult<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let mut frames = std::mem::take(&mut self.pending).into_iter();
-        let Some(mut df) = frames.next() else {
-            return Ok(());
-        };
-        for next in frames {
-            df.vstack_mut_owned(next)?;
-        }
-        self.pending_rows = 0;
-        if self.writer.is_none() {
-            let file = File::create(&self.path)?;
-            self.writer = Some(
-                ParquetWriter::new(file)
-                    .with_compression(ParquetCompression::Lz4Raw)
-                    .batched(df.schema())?,
-            );
-        }
-        if let Some(writer) = &mut self.writer {
-            writer.write_batch(&df)?;
-        }
-        Ok(())
+/// The lower bounds of partitions 1.. (partition 0 starts at the smallest user): quantiles of
+/// the users of the first hits. Fewer than `parts - 1` when the sample has fewer users.
+pub fn bounds(hits: &LazyFrame, parts: usize) -> Result<Vec<String>, DatasetError> {
+    if parts <= 1 {
+        return Ok(Vec::new());
     }
-}
-
-struct Writers {
-    parts: Vec<Part>,
-    hasher: foldhash::fast::FixedState,
-}
-
-impl Writers {
-    fn push(&mut self, df: DataFrame) -> PolarsResult<()> {
-        if df.height() == 0 {
-            return Ok(());
+    let sample = hits
+        .clone()
+        .select([col(USER)])
+        .slice(0, (parts * SAMPLE_PER_PART) as IdxSize)
+        .unique(None, UniqueKeepStrategy::Any)
+        .sort([USER], SortMultipleOptions::default());
+    let df = match sample
+        .collect_with_engine(Engine::Streaming)
+        .map_err(polars("sample users"))?
+    {
+        QueryResult::Single(df) => df,
+        QueryResult::Multiple(_) => {
+            return Err(DatasetError::Task(
+                "the sample returned several frames".into(),
+            ));
         }
-        let n = self.parts.len() as u64;
-        let mut rows: Vec<Vec<IdxSize>> = vec![Vec::new(); self.parts.len()];
-        let users = df.column(USER)?.str()?;
-        for (i, user) in users.iter().enumerate() {
-            let part = user.map_or(0, |u| self.hasher.hash_one(u) % n) as usize;
-            rows[part].push(i as IdxSize);
+    };
+    let users = df
+        .column(USER)
+        .and_then(|c| c.str().cloned())
+        .map_err(polars("sample users"))?;
+    let n = users.len();
+    let mut out: Vec<String> = Vec::with_capacity(parts - 1);
+    let first = users.get(0);
+    for i in 1..parts {
+        if let Some(user) = users.get(i * n / parts)
+            && first.is_some_and(|first| first < user)
+            && out.last().is_none_or(|last| last.as_str() < user)
+        {
+            out.push(user.to_string());
         }
-        for (part, take) in self.parts.iter_mut().zip(rows) {
-            if take.is_empty() {
-                continue;
-            }
-            let taken = df.take(&IdxCa::from_vec(PlSmallStr::EMPTY, take))?;
-            part.pending_rows += taken.height();
-            part.rows += taken.height() as u64;
-            part.pending.push(taken);
-            if part.pending_rows >= FLUSH_ROWS {
-                part.flush()?;
-            }
-        }
-        Ok(())
     }
+    Ok(out)
 }
 
-/// Writes `hits` into `parts` files under `dir` by user; returns each non-empty file with its
-/// row count.
-pub fn write(
-    hits: LazyFrame,
-    parts: usize,
-    dir: &Path,
-) -> Result<Vec<(PathBuf, u64)>, DatasetError> {
-    let writers = Arc::new(Mutex::new(Writers {
-        parts: (0..parts)
-            .map(|i| Part {
-                path: dir.join(format!("part-{i:03}.parquet")),
-                pending: Vec::new(),
-                pending_rows: 0,
-                writer: None,
-                rows: 0,
-            })
-            .collect(),
-        hasher: foldhash::fast::FixedState::with_seed(0x6261_636b_666c_6f77),
+/// The partition of each user: how many bounds are at or below it.
+fn part_of(bounds: &Arc<Vec<String>>) -> Expr {
+    let bounds = Arc::clone(bounds);
+    col(USER).map(
+        move |c: Column| {
+            let users = c.str()?;
+            let parts: UInt32Chunked = users
+                .iter()
+                .map(|u| u.map(|u| bounds.partition_point(|b| b.as_str() <= u) as u32))
+                .collect();
+            Ok(parts.with_name(PART.into()).into_column())
+        },
+        |_, field| Ok(Field::new(field.name().clone(), DataType::UInt32)),
+    )
+}
+
+/// One partition written: its files and rows.
+pub struct Part {
+    pub files: Vec<PathBuf>,
+    pub rows: u64,
+}
+
+/// Writes `hits` into one folder per range of users under `dir` (in parallel, LZ4 Parquet);
+/// returns the non-empty partitions in user order.
+pub fn write(hits: LazyFrame, bounds: &[String], dir: &Path) -> Result<Vec<Part>, DatasetError> {
+    let bounds = Arc::new(bounds.to_vec());
+    let parts = bounds.len() + 1;
+    let destination = SinkDestination::Partitioned {
+        base_path: PlRefPath::try_from_pathbuf(dir.to_path_buf()).map_err(polars("path"))?,
+        file_path_provider: None,
+        partition_strategy: PartitionStrategy::Keyed {
+            keys: vec![part_of(&bounds).alias(PART)],
+            include_keys: false,
+            keys_pre_grouped: false,
+        },
+        max_rows_per_file: IdxSize::MAX,
+        approximate_bytes_per_file: u64::MAX,
+    };
+    let format = FileWriteFormat::Parquet(Arc::new(ParquetWriteOptions {
+        compression: ParquetCompression::Lz4Raw,
+        ..ParquetWriteOptions::default()
     }));
-    let sink = Arc::clone(&writers);
-    let callback = PlanCallback::new(move |df: DataFrame| {
-        let mut writers = sink
-            .lock()
-            .map_err(|_| polars_err!(ComputeError: "a partition writer panicked"))?;
-        writers.push(df)?;
-        // `false`: keep the batches coming.
-        Ok(false)
-    });
-    let result = hits
-        .sink_batches(callback, false, None)
-        .and_then(|lf| lf.collect_with_engine(Engine::Streaming));
-    match result {
-        Ok(QueryResult::Single(_) | QueryResult::Multiple(_)) => {}
-        Err(e) => return Err(polars("partition hits by user")(e)),
-    }
-    let mut writers = writers
-        .lock()
-        .map_err(|_| DatasetError::Task("a partition writer panicked".into()))?;
+    let args = UnifiedSinkArgs {
+        mkdir: true,
+        maintain_order: false,
+        ..UnifiedSinkArgs::default()
+    };
+    hits.sink(destination, format, args)
+        .and_then(|lf| lf.collect_with_engine(Engine::Streaming))
+        .map_err(polars("partition hits by user"))?;
     let mut out = Vec::new();
-    for part in &mut writers.parts {
-        part.flush().map_err(polars("write a partition"))?;
-        if let Some(writer) = &part.writer {
-            writer.finish().map_err(polars("finish a partition"))?;
-            out.push((part.path.clone(), part.rows));
+    for i in 0..parts {
+        let folder = dir.join(format!("{PART}={i}"));
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(DatasetError::Task(format!(
+                    "listing {}: {e}",
+                    folder.display()
+                )));
+            }
+        };
+        files.sort();
+        let mut rows = 0u64;
+        for file in &files {
+            let f = std::fs::File::open(file)
+                .map_err(|e| DatasetError::Task(format!("opening {}: {e}", file.display())))?;
+            rows += ParquetReader::new(f)
+                .num_rows()
+                .map_err(polars("partition row count"))? as u64;
+        }
+        if rows > 0 {
+            out.push(Part { files, rows });
         }
     }
     Ok(out)
@@ -197,37 +202,60 @@ mod tests {
     }
 
     #[test]
-    fn every_hit_of_a_user_lands_in_one_partition_and_none_is_lost() {
+    fn partitions_are_ranges_of_users_in_order_and_no_hit_is_lost() {
         let dir = tempfile_dir();
-        let users: Vec<Option<String>> = (0..10_000)
-            .map(|i| Some(format!("user-{}", i % 997)))
+        // Users in hash-like order, each with several hits.
+        let users: Vec<Option<String>> = (0..10_000u64)
+            .map(|i| {
+                Some(format!(
+                    "{:016x}",
+                    (i % 997).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ))
+            })
             .collect();
         let values: Vec<i64> = (0..10_000).collect();
         let df = df!(USER => users, "v" => values).unwrap();
-        let files = write(df.lazy(), 7, dir.path()).unwrap();
-        assert!(files.len() > 1 && files.len() <= 7);
-        let mut seen_users = std::collections::HashMap::new();
+        let bounds = bounds(&df.clone().lazy(), 7).unwrap();
+        assert_eq!(bounds.len(), 6);
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+        let parts = write(df.lazy(), &bounds, dir.path()).unwrap();
+        assert_eq!(parts.len(), 7);
         let mut total = 0;
         let mut sum = 0i64;
-        for (i, (path, rows)) in files.iter().enumerate() {
-            let part = LazyFrame::scan_parquet(
-                PlRefPath::try_from_pathbuf(path.clone()).unwrap(),
-                ScanArgsParquet::default(),
-            )
-            .unwrap()
-            .collect()
-            .unwrap();
-            assert_eq!(part.height() as u64, *rows);
-            total += part.height();
-            sum += part.column("v").unwrap().i64().unwrap().sum().unwrap();
-            for user in part.column(USER).unwrap().str().unwrap().iter().flatten() {
-                let first = *seen_users.entry(user.to_string()).or_insert(i);
-                assert_eq!(first, i, "{user} is in two partitions");
+        let mut last_max: Option<String> = None;
+        for part in &parts {
+            let paths = part
+                .files
+                .iter()
+                .map(|p| PlRefPath::try_from_pathbuf(p.clone()).unwrap())
+                .collect();
+            let df = LazyFrame::scan_parquet_files(paths, ScanArgsParquet::default())
+                .unwrap()
+                .collect()
+                .unwrap();
+            assert_eq!(df.height() as u64, part.rows);
+            // Between 1/14 and 2/7 of the hits each: the sample placed the bounds.
+            assert!((700..3000).contains(&df.height()), "{}", df.height());
+            total += df.height();
+            sum += df.column("v").unwrap().i64().unwrap().sum().unwrap();
+            let users = df.column(USER).unwrap().str().unwrap();
+            let min = users.iter().flatten().min().unwrap();
+            let max = users.iter().flatten().max().unwrap();
+            if let Some(previous) = &last_max {
+                assert!(previous.as_str() < min, "partitions overlap");
             }
+            last_max = Some(max.to_string());
         }
         assert_eq!(total, 10_000);
         assert_eq!(sum, (0..10_000i64).sum::<i64>());
-        assert_eq!(seen_users.len(), 997);
+    }
+
+    #[test]
+    fn a_sample_with_few_users_gives_fewer_partitions() {
+        let df = df!(USER => ["a", "a", "b", "b", "c"]).unwrap();
+        let bounds = bounds(&df.lazy(), 10).unwrap();
+        assert!(bounds.len() <= 2, "{bounds:?}");
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]));
     }
 
     fn tempfile_dir() -> Scratch {
