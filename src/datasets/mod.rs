@@ -522,16 +522,36 @@ pub fn validate(
     policy: &PublishPolicy,
     key: &[&str],
 ) -> Result<(), DatasetError> {
-    let mut problems = Vec::new();
-    let height = main.height();
-    if height == 0 && !policy.allow_empty {
-        problems.push(
-            "the new version has no rows (no committed source rows, or none mapped); set publish.allow_empty to publish empty versions".to_string(),
-        );
-    }
-    if height > 0 {
+    let mut measures = Measures::default();
+    measures.add(main, policy, key)?;
+    measures.judge(policy, key)
+}
+
+/// What [`validate`] checks, added up over the parts of a table whose parts share no key.
+#[derive(Debug, Default)]
+pub struct Measures {
+    rows: usize,
+    duplicates: usize,
+    /// Nulls per `max_null_ratio` column (a missing column counts all its rows).
+    nulls: Vec<usize>,
+}
+
+impl Measures {
+    /// Adds one part of the table.
+    pub fn add(
+        &mut self,
+        part: &DataFrame,
+        policy: &PublishPolicy,
+        key: &[&str],
+    ) -> Result<(), DatasetError> {
+        let height = part.height();
+        self.rows += height;
+        self.nulls.resize(policy.max_null_ratio.len(), 0);
+        if height == 0 {
+            return Ok(());
+        }
         let keys: Vec<Expr> = key.iter().map(|c| col(*c)).collect();
-        let duplicates = main
+        self.duplicates += part
             .clone()
             .lazy()
             .group_by(keys)
@@ -540,31 +560,49 @@ pub fn validate(
             .collect()
             .map_err(polars("key uniqueness"))?
             .height();
-        if duplicates > 0 {
-            problems.push(format!(
-                "{duplicates} key(s) occur more than once (key: {})",
-                key.join(", ")
-            ));
-        }
-        for (column, max) in &policy.max_null_ratio {
-            let nulls = main
+        for (i, (column, _)) in policy.max_null_ratio.iter().enumerate() {
+            self.nulls[i] += part
                 .column(column)
                 .map(|c| c.null_count())
                 .unwrap_or(height);
-            let ratio = nulls as f64 / height as f64;
-            if ratio > *max {
+        }
+        Ok(())
+    }
+
+    /// The verdict on the whole table.
+    pub fn judge(&self, policy: &PublishPolicy, key: &[&str]) -> Result<(), DatasetError> {
+        let mut problems = Vec::new();
+        let height = self.rows;
+        if height == 0 && !policy.allow_empty {
+            problems.push(
+                "the new version has no rows (no committed source rows, or none mapped); set publish.allow_empty to publish empty versions".to_string(),
+            );
+        }
+        if height > 0 {
+            if self.duplicates > 0 {
                 problems.push(format!(
-                    "column `{column}` is {:.1}% null ({nulls} of {height} rows), more than the allowed {:.1}%",
-                    ratio * 100.0,
-                    max * 100.0
+                    "{} key(s) occur more than once (key: {})",
+                    self.duplicates,
+                    key.join(", ")
                 ));
             }
+            for (i, (column, max)) in policy.max_null_ratio.iter().enumerate() {
+                let nulls = self.nulls.get(i).copied().unwrap_or(height);
+                let ratio = nulls as f64 / height as f64;
+                if ratio > *max {
+                    problems.push(format!(
+                        "column `{column}` is {:.1}% null ({nulls} of {height} rows), more than the allowed {:.1}%",
+                        ratio * 100.0,
+                        max * 100.0
+                    ));
+                }
+            }
         }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(DatasetError::Invalid(problems.join("; ")))
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DatasetError::Invalid(problems.join("; ")))
+        }
     }
 }
 

@@ -547,6 +547,18 @@ fn a_refresh_split_into_partitions_by_user_equals_the_one_pass_refresh_and_duckd
         &published(&current_path(&p.lake(), "test_tags")),
     );
     assert_eq!(differ, 0, "the split and one-pass versions differ");
+    // Partitions are finished one at a time into one file, still in user order.
+    let (_, _, rows) = duckdb(
+        p.path(),
+        &format!(
+            "SELECT count(*) FILTER (WHERE prev >= user_id), count(*) FROM (SELECT user_id, \
+             lag(user_id) OVER (ORDER BY file_row_number) AS prev FROM \
+             read_parquet('data/lake/{version}/user_tags/*.parquet', file_row_number = true))"
+        ),
+    )
+    .expect("duckdb");
+    assert_eq!(rows[0][0].as_i64(), Some(0), "user_id out of order");
+    assert_eq!(rows[0][1].as_i64(), Some(users));
     // The partitions were scratch: nothing is left in the data dir.
     let scratch = p.path().join("data/tmp/dataset-test_tags_parts");
     assert!(!scratch.exists(), "{} was left behind", scratch.display());

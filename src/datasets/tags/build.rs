@@ -252,7 +252,8 @@ fn rfm_score(part: &RfmPart, value: Expr, recency: bool) -> Expr {
     })
 }
 
-fn rfm_expr(rule: &RfmRule, end: DateTime<Utc>) -> Expr {
+/// The three scores of an RFM rule and whether a user has all three dimensions.
+fn rfm_scores(rule: &RfmRule, end: DateTime<Utc>) -> ([Expr; 3], Expr) {
     let days = (lit(end.timestamp_micros()) - col(rule.recency.tag.as_str()).cast(DataType::Int64))
         .floor_div(lit(DAY_US));
     let r = rfm_score(&rule.recency, days, true);
@@ -262,17 +263,71 @@ fn rfm_expr(rule: &RfmRule, end: DateTime<Utc>) -> Expr {
         .is_not_null()
         .and(col(rule.frequency.tag.as_str()).is_not_null())
         .and(col(rule.monetary.tag.as_str()).is_not_null());
-    let high = |score: Expr, part: &RfmPart| match part.compare_to {
-        CompareTo::Value(v) => score.cast(DataType::Float64).gt_eq(lit(v)),
-        CompareTo::Mean => score
+    ([r, f, m], valid)
+}
+
+/// The mean score of each dimension (R, F, M) of each RFM tag over all users with every
+/// dimension, by tag name: what `compare_to: mean` compares with when the table is finished
+/// in parts ([`finish`] computes it itself otherwise).
+pub type RfmMeans = std::collections::HashMap<String, [Option<f64>; 3]>;
+
+/// [`RfmMeans`] over the whole grouped table (streamed: only the tags the rules use).
+pub fn rfm_means(
+    grouped: LazyFrame,
+    build: &UserTagsBuild,
+    end: DateTime<Utc>,
+) -> PolarsResult<RfmMeans> {
+    let mut aggs = Vec::new();
+    let mut names = Vec::new();
+    for tag in &build.tags {
+        if let TagKind::Rfm(rule) = &tag.kind {
+            let (scores, valid) = rfm_scores(rule, end);
+            for (i, score) in scores.into_iter().enumerate() {
+                aggs.push(
+                    score
+                        .cast(DataType::Float64)
+                        .filter(valid.clone())
+                        .mean()
+                        .alias(format!("{}/{i}", tag.name)),
+                );
+            }
+            names.push(tag.name.clone());
+        }
+    }
+    let mut out = RfmMeans::new();
+    if aggs.is_empty() {
+        return Ok(out);
+    }
+    let df = row_wise(grouped, build, end, None, false)
+        .select(aggs)
+        .collect()?;
+    for name in names {
+        let mut means = [None; 3];
+        for (i, mean) in means.iter_mut().enumerate() {
+            *mean = df.column(&format!("{name}/{i}"))?.f64()?.get(0);
+        }
+        out.insert(name, means);
+    }
+    Ok(out)
+}
+
+fn rfm_expr(rule: &RfmRule, end: DateTime<Utc>, means: Option<&[Option<f64>; 3]>) -> Expr {
+    let ([r, f, m], valid) = rfm_scores(rule, end);
+    let high = |score: Expr, part: &RfmPart, i: usize| match (part.compare_to, means) {
+        (CompareTo::Value(v), _) => score.cast(DataType::Float64).gt_eq(lit(v)),
+        (CompareTo::Mean, Some(means)) => score.cast(DataType::Float64).gt_eq(match means[i] {
+            Some(mean) => lit(mean),
+            None => lit(NULL).cast(DataType::Float64),
+        }),
+        (CompareTo::Mean, None) => score
             .clone()
             .cast(DataType::Float64)
             .gt_eq(score.cast(DataType::Float64).filter(valid.clone()).mean()),
     };
     let (hr, hf, hm) = (
-        high(r, &rule.recency),
-        high(f, &rule.frequency),
-        high(m, &rule.monetary),
+        high(r, &rule.recency, 0),
+        high(f, &rule.frequency, 1),
+        high(m, &rule.monetary, 2),
     );
     let mut out = lit(NULL).cast(DataType::String);
     for ((r, f, m), label) in RFM_TYPES.iter().rev() {
@@ -290,15 +345,15 @@ fn rfm_expr(rule: &RfmRule, end: DateTime<Utc>) -> Expr {
     out
 }
 
-/// Finishes the collected per-user table: row-wise tags in order, then the output columns
-/// sorted by user (`sorted`: the table already is, skip the sort and its copy of the table).
-pub fn finish(
-    grouped: DataFrame,
+/// The row-wise tags in order over grouped rows (`all: false`: only those an RFM rule can use,
+/// counts, sums and ratios).
+fn row_wise(
+    mut lf: LazyFrame,
     build: &UserTagsBuild,
     end: DateTime<Utc>,
-    sorted: bool,
-) -> PolarsResult<DataFrame> {
-    let mut lf = grouped.lazy();
+    means: Option<&RfmMeans>,
+    all: bool,
+) -> LazyFrame {
     for tag in &build.tags {
         let name = tag.name.as_str();
         let expr = match &tag.kind {
@@ -313,8 +368,8 @@ pub fn finish(
                     .then(col(numerator.as_str()).cast(DataType::Float64) / den)
                     .otherwise(lit(NULL).cast(DataType::Float64))
             }
-            TagKind::Rfm(rule) => rfm_expr(rule, end),
-            TagKind::Aipl(rules) => rules.iter().rev().fold(
+            TagKind::Rfm(rule) if all => rfm_expr(rule, end, means.and_then(|m| m.get(&tag.name))),
+            TagKind::Aipl(rules) if all => rules.iter().rev().fold(
                 lit(NULL).cast(DataType::String),
                 |otherwise, (label, cond)| {
                     when(cond.expr.clone().fill_null(lit(false)))
@@ -326,6 +381,20 @@ pub fn finish(
         };
         lf = lf.with_column(expr.alias(name));
     }
+    lf
+}
+
+/// Finishes the collected per-user table: row-wise tags in order, then the output columns
+/// sorted by user (`sorted`: the table already is, skip the sort and its copy of the table).
+/// `means`: the RFM means of the whole table when this is one part of it.
+pub fn finish(
+    grouped: DataFrame,
+    build: &UserTagsBuild,
+    end: DateTime<Utc>,
+    sorted: bool,
+    means: Option<&RfmMeans>,
+) -> PolarsResult<DataFrame> {
+    let lf = row_wise(grouped.lazy(), build, end, means, true);
     let mut select = vec![col(USER).alias("user_id"), id_type_expr()];
     select.extend(build.id_columns.iter().map(|c| {
         when(col(c.as_str()).neq(lit("")))

@@ -13,12 +13,14 @@ pub mod build;
 pub mod partition;
 pub mod source;
 
+use std::path::PathBuf;
+
 use chrono::{DateTime, Days, Utc};
 use chrono_tz::Tz;
 use polars::prelude::*;
 use polars_core::query_result::QueryResult;
 
-use super::{Built, DatasetError, ROW_GROUP_ROWS, polars, validate};
+use super::{Built, DatasetError, Measures, ROW_GROUP_ROWS, polars, validate};
 use crate::config::model::PublishPolicy;
 use crate::config::model_tags::{TagKind, USER_ID_FIELDS, UserTagsBuild};
 use crate::pipeline::sink::parquet::write_parquet;
@@ -156,16 +158,44 @@ fn collect(lf: LazyFrame) -> Result<DataFrame, DatasetError> {
     }
 }
 
-/// The per-user table (before the row-wise tags).
+/// The per-user table before the row-wise tags.
+enum Grouped {
+    /// In one pass: the whole table in memory.
+    Whole(DataFrame),
+    /// In partitions: each partition's rows sorted by user in a scratch file, the files in
+    /// user order, and the hits they count.
+    Parts { files: Vec<PathBuf>, rows_in: u64 },
+}
+
+/// Hits per user of a grouped table.
+fn rows_in(grouped: &DataFrame) -> u64 {
+    grouped
+        .column(build::ROWS)
+        .ok()
+        .and_then(|c| c.i64().ok().and_then(|c| c.sum()))
+        .unwrap_or(0)
+        .max(0) as u64
+}
+
+fn scan(files: &[PathBuf]) -> Result<LazyFrame, DatasetError> {
+    let paths = files
+        .iter()
+        .map(|p| PlRefPath::try_from_pathbuf(p.clone()))
+        .collect::<PolarsResult<_>>()
+        .map_err(polars("path"))?;
+    LazyFrame::scan_parquet_files(paths, ScanArgsParquet::default()).map_err(polars("scan"))
+}
+
 fn grouped(
     hits: LazyFrame,
     build: &UserTagsBuild,
     end: DateTime<Utc>,
     tz: Tz,
     grouping: &Grouping<'_>,
-) -> Result<DataFrame, DatasetError> {
+) -> Result<Grouped, DatasetError> {
     if grouping.parts <= 1 {
-        return collect(build::plan(hits, build, end, tz).map_err(polars("plan"))?);
+        let plan = build::plan(hits, build, end, tz).map_err(polars("plan"))?;
+        return collect(plan).map(Grouped::Whole);
     }
     let started = std::time::Instant::now();
     let mut columns = vec![col(build::USER), col(build::PRIO), col(build::TIME)];
@@ -191,37 +221,39 @@ fn grouped(
     );
     if parts.is_empty() {
         // No hit counts: the grouping of none, for its columns.
-        return collect(build::group(prepared.limit(0), build, end, tz).map_err(polars("plan"))?);
+        let plan = build::group(prepared.limit(0), build, end, tz).map_err(polars("plan"))?;
+        return collect(plan).map(Grouped::Whole);
     }
     // Partitions are ranges of users in order: each sorted, they concatenate sorted.
-    let mut out: Option<DataFrame> = None;
+    let dir = grouping.scratch.path().join("grouped");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| DatasetError::Task(format!("creating {}: {e}", dir.display())))?;
+    let mut files = Vec::with_capacity(parts.len());
+    let mut total = 0;
     for (i, part) in parts.iter().enumerate() {
         let started = std::time::Instant::now();
-        let paths = part
-            .files
-            .iter()
-            .map(|p| PlRefPath::try_from_pathbuf(p.clone()))
-            .collect::<PolarsResult<_>>()
-            .map_err(polars("path"))?;
-        let hits = LazyFrame::scan_parquet_files(paths, ScanArgsParquet::default())
-            .map_err(polars("scan a partition"))?;
-        let grouped = build::group(hits, build, end, tz)
+        let grouped = build::group(scan(&part.files)?, build, end, tz)
             .map_err(polars("plan"))?
             .sort([build::USER], SortMultipleOptions::default());
-        let df = collect(grouped)?;
+        let mut df = collect(grouped)?;
+        total += rows_in(&df);
+        let path = dir.join(format!("part-{i:03}.parquet"));
+        let file = std::fs::File::create(&path)
+            .map_err(|e| DatasetError::Task(format!("creating {}: {e}", path.display())))?;
+        ParquetWriter::new(file)
+            .with_compression(ParquetCompression::Lz4Raw)
+            .finish(&mut df)
+            .map_err(polars("write a grouped partition"))?;
         tracing::debug!(
             dataset = %build.output, partition = i, rows = part.rows, users = df.height(),
             seconds = started.elapsed().as_secs_f64(), "partition grouped by user"
         );
-        match &mut out {
-            None => out = Some(df),
-            Some(all) => {
-                all.vstack_mut_owned(df)
-                    .map_err(polars("concatenate partitions"))?;
-            }
-        }
+        files.push(path);
     }
-    out.ok_or_else(|| DatasetError::Task("no partition was grouped".into()))
+    Ok(Grouped::Parts {
+        files,
+        rows_in: total,
+    })
 }
 
 fn compute(
@@ -239,21 +271,92 @@ fn compute(
     };
     let started = std::time::Instant::now();
     let grouped = grouped(hits, build, end, tz, &grouping)?;
-    // Partitions come out in user order (see `grouped`); one pass needs the sort.
-    let sorted = grouping.parts > 1;
     tracing::debug!(dataset = %build.output, seconds = started.elapsed().as_secs_f64(), "hits grouped by user");
-    let rows_in = grouped
-        .column(build::ROWS)
-        .ok()
-        .and_then(|c| c.i64().ok().and_then(|c| c.sum()))
-        .unwrap_or(0)
-        .max(0) as u64;
     let started = std::time::Instant::now();
-    let mut main = build::finish(grouped, build, end, sorted).map_err(polars("row-wise tags"))?;
-    validate(&main, policy, &["user_id"])?;
-    let built = encode(&mut main, build, rows_in);
+    let built = match grouped {
+        Grouped::Whole(df) => {
+            let rows_in = rows_in(&df);
+            let mut main =
+                build::finish(df, build, end, false, None).map_err(polars("row-wise tags"))?;
+            validate(&main, policy, &["user_id"])?;
+            encode(&mut main, build, rows_in)
+        }
+        Grouped::Parts { files, rows_in } => {
+            finish_parts(&files, build, policy, end, rows_in, grouping.scratch)
+        }
+    };
     tracing::debug!(dataset = %build.output, seconds = started.elapsed().as_secs_f64(), "row-wise tags, checks, encoding");
     built
+}
+
+/// Finishes grouped partitions one at a time into one Parquet file in the scratch directory
+/// (row groups in user order), checking the whole table as it goes: memory holds one
+/// partition, never the table. RFM means are taken over all partitions first.
+fn finish_parts(
+    files: &[PathBuf],
+    build: &UserTagsBuild,
+    policy: &PublishPolicy,
+    end: DateTime<Utc>,
+    rows_in: u64,
+    scratch: &partition::Scratch,
+) -> Result<Built, DatasetError> {
+    let means = build::rfm_means(scan(files)?, build, end).map_err(polars("RFM means"))?;
+    let out = scratch.path().join(format!("{MAIN_TABLE}.parquet"));
+    let mut writer = None;
+    let mut measures = Measures::default();
+    let mut rows_out = 0u64;
+    for path in files {
+        let file = std::fs::File::open(path)
+            .map_err(|e| DatasetError::Task(format!("opening {}: {e}", path.display())))?;
+        let grouped = ParquetReader::new(file)
+            .finish()
+            .map_err(polars("read a grouped partition"))?;
+        let part = build::finish(grouped, build, end, true, Some(&means))
+            .map_err(polars("row-wise tags"))?;
+        measures.add(&part, policy, &["user_id"])?;
+        rows_out += part.height() as u64;
+        let writer = match &mut writer {
+            Some(writer) => writer,
+            None => {
+                let file = std::fs::File::create(&out)
+                    .map_err(|e| DatasetError::Task(format!("creating {}: {e}", out.display())))?;
+                let batched = ParquetWriter::new(file)
+                    .with_compression(ParquetCompression::Zstd(None))
+                    .with_statistics(StatisticsOptions::full())
+                    .batched(part.schema())
+                    .map_err(polars("parquet encode"))?;
+                writer.insert(batched)
+            }
+        };
+        for offset in (0..part.height()).step_by(ROW_GROUP_ROWS) {
+            let mut group = part.slice(offset as i64, ROW_GROUP_ROWS);
+            group.rechunk_mut();
+            writer
+                .write_batch(&group)
+                .map_err(polars("parquet encode"))?;
+        }
+    }
+    measures.judge(policy, &["user_id"])?;
+    let Some(writer) = writer else {
+        return Err(DatasetError::Task("no grouped partition to finish".into()));
+    };
+    writer.finish().map_err(polars("parquet encode"))?;
+    let main = std::fs::read(&out)
+        .map_err(|e| DatasetError::Task(format!("reading {}: {e}", out.display())))?;
+    let mut columns = columns_table(build).map_err(polars("columns table"))?;
+    let columns_rows = columns.height() as u64;
+    Ok(Built {
+        rows_in,
+        rows_out,
+        tables: vec![
+            (MAIN_TABLE, main, rows_out),
+            (
+                COLUMNS_TABLE,
+                write_parquet(&mut columns, ROW_GROUP_ROWS)?,
+                columns_rows,
+            ),
+        ],
+    })
 }
 
 /// The version's tables as Parquet.
