@@ -133,10 +133,20 @@ pub fn load_pipelines(paths: &[PathBuf], opts: &LoadOptions) -> LoadReport {
 }
 
 /// Whether a file says `kind: dataset`. An unknown kind is an error here and the file is then
-/// read as a pipeline (whose own errors follow); unparseable YAML is left to the full parse.
+/// read as a pipeline (whose own errors follow). YAML that does not parse is a dataset job when
+/// a top-level line says `kind: dataset`, so its syntax error is reported as the job's.
 fn is_dataset_job(file: &Path, text: &str, errors: &mut Vec<ConfigError>) -> bool {
-    let Ok(KindProbe { kind: Some(kind) }) = serde_saphyr::from_str::<KindProbe>(text) else {
-        return false;
+    let kind = match serde_saphyr::from_str::<KindProbe>(text) {
+        Ok(KindProbe { kind: Some(kind) }) => kind,
+        Ok(KindProbe { kind: None }) => return false,
+        Err(_) => {
+            return text.lines().any(|line| {
+                let value = line
+                    .strip_prefix("kind:")
+                    .map(|v| v.split('#').next().unwrap_or("").trim());
+                matches!(value, Some("dataset" | "\"dataset\"" | "'dataset'"))
+            });
+        }
     };
     match kind.value().as_str() {
         "dataset" => true,

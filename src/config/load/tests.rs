@@ -550,6 +550,20 @@ fn user_tags_get_their_defaults() {
 }
 
 #[test]
+fn a_dataset_job_that_is_not_valid_yaml_reports_its_syntax_error() {
+    let dir = std::env::temp_dir().join(format!("backflow-bad-yaml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.join("t.yaml");
+    std::fs::write(&file, "kind: dataset # a job\nname: t\ndataset: [1\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = load_pipelines(&[file.clone()], &LoadOptions::default());
+    std::fs::remove_dir_all(&dir).ok();
+    let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(!errors[0].contains("unknown variant"), "{errors:?}");
+}
+
+#[test]
 fn a_tiny_partition_size_is_a_located_error() {
     let text = format!(
         "{TAGS_HEAD}  partition_rows: 10\n  tags:\n    user_tag_a: {{type: count, window: 7d}}\n"
