@@ -374,3 +374,128 @@ fn without_its_broker_impressions_get_503_and_clicks_redirect_then_replay_to_the
             .contains("n=after")
     );
 }
+
+/// `kafka_env` with ad_events scheduled once a year: it runs only when the test asks.
+fn quiet_kafka_project(
+    public: u16,
+    brokers: &str,
+    topic: &str,
+) -> (Project, Vec<(&'static str, String)>) {
+    let p = Project::new();
+    p.edit_file(
+        "pipelines/ad_events.yaml",
+        "cron: \"*/10 * * * * *\"",
+        "cron: \"0 0 0 1 1 *\"",
+    );
+    (p, kafka_env(public, brokers, topic))
+}
+
+/// Waits (bounded) until the daemon process has exited (a failpoint aborted it).
+fn wait_exit(d: &mut Daemon) {
+    for _ in 0..300 {
+        if d.child.try_wait().expect("wait").is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the failpoint did not stop the daemon");
+}
+
+fn restart(
+    p: &Project,
+    (public, admin): (u16, u16),
+    env: &[(&str, String)],
+    token: &str,
+) -> Daemon {
+    let child = crate::collect::start_again(p, (public, admin), env);
+    Daemon {
+        child,
+        admin: format!("http://127.0.0.1:{admin}"),
+        public: format!("http://127.0.0.1:{public}"),
+        token: token.to_string(),
+    }
+}
+
+#[test]
+fn kafka_mode_meters_quota_and_counts_activities_once_across_a_crash_before_commit() {
+    use crate::quota::{catalog, create, drain, hit, landed, markers, quota_add, quota_show};
+    let Some(brokers) = require_env("BACKFLOW_TEST_KAFKA") else {
+        return;
+    };
+    let topic = format!("hits-{}", uuid::Uuid::now_v7().simple());
+    // One partition: the batch order is the send order, as in the journal.
+    create_topic(&brokers, &topic, 1);
+    let (public, admin) = (free_port(), free_port());
+    let (p, env) = quiet_kafka_project(public, &brokers, &topic);
+    let a = create(&p, &env, "ws1", "a");
+    let b = create(&p, &env, "ws2", "b");
+    quota_add(&p, "ws1", 2);
+    let mut crash_env = env.clone();
+    crash_env.push(("BACKFLOW_FAILPOINT", "after_manifest".to_string()));
+    let mut d = start_with(&p, (public, admin), &crash_env);
+    wait_for_state(&d, "ready");
+    // ws1: three clicks and an impression on a quota of 2; ws2 (unmetered): two clicks.
+    for n in 0..3 {
+        assert_eq!(hit(&a, "click", n), 302);
+    }
+    assert!(matches!(hit(&a, "impression", 3), 200 | 204));
+    for n in 10..12 {
+        assert_eq!(hit(&b, "click", n), 302);
+    }
+    // The batch (n=0, n=1 land; n=2 and the impression are staged) dies after its manifest.
+    let _ = http::send(
+        http::Method::POST,
+        &format!("{}/api/v1/pipelines/ad_events/runs", d.admin),
+        Some(&d.token),
+    );
+    wait_exit(&mut d);
+    // A purchase while the batch is open must not change what its replay writes.
+    quota_add(&p, "ws1", 5);
+    assert_eq!(
+        quota_show(&p, "ws1")["used"],
+        0,
+        "nothing counted before the commit"
+    );
+
+    let again = restart(&p, (public, admin), &env, &d.token);
+    wait_for_state(&again, "ready");
+    drain(&again.admin, &again.token);
+    drain(&again.admin, &again.token);
+    let lake = landed(&p.lake());
+    let rows = &lake["ws1"];
+    assert_eq!(
+        markers(rows),
+        [0, 1, 2, 3],
+        "every ws1 hit exactly once: {rows:?}"
+    );
+    assert_eq!(rows[0].1, 1, "the replayed batch wrote n=0 and n=1");
+    assert!(rows[2].1 > 1, "n=2 and n=3 were staged, then released");
+    assert_eq!(markers(&lake["ws2"]), [10, 11]);
+    let q = quota_show(&p, "ws1");
+    assert_eq!(
+        (&q["purchased"], &q["used"], &q["remaining"], &q["staged"]),
+        (&7.into(), &3.into(), &4.into(), &0.into()),
+        "{q}"
+    );
+    let c = catalog(&p);
+    let (ida, idb) = (a["id"].as_i64().expect("id"), b["id"].as_i64().expect("id"));
+    let t = &c.activity_totals("ws1").expect("totals")[&ida];
+    assert_eq!((t.impressions, t.clicks, t.dedup_clicks), (1, 3, 1));
+    let t = &c.activity_totals("ws2").expect("totals")[&idb];
+    assert_eq!((t.impressions, t.clicks, t.dedup_clicks), (0, 2, 1));
+    assert_eq!(
+        quota_show(&p, "ws2")["remaining"],
+        serde_json::Value::Null,
+        "unmetered"
+    );
+    assert_eq!(
+        c.activity(ida).expect("activity").status,
+        backflow::catalog::ActivityStatus::PausedQuota,
+        "the replayed batch staged records: paused"
+    );
+    let m = metrics(&again);
+    assert!(
+        m.contains(r#"backflow_pipeline_batches_replayed_total{pipeline="ad_events"} 1"#),
+        "{m}"
+    );
+}
