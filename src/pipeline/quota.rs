@@ -23,7 +23,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::source::kafka::{KafkaPositions, KafkaRecord};
 use super::{Fetched, JournalPositions, PipelineError, Runtime};
@@ -163,11 +163,34 @@ fn plan_of<'a>(
 
 /// The (index, payload) pairs a Kafka batch is planned and split by: its position in the
 /// batch's (topic, partition, offset) order, which a replay reads back identically.
-fn kafka_indexed(records: &[KafkaRecord]) -> impl Iterator<Item = (u64, &[u8])> {
+/// `keep` leaves out the replayed duplicates ([`Runtime::replay_mask`]).
+fn kafka_indexed<'a>(
+    records: &'a [KafkaRecord],
+    keep: &'a [bool],
+) -> impl Iterator<Item = (u64, &'a [u8])> {
     records
         .iter()
+        .zip(keep)
+        .filter(|(_, keep)| **keep)
         .enumerate()
-        .map(|(i, r)| (i as u64, r.payload.as_deref().unwrap_or_default()))
+        .map(|(i, (r, _))| (i as u64, r.payload.as_deref().unwrap_or_default()))
+}
+
+/// The header the Kafka journal's collectors put on records sent again from their fallback
+/// file; only such records are checked against the landed replayed event ids.
+pub const REPLAY_HEADER: &str = "backflow-replay";
+
+#[derive(Deserialize)]
+struct EventId {
+    event_id: String,
+}
+
+/// The event id of a record sent again from a fallback file, if it is one.
+fn replayed_event_id(record: &KafkaRecord) -> Option<String> {
+    record.headers.iter().find(|(k, _)| k == REPLAY_HEADER)?;
+    serde_json::from_slice::<EventId>(record.payload.as_deref()?)
+        .ok()
+        .map(|e| e.event_id)
 }
 
 /// Splits a Kafka batch's records by its plan: those that land (in batch order) and those
@@ -345,6 +368,8 @@ fn device_key(
 pub(super) struct Metering {
     plan: MeterPlan,
     stage: Vec<NewStaged>,
+    /// Replayed Kafka-journal event ids the batch lands (recorded at commit).
+    replayed: Vec<String>,
 }
 
 impl Runtime {
@@ -372,6 +397,18 @@ impl Runtime {
                 }
             }
             Err(e) => warn!(pipeline, error = %e, "purging expired staged records failed"),
+        }
+        let replayed_before = (now
+            - chrono::Duration::days(crate::catalog::REPLAYED_RETENTION_DAYS))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        match self.catalog.prune_replayed(pipeline, &replayed_before) {
+            Ok(0) => {}
+            Ok(n) => debug!(
+                pipeline,
+                event_ids = n,
+                "forgot replayed event ids past their retention"
+            ),
+            Err(e) => warn!(pipeline, error = %e, "pruning replayed event ids failed"),
         }
         match self.catalog.quotas() {
             Ok(all) => {
@@ -406,10 +443,44 @@ impl Runtime {
         records: &[KafkaRecord],
         max_release: usize,
     ) -> Result<MeterPlan, PipelineError> {
-        let names = workspaces_of(kafka_indexed(records));
+        let (keep, _) = self.replay_mask(pipeline, records)?;
+        let names = workspaces_of(kafka_indexed(records, &keep));
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let quotas = self.catalog.plan_releases(pipeline, &names, max_release)?;
-        Ok(plan_of(kafka_indexed(records), &quotas))
+        Ok(plan_of(kafka_indexed(records, &keep), &quotas))
+    }
+
+    /// Which records of a Kafka batch land: `false` for a record replayed from a collector's
+    /// fallback file whose event id this pipeline already landed, or that an earlier record of
+    /// the batch carries. With the replayed event ids kept (recorded at commit). Depends only on
+    /// the batch and the committed catalog, so a replay of the batch decides the same.
+    pub(super) fn replay_mask(
+        &self,
+        pipeline: &str,
+        records: &[KafkaRecord],
+    ) -> Result<(Vec<bool>, Vec<String>), PipelineError> {
+        let ids: Vec<Option<String>> = records.iter().map(replayed_event_id).collect();
+        let wanted: Vec<&str> = ids.iter().flatten().map(String::as_str).collect();
+        let seen = if wanted.is_empty() {
+            HashSet::new()
+        } else {
+            self.catalog.replayed_seen(pipeline, &wanted)?
+        };
+        let mut kept_ids: HashSet<&str> = HashSet::new();
+        let mut keep = Vec::with_capacity(records.len());
+        let mut landed = Vec::new();
+        for id in &ids {
+            keep.push(match id {
+                None => true,
+                Some(id) if seen.contains(id) || kept_ids.contains(id.as_str()) => false,
+                Some(id) => {
+                    kept_ids.insert(id);
+                    landed.push(id.clone());
+                    true
+                }
+            });
+        }
+        Ok((keep, landed))
     }
 
     /// The staged records a plan releases, read back from the catalog in release order.
@@ -469,7 +540,11 @@ impl Runtime {
                         registry,
                         enricher,
                     },
-                    Some(Metering { plan, stage }),
+                    Some(Metering {
+                        plan,
+                        stage,
+                        replayed: Vec::new(),
+                    }),
                 ))
             }
             Fetched::Kafka {
@@ -483,6 +558,29 @@ impl Runtime {
                 let plan = p.quota.unwrap_or_default();
                 let mut from_staging = released;
                 from_staging.extend(self.released(pipeline, &plan)?);
+                let (keep, replayed) = self.replay_mask(&pipeline.name, &records)?;
+                let dropped: Vec<&KafkaRecord> = records
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, keep)| !**keep)
+                    .map(|(r, _)| r)
+                    .collect();
+                if !dropped.is_empty() {
+                    for r in &dropped {
+                        debug!(pipeline = %pipeline.name, topic = %r.topic, partition = r.partition, offset = r.offset,
+                            "replayed fallback record already landed: dropped");
+                    }
+                    info!(pipeline = %pipeline.name, messages = dropped.len(), "dropped fallback records a collector sent again");
+                    self.metrics
+                        .kafka_replay_duplicates
+                        .get_or_create(&crate::telemetry::Metrics::labels(&pipeline.name))
+                        .inc_by(dropped.len() as u64);
+                }
+                let records: Vec<KafkaRecord> = records
+                    .into_iter()
+                    .zip(keep)
+                    .filter_map(|(r, keep)| keep.then_some(r))
+                    .collect();
                 let (lake, stage) = split_kafka(records, &plan);
                 Ok((
                     Fetched::Kafka {
@@ -491,7 +589,11 @@ impl Runtime {
                         hits: Some(hits),
                         released: from_staging,
                     },
-                    Some(Metering { plan, stage }),
+                    Some(Metering {
+                        plan,
+                        stage,
+                        replayed,
+                    }),
                 ))
             }
             other => Ok((other, None)),
@@ -533,6 +635,7 @@ impl Runtime {
             activity_days: tally.activity_days,
             click_keys: tally.click_keys,
             rollups,
+            replayed: metering.replayed,
         };
         let outcome = self
             .catalog

@@ -499,3 +499,100 @@ fn kafka_mode_meters_quota_and_counts_activities_once_across_a_crash_before_comm
         "{m}"
     );
 }
+
+/// The `replaying-*.ndjson` files of the fallback dir.
+fn replaying_files(p: &Project) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(p.path().join("data/fallback/kafka"))
+        .expect("fallback dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("replaying-"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_fallback_record_sent_again_after_a_crash_lands_once() {
+    use crate::quota::{create, drain, hit, landed, markers};
+    if require_env("BACKFLOW_TEST_KAFKA").is_none() {
+        return;
+    }
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let topic = "hits";
+    let (public, admin) = (free_port(), free_port());
+    let (p, env) = quiet_kafka_project(public, &brokers, topic);
+    let a = create(&p, &env, "ws1", "a");
+    // Broker down: the clicks go to the fallback file.
+    let mut crash_env = env.clone();
+    crash_env.push(("BACKFLOW_FAILPOINT", "kafka_fallback_replayed".to_string()));
+    let mut d = start_with(&p, (public, admin), &crash_env);
+    wait_for_state(&d, "broker_down");
+    let clicks = 3;
+    for n in 0..clicks {
+        assert_eq!(hit(&a, "click", n), 302);
+    }
+    // The broker and topic appear: the file is replayed, every record acknowledged, and the
+    // collector dies before it removes the file.
+    let Some(_broker) = start_tansu(port) else {
+        return;
+    };
+    create_topic(&brokers, topic, 1);
+    wait_exit(&mut d);
+    let files = replaying_files(&p);
+    assert_eq!(files.len(), 1, "the replayed file is still there");
+    // Land the first copies (the file set aside so this start does not send it yet).
+    let aside = p.path().join("replaying.aside");
+    std::fs::rename(&files[0], &aside).expect("set aside");
+    let d2 = restart(&p, (public, admin), &env, &d.token);
+    wait_for_state(&d2, "ready");
+    drain(&d2.admin, &d2.token);
+    assert_eq!(markers(&landed(&p.lake())["ws1"]), [0, 1, 2]);
+    drop(d2);
+    // The next start finds the file again and sends every record a second time.
+    std::fs::rename(&aside, &files[0]).expect("put back");
+    let d3 = restart(&p, (public, admin), &env, &d.token);
+    wait_for_state(&d3, "ready");
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = metrics(&d3);
+        if metric(&m, "backflow_collect_fallback_pending") == Some(0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        metric(&m, "backflow_collect_fallback_replayed_total"),
+        Some(clicks as f64),
+        "{m}"
+    );
+    let messages = consume(&brokers, topic, 1, 2 * clicks as usize);
+    assert_eq!(
+        messages.len(),
+        2 * clicks as usize,
+        "each click is in the topic twice"
+    );
+    drain(&d3.admin, &d3.token);
+    let lake = landed(&p.lake());
+    assert_eq!(
+        markers(&lake["ws1"]),
+        [0, 1, 2],
+        "each click once in the lake: {lake:?}"
+    );
+    let m = metrics(&d3);
+    assert_eq!(
+        metric(
+            &m,
+            r#"backflow_pipeline_kafka_replay_duplicates_dropped_total{pipeline="ad_events"}"#
+        ),
+        Some(clicks as f64),
+        "{m}"
+    );
+    // Their quota counters counted each click once too.
+    let c = crate::quota::catalog(&p);
+    let id = a["id"].as_i64().expect("id");
+    assert_eq!(c.activity_totals("ws1").expect("totals")[&id].clicks, 3);
+}
