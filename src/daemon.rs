@@ -404,6 +404,7 @@ fn journal_topic_source(
         topics: KafkaTopics::Names(vec![kafka.topic.clone()]),
         group_id: format!("backflow-{pipeline}"),
         format: KafkaFormat::HitRecord,
+        journal: true,
         start_from: StartFrom::Earliest,
         headers_column: None,
         key_column: None,

@@ -14,6 +14,7 @@ mod downloads;
 mod feedback;
 mod forward;
 mod quota;
+mod replays;
 mod rollups;
 mod runs;
 mod tokens;
@@ -33,6 +34,7 @@ pub use quota::{
     ActivityDay, ActivityDayDelta, ActivityTotals, DayUsage, MeterEffects, MeterOutcome, NewStaged,
     Purchase, Purged, QuotaStatus, Release, ReleasePlan, StagedRecord,
 };
+pub use replays::REPLAYED_RETENTION_DAYS;
 pub use rollups::{
     Granularity as RollupGranularity, HitKind, Replaced, RollupCell, RollupDelta, RollupKey,
     RollupRow,
@@ -303,6 +305,8 @@ CREATE TABLE source_marks (
     // Report rollups (`rollups.rs`): hourly and daily hit counts with distinct-device sketches,
     // daily distinct-ID sketches, and which days they cover.
     rollups::MIGRATION,
+    // Replayed fallback records of the Kafka journal (`replays.rs`): event ids landed once.
+    replays::MIGRATION,
 ];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.

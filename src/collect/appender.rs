@@ -14,7 +14,9 @@
 //! reader deduplicates on. No reader needs per-link order.
 //!
 //! Replay is at least once: a crash after a record was acknowledged and before the fallback file
-//! was shortened sends that record again on the next start (same `event_id`).
+//! was shortened sends that record again on the next start (same `event_id`). Every replayed
+//! record carries the header `backflow-replay: 1`; the daemon-wired `ad_events` consumer drops
+//! such a record when its event id already landed (`catalog::replays`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,12 +31,14 @@ use prometheus_client::registry::Registry;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::daemon::{KafkaJournalConfig, KafkaSecurity};
 use crate::journal::Journal;
+use crate::pipeline::quota::REPLAY_HEADER;
 use crate::telemetry::{Metrics, StatusLabels};
 
 /// Why a hit could not be appended.
@@ -402,13 +406,20 @@ impl KafkaJournal {
                 state.as_str()
             )));
         }
-        self.produce(key, record).await
+        self.produce(key, record, false).await
     }
 
-    async fn produce(&self, key: &str, record: &[u8]) -> Result<(), AppendError> {
-        let sent = self
-            .producer
-            .send_result(FutureRecord::to(&self.cfg.topic).key(key).payload(record));
+    /// Produces one record; `replay` marks a record sent from the fallback file with the
+    /// [`REPLAY_HEADER`] (the consumer drops such a record when its event id already landed).
+    async fn produce(&self, key: &str, record: &[u8], replay: bool) -> Result<(), AppendError> {
+        let mut message = FutureRecord::to(&self.cfg.topic).key(key).payload(record);
+        if replay {
+            message = message.headers(OwnedHeaders::new().insert(Header {
+                key: REPLAY_HEADER,
+                value: Some("1"),
+            }));
+        }
+        let sent = self.producer.send_result(message);
         let outcome = match sent {
             Err((e, _)) => Err(e),
             Ok(delivery) => match delivery.await {
@@ -526,7 +537,7 @@ impl KafkaJournal {
                 if key.is_empty() {
                     // A torn last line of a crashed write: the click was never fsync'd.
                     warn!(file = %file.display(), bytes = line.len(), "kafka journal: unreadable fallback line skipped");
-                } else if let Err(e) = self.produce(&key, line).await {
+                } else if let Err(e) = self.produce(&key, line, true).await {
                     warn!(error = %e, file = %file.display(), replayed = done, left = lines.len() - done, "kafka journal: fallback replay stopped; retried when the broker is back");
                     if let Err(e) = Fallback::keep_from(&file, &lines[done..]).await {
                         error!(error = %e, file = %file.display(), "kafka journal: cannot shorten a fallback file; its records will be replayed again");
@@ -538,6 +549,8 @@ impl KafkaJournal {
                 self.metrics.kafka_journal.fallback_pending.dec();
                 done += 1;
             }
+            // Crash tests: every record of the file acknowledged, the file not removed yet.
+            crate::pipeline::failpoint::failpoint("kafka_fallback_replayed");
             if let Err(e) = tokio::fs::remove_file(&file).await {
                 error!(error = %e, file = %file.display(), "kafka journal: cannot remove a replayed fallback file; its records will be replayed again");
                 return;

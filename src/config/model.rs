@@ -131,6 +131,11 @@ pub struct KafkaSource {
     pub topics: KafkaTopics,
     pub group_id: String,
     pub format: KafkaFormat,
+    /// Set only by the daemon, for the `type: journal` pipeline it wires to the Kafka journal
+    /// (`journal.kind: kafka`): its batches are metered like journal batches (quota, staging,
+    /// per-activity counters) and fallback replays are deduplicated. Never from YAML: a second
+    /// pipeline over the topic must not bill the hits again.
+    pub journal: bool,
     pub start_from: StartFrom,
     pub headers_column: Option<String>,
     pub key_column: Option<String>,

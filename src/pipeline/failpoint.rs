@@ -4,7 +4,8 @@
 //! flush: as abrupt as `kill -9`) when it reaches that point. Points: `after_intent`,
 //! `after_first_put`, `before_manifest`, `after_manifest`, `after_commit`; Kafka sinks:
 //! `kafka_sink_delivered` (every message acknowledged, batch not committed); dataset refreshes:
-//! `dataset_before_publish`, `dataset_after_publish`. Unset (always, in
+//! `dataset_before_publish`, `dataset_after_publish`; the Kafka journal's fallback replay:
+//! `kafka_fallback_replayed` (a file's records acknowledged, the file not removed). Unset (always, in
 //! production), this is one environment lookup per point per batch.
 //!
 //! [`injected_error`] makes a point fail with a retryable error instead, a given number of

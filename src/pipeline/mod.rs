@@ -186,6 +186,8 @@ enum Fetched {
         records: Vec<KafkaRecord>,
         /// For `format: hit_record`.
         hits: Option<(Arc<MediaRegistry>, Arc<Enricher>)>,
+        /// Staged hit records a metered batch releases first (quota), by staged position.
+        released: Vec<(JournalPosition, bytes::Bytes)>,
     },
     Http {
         pages: Vec<FetchedPage>,
@@ -230,7 +232,25 @@ impl Fetched {
                 }
                 0
             }
-            Fetched::Kafka { cfg, records, hits } => {
+            Fetched::Kafka {
+                cfg,
+                records,
+                hits,
+                released,
+            } => {
+                if let Some((registry, enricher)) = &hits {
+                    for (position, bytes) in released {
+                        match hit_decode::decode(&bytes, registry, enricher) {
+                            Ok(row) => rows.push("quota_staged", position.0 as i64, row),
+                            Err(reason) => quarantine.push(QuarantinedRow {
+                                reason: format!("quota_staged:{}: {reason}", position.0),
+                                source_file: Some("quota_staged".to_string()),
+                                source_line: Some(position.0 as i64),
+                                raw: Some(String::from_utf8_lossy(&bytes).into_owned()),
+                            }),
+                        }
+                    }
+                }
                 kafka_source::decode(&cfg, records, hits.as_ref(), rows, quarantine);
                 0
             }
@@ -540,15 +560,50 @@ impl Runtime {
             self.execute_counted(pipeline, &intent, None, Some(session), publisher, summary)
                 .await?;
         }
-        let Some((positions, records)) = planned else {
-            return Ok(false);
-        };
         let catalog_next = self.kafka_catalog_next(pipeline)?;
-        let (positions, records, dropped) = kafka_source::fit(positions, records, &catalog_next);
-        if dropped > 0 {
-            info!(pipeline = %pipeline.name, messages = dropped, "dropped messages another member committed meanwhile");
+        let read = planned.is_some();
+        let (mut positions, records) = match planned {
+            Some((positions, records)) => {
+                let (positions, records, dropped) =
+                    kafka_source::fit(positions, records, &catalog_next);
+                if dropped > 0 {
+                    info!(pipeline = %pipeline.name, messages = dropped, "dropped messages another member committed meanwhile");
+                }
+                (positions, records)
+            }
+            None => (None, Vec::new()),
+        };
+        if cfg.journal && cfg.format == crate::config::model::KafkaFormat::HitRecord {
+            // Metered like a journal batch: decided now (no batch is open, the batch lock is
+            // held), stored with the intent, so a replay makes the same split.
+            self.purge_staged(&pipeline.name);
+            let meter =
+                self.plan_quota_kafka(&pipeline.name, &records, cfg.max_records_per_batch.get())?;
+            if positions.is_none() && !meter.release.is_empty() {
+                // Nothing new, but a top-up lets staged records land: a release-only batch.
+                positions = Some(KafkaPositions {
+                    ranges: Vec::new(),
+                    next: catalog_next
+                        .iter()
+                        .map(
+                            |((topic, partition), offset)| kafka_source::PartitionOffset {
+                                topic: topic.clone(),
+                                partition: *partition,
+                                offset: *offset,
+                            },
+                        )
+                        .collect(),
+                    quota: None,
+                });
+            }
+            if let Some(p) = positions.as_mut() {
+                p.quota = (!meter.is_empty()).then_some(meter);
+            }
         }
         let Some(positions) = positions else {
+            if !read {
+                return Ok(false);
+            }
             session.set_offsets(catalog_next);
             return Ok(true);
         };
@@ -562,6 +617,7 @@ impl Runtime {
             cfg: cfg.clone(),
             records,
             hits: self.kafka_hits(cfg)?,
+            released: Vec::new(),
         };
         self.execute_counted(
             pipeline,
@@ -768,6 +824,7 @@ impl Runtime {
                     cfg: cfg.clone(),
                     records,
                     hits,
+                    released: Vec::new(),
                 })
             }
             SourceConfig::Http(_) => {

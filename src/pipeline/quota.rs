@@ -23,12 +23,13 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::source::kafka::{KafkaPositions, KafkaRecord};
 use super::{Fetched, JournalPositions, PipelineError, Runtime};
 use crate::catalog::{ActivityDayDelta, BatchStats, MeterEffects, NewStaged, Release, ReleasePlan};
 use crate::collect::link::Endpoint;
-use crate::config::model::{JournalSource, Pipeline};
+use crate::config::model::{JournalSource, KafkaFormat, Pipeline};
 use crate::journal::Position;
 use crate::telemetry::WorkspaceLabels;
 
@@ -98,8 +99,12 @@ pub fn billable(endpoint: Endpoint) -> bool {
 
 /// The workspaces of a batch's records, sorted.
 pub fn workspaces(records: &[(Position, Bytes)]) -> Vec<String> {
+    workspaces_of(records.iter().map(|(p, b)| (p.0, b.as_ref())))
+}
+
+/// The workspaces of (position, record) pairs, sorted.
+fn workspaces_of<'a>(records: impl Iterator<Item = (u64, &'a [u8])>) -> Vec<String> {
     let set: BTreeSet<String> = records
-        .iter()
         .filter_map(|(_, bytes)| meta(bytes).map(|m| m.workspace))
         .collect();
     set.into_iter().collect()
@@ -109,6 +114,14 @@ pub fn workspaces(records: &[(Position, Bytes)]) -> Vec<String> {
 /// workspace of the records and every workspace with staged records). Unreadable records are
 /// never staged: they land in quarantine with their reason.
 pub fn plan(records: &[(Position, Bytes)], quotas: &BTreeMap<String, ReleasePlan>) -> MeterPlan {
+    plan_of(records.iter().map(|(p, b)| (p.0, b.as_ref())), quotas)
+}
+
+/// [`plan`] over (position, record) pairs in batch order.
+fn plan_of<'a>(
+    records: impl Iterator<Item = (u64, &'a [u8])>,
+    quotas: &BTreeMap<String, ReleasePlan>,
+) -> MeterPlan {
     let mut plan = MeterPlan::default();
     let mut remaining: BTreeMap<&str, Option<u64>> = BTreeMap::new();
     let mut still_staged: HashSet<&str> = HashSet::new();
@@ -142,10 +155,68 @@ pub fn plan(records: &[(Position, Bytes)], quotas: &BTreeMap<String, ReleasePlan
             false
         };
         if stage {
-            plan.stage_from.insert(m.workspace, position.0);
+            plan.stage_from.insert(m.workspace, position);
         }
     }
     plan
+}
+
+/// The (index, payload) pairs a Kafka batch is planned and split by: its position in the
+/// batch's (topic, partition, offset) order, which a replay reads back identically.
+/// `keep` leaves out the replayed duplicates ([`Runtime::replay_mask`]).
+fn kafka_indexed<'a>(
+    records: &'a [KafkaRecord],
+    keep: &'a [bool],
+) -> impl Iterator<Item = (u64, &'a [u8])> {
+    records
+        .iter()
+        .zip(keep)
+        .filter(|(_, keep)| **keep)
+        .enumerate()
+        .map(|(i, (r, _))| (i as u64, r.payload.as_deref().unwrap_or_default()))
+}
+
+/// The header the Kafka journal's collectors put on records sent again from their fallback
+/// file; only such records are checked against the landed replayed event ids.
+pub const REPLAY_HEADER: &str = "backflow-replay";
+
+#[derive(Deserialize)]
+struct EventId {
+    event_id: String,
+}
+
+/// The event id of a record sent again from a fallback file, if it is one.
+fn replayed_event_id(record: &KafkaRecord) -> Option<String> {
+    record.headers.iter().find(|(k, _)| k == REPLAY_HEADER)?;
+    serde_json::from_slice::<EventId>(record.payload.as_deref()?)
+        .ok()
+        .map(|e| e.event_id)
+}
+
+/// Splits a Kafka batch's records by its plan: those that land (in batch order) and those
+/// staged (keeping their offset as their position).
+pub fn split_kafka(
+    records: Vec<KafkaRecord>,
+    plan: &MeterPlan,
+) -> (Vec<KafkaRecord>, Vec<NewStaged>) {
+    let (mut lake, mut stage) = (Vec::new(), Vec::new());
+    for (index, record) in records.into_iter().enumerate() {
+        let staged = record.payload.as_deref().and_then(meta).and_then(|m| {
+            let from = plan.stage_from.get(&m.workspace)?;
+            (index as u64 >= *from).then_some(m)
+        });
+        match staged {
+            Some(m) => stage.push(NewStaged {
+                workspace: m.workspace,
+                position: u64::try_from(record.offset).unwrap_or_default(),
+                billable: billable(m.endpoint),
+                received_at: m.received_at,
+                record: record.payload.unwrap_or_default(),
+            }),
+            None => lake.push(record),
+        }
+    }
+    (lake, stage)
 }
 
 /// A batch's journal records split by its plan.
@@ -297,6 +368,8 @@ fn device_key(
 pub(super) struct Metering {
     plan: MeterPlan,
     stage: Vec<NewStaged>,
+    /// Replayed Kafka-journal event ids the batch lands (recorded at commit).
+    replayed: Vec<String>,
 }
 
 impl Runtime {
@@ -325,6 +398,18 @@ impl Runtime {
             }
             Err(e) => warn!(pipeline, error = %e, "purging expired staged records failed"),
         }
+        let replayed_before = (now
+            - chrono::Duration::days(crate::catalog::REPLAYED_RETENTION_DAYS))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        match self.catalog.prune_replayed(pipeline, &replayed_before) {
+            Ok(0) => {}
+            Ok(n) => debug!(
+                pipeline,
+                event_ids = n,
+                "forgot replayed event ids past their retention"
+            ),
+            Err(e) => warn!(pipeline, error = %e, "pruning replayed event ids failed"),
+        }
         match self.catalog.quotas() {
             Ok(all) => {
                 for q in &all {
@@ -350,26 +435,61 @@ impl Runtime {
         Ok(plan(records, &quotas))
     }
 
-    /// Splits a journal batch by its plan: the staged records it releases first (read back from
-    /// the catalog), then its journal records that land; the rest is staged at commit.
-    pub(super) fn meter(
+    /// Decides a new Kafka batch's releases and staging (the daemon-wired journal pipeline of
+    /// `journal.kind: kafka`), exactly as for a journal batch, by index in batch order.
+    pub(super) fn plan_quota_kafka(
+        &self,
+        pipeline: &str,
+        records: &[KafkaRecord],
+        max_release: usize,
+    ) -> Result<MeterPlan, PipelineError> {
+        let (keep, _) = self.replay_mask(pipeline, records)?;
+        let names = workspaces_of(kafka_indexed(records, &keep));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let quotas = self.catalog.plan_releases(pipeline, &names, max_release)?;
+        Ok(plan_of(kafka_indexed(records, &keep), &quotas))
+    }
+
+    /// Which records of a Kafka batch land: `false` for a record replayed from a collector's
+    /// fallback file whose event id this pipeline already landed, or that an earlier record of
+    /// the batch carries. With the replayed event ids kept (recorded at commit). Depends only on
+    /// the batch and the committed catalog, so a replay of the batch decides the same.
+    pub(super) fn replay_mask(
+        &self,
+        pipeline: &str,
+        records: &[KafkaRecord],
+    ) -> Result<(Vec<bool>, Vec<String>), PipelineError> {
+        let ids: Vec<Option<String>> = records.iter().map(replayed_event_id).collect();
+        let wanted: Vec<&str> = ids.iter().flatten().map(String::as_str).collect();
+        let seen = if wanted.is_empty() {
+            HashSet::new()
+        } else {
+            self.catalog.replayed_seen(pipeline, &wanted)?
+        };
+        let mut kept_ids: HashSet<&str> = HashSet::new();
+        let mut keep = Vec::with_capacity(records.len());
+        let mut landed = Vec::new();
+        for id in &ids {
+            keep.push(match id {
+                None => true,
+                Some(id) if seen.contains(id) || kept_ids.contains(id.as_str()) => false,
+                Some(id) => {
+                    kept_ids.insert(id);
+                    landed.push(id.clone());
+                    true
+                }
+            });
+        }
+        Ok((keep, landed))
+    }
+
+    /// The staged records a plan releases, read back from the catalog in release order.
+    fn released(
         &self,
         pipeline: &Pipeline,
-        positions: &serde_json::Value,
-        fetched: Fetched,
-    ) -> Result<(Fetched, Option<Metering>), PipelineError> {
-        let Fetched::Hits {
-            records,
-            registry,
-            enricher,
-        } = fetched
-        else {
-            return Ok((fetched, None));
-        };
-        let p: JournalPositions = serde_json::from_value(positions.clone())
-            .map_err(|e| PipelineError::Positions(e.to_string()))?;
-        let plan = p.quota.unwrap_or_default();
-        let mut lake = Vec::new();
+        plan: &MeterPlan,
+    ) -> Result<Vec<(Position, Bytes)>, PipelineError> {
+        let mut out = Vec::new();
         for (workspace, release) in &plan.release {
             let staged = self
                 .catalog
@@ -381,25 +501,103 @@ impl Runtime {
                     staged.len()
                 )));
             }
-            lake.extend(
+            out.extend(
                 staged
                     .into_iter()
                     .map(|s| (Position(s.position), Bytes::from(s.record))),
             );
         }
-        let Split {
-            lake: from_journal,
-            stage,
-        } = split(records, &plan);
-        lake.extend(from_journal);
-        Ok((
+        Ok(out)
+    }
+
+    /// Splits a journal batch by its plan: the staged records it releases first (read back from
+    /// the catalog), then its journal records that land; the rest is staged at commit. A Kafka
+    /// batch of the daemon-wired journal pipeline is split the same way (by its recorded plan).
+    pub(super) fn meter(
+        &self,
+        pipeline: &Pipeline,
+        positions: &serde_json::Value,
+        fetched: Fetched,
+    ) -> Result<(Fetched, Option<Metering>), PipelineError> {
+        match fetched {
             Fetched::Hits {
-                records: lake,
+                records,
                 registry,
                 enricher,
-            },
-            Some(Metering { plan, stage }),
-        ))
+            } => {
+                let p: JournalPositions = serde_json::from_value(positions.clone())
+                    .map_err(|e| PipelineError::Positions(e.to_string()))?;
+                let plan = p.quota.unwrap_or_default();
+                let mut lake = self.released(pipeline, &plan)?;
+                let Split {
+                    lake: from_journal,
+                    stage,
+                } = split(records, &plan);
+                lake.extend(from_journal);
+                Ok((
+                    Fetched::Hits {
+                        records: lake,
+                        registry,
+                        enricher,
+                    },
+                    Some(Metering {
+                        plan,
+                        stage,
+                        replayed: Vec::new(),
+                    }),
+                ))
+            }
+            Fetched::Kafka {
+                cfg,
+                records,
+                hits: Some(hits),
+                released,
+            } if cfg.journal && cfg.format == KafkaFormat::HitRecord => {
+                let p: KafkaPositions = serde_json::from_value(positions.clone())
+                    .map_err(|e| PipelineError::Positions(e.to_string()))?;
+                let plan = p.quota.unwrap_or_default();
+                let mut from_staging = released;
+                from_staging.extend(self.released(pipeline, &plan)?);
+                let (keep, replayed) = self.replay_mask(&pipeline.name, &records)?;
+                let dropped: Vec<&KafkaRecord> = records
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, keep)| !**keep)
+                    .map(|(r, _)| r)
+                    .collect();
+                if !dropped.is_empty() {
+                    for r in &dropped {
+                        debug!(pipeline = %pipeline.name, topic = %r.topic, partition = r.partition, offset = r.offset,
+                            "replayed fallback record already landed: dropped");
+                    }
+                    info!(pipeline = %pipeline.name, messages = dropped.len(), "dropped fallback records a collector sent again");
+                    self.metrics
+                        .kafka_replay_duplicates
+                        .get_or_create(&crate::telemetry::Metrics::labels(&pipeline.name))
+                        .inc_by(dropped.len() as u64);
+                }
+                let records: Vec<KafkaRecord> = records
+                    .into_iter()
+                    .zip(keep)
+                    .filter_map(|(r, keep)| keep.then_some(r))
+                    .collect();
+                let (lake, stage) = split_kafka(records, &plan);
+                Ok((
+                    Fetched::Kafka {
+                        cfg,
+                        records: lake,
+                        hits: Some(hits),
+                        released: from_staging,
+                    },
+                    Some(Metering {
+                        plan,
+                        stage,
+                        replayed,
+                    }),
+                ))
+            }
+            other => Ok((other, None)),
+        }
     }
 
     /// Commits a metered batch with its quota effects in one catalog transaction.
@@ -437,6 +635,7 @@ impl Runtime {
             activity_days: tally.activity_days,
             click_keys: tally.click_keys,
             rollups,
+            replayed: metering.replayed,
         };
         let outcome = self
             .catalog

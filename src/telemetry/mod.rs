@@ -223,6 +223,9 @@ pub struct Metrics {
     pub rows_in: Family<PipelineLabels, Counter>,
     pub rows_out: Family<PipelineLabels, Counter>,
     pub rows_quarantined: Family<PipelineLabels, Counter>,
+    /// Kafka-journal records sent again from a collector's fallback file whose event id had
+    /// already landed: dropped (`journal.kind: kafka`).
+    pub kafka_replay_duplicates: Family<PipelineLabels, Counter>,
     pub files_read: Family<PipelineLabels, Counter>,
     pub files_failed: Family<PipelineLabels, Counter>,
     pub files_written: Family<PipelineLabels, Counter>,
@@ -306,6 +309,7 @@ impl Metrics {
             rows_in: Family::default(),
             rows_out: Family::default(),
             rows_quarantined: Family::default(),
+            kafka_replay_duplicates: Family::default(),
             files_read: Family::default(),
             files_failed: Family::default(),
             files_written: Family::default(),
@@ -350,6 +354,11 @@ impl Metrics {
             "pipeline_rows_quarantined",
             "Rows sent to quarantine",
             m.rows_quarantined.clone(),
+        );
+        r.register(
+            "pipeline_kafka_replay_duplicates_dropped",
+            "Kafka-journal records replayed from a fallback file whose event id had already landed",
+            m.kafka_replay_duplicates.clone(),
         );
         r.register(
             "pipeline_files_read",

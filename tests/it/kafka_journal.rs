@@ -374,3 +374,265 @@ fn without_its_broker_impressions_get_503_and_clicks_redirect_then_replay_to_the
             .contains("n=after")
     );
 }
+
+/// `kafka_env` with ad_events scheduled once a year: it runs only when the test asks.
+fn quiet_kafka_project(
+    public: u16,
+    brokers: &str,
+    topic: &str,
+) -> (Project, Vec<(&'static str, String)>) {
+    let p = Project::new();
+    p.edit_file(
+        "pipelines/ad_events.yaml",
+        "cron: \"*/10 * * * * *\"",
+        "cron: \"0 0 0 1 1 *\"",
+    );
+    (p, kafka_env(public, brokers, topic))
+}
+
+/// Waits (bounded) until the daemon process has exited (a failpoint aborted it).
+fn wait_exit(d: &mut Daemon) {
+    // The run first joins the consumer group (up to its 60 s join timeout under load).
+    for _ in 0..1200 {
+        if d.child.try_wait().expect("wait").is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the failpoint did not stop the daemon");
+}
+
+fn restart(
+    p: &Project,
+    (public, admin): (u16, u16),
+    env: &[(&str, String)],
+    token: &str,
+) -> Daemon {
+    let child = crate::collect::start_again(p, (public, admin), env);
+    Daemon {
+        child,
+        admin: format!("http://127.0.0.1:{admin}"),
+        public: format!("http://127.0.0.1:{public}"),
+        token: token.to_string(),
+    }
+}
+
+/// Runs ad_events until a run succeeds. After a crash the group still holds the dead member
+/// until its session times out (45 s): a run may fail to get partitions (retryable) meanwhile,
+/// so a bounded number of failed runs is tolerated.
+fn drain_kafka(d: &Daemon) {
+    for _ in 0..4 {
+        let runs = format!("{}/api/v1/runs?pipeline=ad_events&limit=1", d.admin);
+        let last = |d: &Daemon| -> serde_json::Value {
+            let r = http::send(http::Method::GET, &runs, Some(&d.token)).expect("runs");
+            serde_json::from_str::<serde_json::Value>(&r.body).expect("json")["runs"][0].clone()
+        };
+        let before = last(d)["id"].as_i64().unwrap_or(0);
+        let _ = http::send(
+            http::Method::POST,
+            &format!("{}/api/v1/pipelines/ad_events/runs", d.admin),
+            Some(&d.token),
+        );
+        for _ in 0..600 {
+            let run = last(d);
+            if run["id"].as_i64().unwrap_or(0) > before {
+                match run["status"].as_str() {
+                    Some("succeeded") => return,
+                    Some("failed") => break,
+                    _ => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    panic!("ad_events did not succeed in 4 runs");
+}
+
+#[test]
+fn kafka_mode_meters_quota_and_counts_activities_once_across_a_crash_before_commit() {
+    use crate::quota::{catalog, create, hit, landed, markers, quota_add, quota_show};
+    if require_env("BACKFLOW_TEST_KAFKA").is_none() {
+        return;
+    }
+    // A broker of its own: the daemon's group (`backflow-ad_events`) is shared with the other
+    // daemons of the suite on the shared broker, whose killed members would hold up its
+    // rebalances until their sessions time out.
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let Some(_broker) = start_tansu(port) else {
+        return;
+    };
+    let topic = "hits";
+    // One partition: the batch order is the send order, as in the journal.
+    create_topic(&brokers, topic, 1);
+    let (public, admin) = (free_port(), free_port());
+    let (p, env) = quiet_kafka_project(public, &brokers, topic);
+    let a = create(&p, &env, "ws1", "a");
+    let b = create(&p, &env, "ws2", "b");
+    quota_add(&p, "ws1", 2);
+    let mut crash_env = env.clone();
+    crash_env.push(("BACKFLOW_FAILPOINT", "after_manifest".to_string()));
+    let mut d = start_with(&p, (public, admin), &crash_env);
+    wait_for_state(&d, "ready");
+    // ws1: three clicks and an impression on a quota of 2; ws2 (unmetered): two clicks.
+    for n in 0..3 {
+        assert_eq!(hit(&a, "click", n), 302);
+    }
+    assert!(matches!(hit(&a, "impression", 3), 200 | 204));
+    for n in 10..12 {
+        assert_eq!(hit(&b, "click", n), 302);
+    }
+    // The batch (n=0, n=1 land; n=2 and the impression are staged) dies after its manifest.
+    let _ = http::send(
+        http::Method::POST,
+        &format!("{}/api/v1/pipelines/ad_events/runs", d.admin),
+        Some(&d.token),
+    );
+    wait_exit(&mut d);
+    // A purchase while the batch is open must not change what its replay writes.
+    quota_add(&p, "ws1", 5);
+    assert_eq!(
+        quota_show(&p, "ws1")["used"],
+        0,
+        "nothing counted before the commit"
+    );
+
+    let again = restart(&p, (public, admin), &env, &d.token);
+    wait_for_state(&again, "ready");
+    drain_kafka(&again);
+    drain_kafka(&again);
+    let lake = landed(&p.lake());
+    let rows = &lake["ws1"];
+    assert_eq!(
+        markers(rows),
+        [0, 1, 2, 3],
+        "every ws1 hit exactly once: {rows:?}"
+    );
+    assert_eq!(rows[0].1, 1, "the replayed batch wrote n=0 and n=1");
+    assert!(rows[2].1 > 1, "n=2 and n=3 were staged, then released");
+    assert_eq!(markers(&lake["ws2"]), [10, 11]);
+    let q = quota_show(&p, "ws1");
+    assert_eq!(
+        (&q["purchased"], &q["used"], &q["remaining"], &q["staged"]),
+        (&7.into(), &3.into(), &4.into(), &0.into()),
+        "{q}"
+    );
+    let c = catalog(&p);
+    let (ida, idb) = (a["id"].as_i64().expect("id"), b["id"].as_i64().expect("id"));
+    let t = &c.activity_totals("ws1").expect("totals")[&ida];
+    assert_eq!((t.impressions, t.clicks, t.dedup_clicks), (1, 3, 1));
+    let t = &c.activity_totals("ws2").expect("totals")[&idb];
+    assert_eq!((t.impressions, t.clicks, t.dedup_clicks), (0, 2, 1));
+    assert_eq!(
+        quota_show(&p, "ws2")["remaining"],
+        serde_json::Value::Null,
+        "unmetered"
+    );
+    assert_eq!(
+        c.activity(ida).expect("activity").status,
+        backflow::catalog::ActivityStatus::PausedQuota,
+        "the replayed batch staged records: paused"
+    );
+    let m = metrics(&again);
+    assert!(
+        m.contains(r#"backflow_pipeline_batches_replayed_total{pipeline="ad_events"} 1"#),
+        "{m}"
+    );
+}
+
+/// The `replaying-*.ndjson` files of the fallback dir.
+fn replaying_files(p: &Project) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(p.path().join("data/fallback/kafka"))
+        .expect("fallback dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("replaying-"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_fallback_record_sent_again_after_a_crash_lands_once() {
+    use crate::quota::{create, hit, landed, markers};
+    if require_env("BACKFLOW_TEST_KAFKA").is_none() {
+        return;
+    }
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let topic = "hits";
+    let (public, admin) = (free_port(), free_port());
+    let (p, env) = quiet_kafka_project(public, &brokers, topic);
+    let a = create(&p, &env, "ws1", "a");
+    // Broker down: the clicks go to the fallback file.
+    let mut crash_env = env.clone();
+    crash_env.push(("BACKFLOW_FAILPOINT", "kafka_fallback_replayed".to_string()));
+    let mut d = start_with(&p, (public, admin), &crash_env);
+    wait_for_state(&d, "broker_down");
+    let clicks = 3;
+    for n in 0..clicks {
+        assert_eq!(hit(&a, "click", n), 302);
+    }
+    // The broker and topic appear: the file is replayed, every record acknowledged, and the
+    // collector dies before it removes the file.
+    let Some(_broker) = start_tansu(port) else {
+        return;
+    };
+    create_topic(&brokers, topic, 1);
+    wait_exit(&mut d);
+    let files = replaying_files(&p);
+    assert_eq!(files.len(), 1, "the replayed file is still there");
+    // Land the first copies (the file set aside so this start does not send it yet).
+    let aside = p.path().join("replaying.aside");
+    std::fs::rename(&files[0], &aside).expect("set aside");
+    let d2 = restart(&p, (public, admin), &env, &d.token);
+    wait_for_state(&d2, "ready");
+    drain_kafka(&d2);
+    assert_eq!(markers(&landed(&p.lake())["ws1"]), [0, 1, 2]);
+    drop(d2);
+    // The next start finds the file again and sends every record a second time.
+    std::fs::rename(&aside, &files[0]).expect("put back");
+    let d3 = restart(&p, (public, admin), &env, &d.token);
+    wait_for_state(&d3, "ready");
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = metrics(&d3);
+        if metric(&m, "backflow_collect_fallback_pending") == Some(0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        metric(&m, "backflow_collect_fallback_replayed_total"),
+        Some(clicks as f64),
+        "{m}"
+    );
+    let messages = consume(&brokers, topic, 1, 2 * clicks as usize);
+    assert_eq!(
+        messages.len(),
+        2 * clicks as usize,
+        "each click is in the topic twice"
+    );
+    drain_kafka(&d3);
+    let lake = landed(&p.lake());
+    assert_eq!(
+        markers(&lake["ws1"]),
+        [0, 1, 2],
+        "each click once in the lake: {lake:?}"
+    );
+    let m = metrics(&d3);
+    assert_eq!(
+        metric(
+            &m,
+            r#"backflow_pipeline_kafka_replay_duplicates_dropped_total{pipeline="ad_events"}"#
+        ),
+        Some(clicks as f64),
+        "{m}"
+    );
+    // Their quota counters counted each click once too.
+    let c = crate::quota::catalog(&p);
+    let id = a["id"].as_i64().expect("id");
+    assert_eq!(c.activity_totals("ws1").expect("totals")[&id].clicks, 3);
+}

@@ -54,7 +54,12 @@ fn env_for(public: u16) -> Vec<(&'static str, String)> {
     )]
 }
 
-fn create(p: &Project, env: &[(&str, String)], workspace: &str, name: &str) -> serde_json::Value {
+pub(crate) fn create(
+    p: &Project,
+    env: &[(&str, String)],
+    workspace: &str,
+    name: &str,
+) -> serde_json::Value {
     let out = p
         .command(&[
             "activity",
@@ -80,7 +85,7 @@ fn create(p: &Project, env: &[(&str, String)], workspace: &str, name: &str) -> s
     serde_json::from_str(stdout(&out).trim()).expect("activity json")
 }
 
-fn quota_add(p: &Project, workspace: &str, clicks: u64) {
+pub(crate) fn quota_add(p: &Project, workspace: &str, clicks: u64) {
     let out = p.run(&[
         "quota",
         "add",
@@ -94,14 +99,14 @@ fn quota_add(p: &Project, workspace: &str, clicks: u64) {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-fn quota_show(p: &Project, workspace: &str) -> serde_json::Value {
+pub(crate) fn quota_show(p: &Project, workspace: &str) -> serde_json::Value {
     let out = p.run(&["quota", "show", "--workspace", workspace, "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_str(stdout(&out).trim()).expect("quota json")
 }
 
 /// Hits a link with a marker `n` the lake rows can be matched by.
-fn hit(activity: &serde_json::Value, kind: &str, n: u32) -> u16 {
+pub(crate) fn hit(activity: &serde_json::Value, kind: &str, n: u32) -> u16 {
     let url = activity[format!("{kind}_url")].as_str().expect("url");
     get(&format!("{url}&n={n}"))
 }
@@ -119,7 +124,7 @@ fn last_run_id(admin: &str, token: &str) -> i64 {
 
 /// Triggers ad_events until a run that started after this call has succeeded (it drained the
 /// journal and released what the quota allows).
-fn drain(admin: &str, token: &str) {
+pub(crate) fn drain(admin: &str, token: &str) {
     let before = last_run_id(admin, token);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -147,7 +152,7 @@ fn drain(admin: &str, token: &str) {
 }
 
 /// `n` marker → batch number, per workspace, of every ad_events row in the lake.
-fn landed(lake: &Path) -> BTreeMap<String, Vec<(u32, i64)>> {
+pub(crate) fn landed(lake: &Path) -> BTreeMap<String, Vec<(u32, i64)>> {
     let mut out: BTreeMap<String, Vec<(u32, i64)>> = BTreeMap::new();
     for file in parquet_files(&lake.join("ad_events")) {
         let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -178,7 +183,7 @@ fn landed(lake: &Path) -> BTreeMap<String, Vec<(u32, i64)>> {
     out
 }
 
-fn markers(rows: &[(u32, i64)]) -> Vec<u32> {
+pub(crate) fn markers(rows: &[(u32, i64)]) -> Vec<u32> {
     rows.iter().map(|(n, _)| *n).collect()
 }
 
@@ -192,7 +197,7 @@ fn metrics(d: &Daemon) -> String {
     .body
 }
 
-fn catalog(p: &Project) -> Catalog {
+pub(crate) fn catalog(p: &Project) -> Catalog {
     Catalog::open(&p.path().join("data/catalog.sqlite")).expect("catalog")
 }
 

@@ -197,6 +197,8 @@ pub struct MeterEffects {
     pub click_keys: Vec<(String, i64, String, i64)>,
     /// What the landed rows add to the report rollups.
     pub rollups: super::rollups::RollupDelta,
+    /// Event ids of replayed Kafka-journal records the batch landed (`replays`).
+    pub replayed: Vec<String>,
 }
 
 /// What a metered commit did beyond the batch.
@@ -647,6 +649,7 @@ impl Catalog {
         }
 
         super::rollups::apply_in(&tx, &effects.rollups)?;
+        super::replays::insert_in(&tx, pipeline, &effects.replayed)?;
 
         let mut pause: Vec<&str> = staging.iter().chain(&ran_out).copied().collect();
         pause.sort_unstable();

@@ -119,6 +119,7 @@ impl Converter<'_> {
                 RawKafkaFormat::Json => KafkaFormat::Json,
                 RawKafkaFormat::HitRecord => KafkaFormat::HitRecord,
             },
+            journal: false,
             start_from: match raw.start_from {
                 RawStartFrom::Earliest => StartFrom::Earliest,
                 RawStartFrom::Latest => StartFrom::Latest,

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::super::PipelineError;
 use super::super::frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
+use super::super::quota::MeterPlan;
 use super::object_store_files::parse_object;
 use crate::collect::decode as hit_decode;
 use crate::collect::registry::MediaRegistry;
@@ -71,6 +72,11 @@ pub struct KafkaPositions {
     pub ranges: Vec<PartitionRange>,
     /// Every partition's next offset after this batch (cumulative over the pipeline's batches).
     pub next: Vec<PartitionOffset>,
+    /// The quota decisions of a metered batch (the daemon-wired journal pipeline of
+    /// `journal.kind: kafka`); staging positions are indexes into the batch's records in
+    /// (topic, partition, offset) order, which a replay reads back identically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<MeterPlan>,
 }
 
 type Offsets = BTreeMap<(String, i32), i64>;
@@ -310,6 +316,7 @@ impl Session {
                     offset,
                 })
                 .collect(),
+            quota: None,
         };
         Ok(Some((positions, records)))
     }
@@ -425,7 +432,15 @@ pub fn fit(
             offset,
         })
         .collect();
-    (Some(KafkaPositions { ranges, next }), records, dropped)
+    (
+        Some(KafkaPositions {
+            ranges,
+            next,
+            quota: None,
+        }),
+        records,
+        dropped,
+    )
 }
 
 /// Reads exactly the ranges of a planned batch again (a replay), outside the group.
@@ -433,6 +448,10 @@ pub async fn fetch(
     cfg: &KafkaSource,
     positions: &KafkaPositions,
 ) -> Result<Vec<KafkaRecord>, PipelineError> {
+    if positions.ranges.is_empty() {
+        // A batch that only releases staged records.
+        return Ok(Vec::new());
+    }
     // librdkafka wants a group for `assign`; assigning (unlike subscribing) never joins it, and
     // nothing is committed from here.
     let consumer: StreamConsumer = client_config(cfg)
