@@ -375,7 +375,11 @@ impl Runtime {
         let labels = Metrics::labels(&pipeline.name);
         // A Kafka source keeps one group member for the whole run.
         let mut kafka = match &pipeline.source {
-            SourceConfig::Kafka(cfg) => Some(kafka_source::Session::connect(cfg, &pipeline.name)?),
+            SourceConfig::Kafka(cfg) => Some(kafka_source::Session::connect(
+                cfg,
+                &pipeline.name,
+                Arc::clone(&self.metrics),
+            )?),
             _ => None,
         };
         // An HTTP source keeps its client and request budget for the whole run.
@@ -737,7 +741,7 @@ impl Runtime {
                     serde_json::from_value(positions.clone()).map_err(parse_err)?;
                 info!(pipeline = %pipeline.name, ranges = %kafka_source::describe(&p), "re-reading the batch's kafka offsets");
                 let hits = self.kafka_hits(cfg)?;
-                let records = kafka_source::fetch(cfg, &p).await?;
+                let records = kafka_source::fetch(cfg, &p, &self.metrics, &pipeline.name).await?;
                 Ok(Fetched::Kafka {
                     cfg: cfg.clone(),
                     records,

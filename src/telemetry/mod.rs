@@ -252,6 +252,11 @@ pub struct SourceMetrics {
     /// Object-store listings (`kind`: `full`, `after_watermark`).
     pub listings: Family<SourceLabels, Counter>,
     pub objects_listed: Family<PipelineLabels, Counter>,
+    /// Errors the Kafka client reported while a Kafka source read (transport, brokers down).
+    pub kafka_client_errors: Family<PipelineLabels, Counter>,
+    /// Kafka source failures that stopped a run (`kind`: `brokers_down`, `no_assignment`,
+    /// `replay_incomplete`).
+    pub kafka_failures: Family<SourceLabels, Counter>,
 }
 
 /// Metrics of third-party forwarding, per destination host.
@@ -536,6 +541,18 @@ impl Metrics {
             "source_objects_listed",
             "Objects returned by object-store source listings",
             s.objects_listed.clone(),
+        );
+        r.register(
+            "kafka_source_client_errors",
+            "Errors the Kafka client reported while a Kafka source read (transport failures, \
+             all brokers down)",
+            s.kafka_client_errors.clone(),
+        );
+        r.register(
+            "kafka_source_failures",
+            "Kafka source failures that stopped a run, by reason (brokers_down, no_assignment, \
+             replay_incomplete)",
+            s.kafka_failures.clone(),
         );
         m.kafka_journal.register(r);
         r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));

@@ -35,6 +35,7 @@ use crate::collect::decode as hit_decode;
 use crate::collect::registry::MediaRegistry;
 use crate::config::model::{KafkaFormat, KafkaSource, KafkaTopics, StartFrom};
 use crate::enrich::Enricher;
+use crate::telemetry::{Metrics, SourceLabels};
 
 /// One message as read.
 #[derive(Debug, Clone)]
@@ -146,6 +147,7 @@ pub struct Session {
     consumer: Arc<StreamConsumer>,
     cfg: KafkaSource,
     pipeline: String,
+    metrics: Arc<Metrics>,
     /// Where each partition continues (the catalog's view), loaded on the first plan.
     next: Option<Offsets>,
     /// The group's offsets are behind the catalog: commit `next` at the next chance.
@@ -168,7 +170,11 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// Creates the consumer and subscribes (the group is joined on the first read).
-    pub fn connect(cfg: &KafkaSource, pipeline: &str) -> Result<Session, PipelineError> {
+    pub fn connect(
+        cfg: &KafkaSource,
+        pipeline: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Session, PipelineError> {
         let consumer: StreamConsumer = client_config(cfg)
             .set("group.id", &cfg.group_id)
             .create()
@@ -185,6 +191,7 @@ impl Session {
             consumer: Arc::new(consumer),
             cfg: cfg.clone(),
             pipeline: pipeline.to_string(),
+            metrics,
             next: None,
             commit_pending: false,
             joined: false,
@@ -209,22 +216,29 @@ impl Session {
         let mut at_end: HashSet<i32> = HashSet::new();
         let mut last_error: Option<String> = None;
         let started = Instant::now();
+        // The last message or partition end. The deadlines count from progress, never from
+        // the last client error: with the brokers gone librdkafka reports `AllBrokersDown`
+        // every ~100 ms, and a wait restarted by each report would never end.
+        let mut progress_at = started;
         while records.len() < self.cfg.max_records_per_batch.get()
             && bytes < self.cfg.max_bytes_per_batch.get()
         {
-            let wait = if self.joined {
-                self.cfg.idle
+            let deadline = if self.joined {
+                progress_at + self.cfg.idle
             } else {
-                self.cfg.join_timeout.saturating_sub(started.elapsed())
+                started + self.cfg.join_timeout
             };
+            let wait = deadline.saturating_duration_since(Instant::now());
             let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
                 Err(_) if self.joined => {
                     if let (true, Some(error)) = (records.is_empty(), &self.error_since_progress) {
                         // Not drained: nothing arrives because the client cannot reach the
                         // brokers. Failing (retryable) keeps the run from reporting success.
+                        self.failed("brokers_down");
                         return Err(PipelineError::Kafka(format!(
-                            "no message and no partition end for {} ms, and the client reports: {error} (brokers down?)",
-                            self.cfg.idle.as_millis()
+                            "no message and no partition end for {} ms from {}, and the client reports: {error} (brokers down?)",
+                            self.cfg.idle.as_millis(),
+                            self.cfg.brokers.join(",")
                         )));
                     }
                     break;
@@ -232,11 +246,22 @@ impl Session {
                 Err(_) => {
                     let assigned = self.assigned()?;
                     if assigned.is_empty() {
+                        self.failed("no_assignment");
                         return Err(PipelineError::Kafka(format!(
-                            "no partition assigned to group `{}` within {} ms (brokers down, topic missing?); last client error: {}",
+                            "no partition assigned to group `{}` by {} within {} ms (brokers down, topic missing?); last client error: {}",
                             self.cfg.group_id,
+                            self.cfg.brokers.join(","),
                             self.cfg.join_timeout.as_millis(),
                             last_error.as_deref().unwrap_or("none")
+                        )));
+                    }
+                    if let (true, Some(error)) = (records.is_empty(), &last_error) {
+                        // Assigned but never a message nor a partition end: not drained.
+                        self.failed("brokers_down");
+                        return Err(PipelineError::Kafka(format!(
+                            "no message and no partition end for {} ms from {} after joining the group, and the client reports: {error} (brokers down?)",
+                            self.cfg.join_timeout.as_millis(),
+                            self.cfg.brokers.join(",")
                         )));
                     }
                     warn!(pipeline = %self.pipeline, partitions = assigned.len(), "no message and no partition end within the join timeout");
@@ -245,6 +270,7 @@ impl Session {
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
                     self.joined = true;
                     self.error_since_progress = None;
+                    progress_at = Instant::now();
                     at_end.insert(partition);
                     let assigned = self.assigned()?;
                     if !assigned.is_empty() && assigned.iter().all(|(_, p)| at_end.contains(p)) {
@@ -253,16 +279,26 @@ impl Session {
                     continue;
                 }
                 Ok(Err(e)) => {
-                    // librdkafka retries transient errors itself; these are reports.
-                    warn!(pipeline = %self.pipeline, error = %e, "kafka client error");
-                    last_error = Some(e.to_string());
-                    self.error_since_progress = Some(e.to_string());
+                    // librdkafka retries transient errors itself; these are reports, logged
+                    // when they change (a dead broker is reported every ~100 ms).
+                    let error = e.to_string();
+                    self.metrics
+                        .source
+                        .kafka_client_errors
+                        .get_or_create(&Metrics::labels(&self.pipeline))
+                        .inc();
+                    if self.error_since_progress.as_deref() != Some(error.as_str()) {
+                        warn!(pipeline = %self.pipeline, error = %error, "kafka client error");
+                    }
+                    last_error = Some(error.clone());
+                    self.error_since_progress = Some(error);
                     continue;
                 }
                 Ok(Ok(message)) => message,
             };
             self.joined = true;
             self.error_since_progress = None;
+            progress_at = Instant::now();
             at_end.remove(&message.partition());
             let key = (message.topic().to_string(), message.partition());
             let offset = message.offset();
@@ -312,6 +348,11 @@ impl Session {
                 .collect(),
         };
         Ok(Some((positions, records)))
+    }
+
+    /// Counts a failure that stops the run.
+    fn failed(&self, kind: &str) {
+        failed(&self.metrics, &self.pipeline, kind);
     }
 
     fn assigned(&self) -> Result<Vec<(String, i32)>, PipelineError> {
@@ -378,6 +419,17 @@ impl Session {
     }
 }
 
+fn failed(metrics: &Metrics, pipeline: &str, kind: &str) {
+    metrics
+        .source
+        .kafka_failures
+        .get_or_create(&SourceLabels {
+            pipeline: pipeline.to_string(),
+            kind: kind.to_string(),
+        })
+        .inc();
+}
+
 /// Fits a planned batch to the catalog just before its intent is recorded: with several
 /// members on one catalog (processes of one group), another member may have committed some of
 /// these offsets since this one planned (a partition moved between them while the group's
@@ -432,6 +484,8 @@ pub fn fit(
 pub async fn fetch(
     cfg: &KafkaSource,
     positions: &KafkaPositions,
+    metrics: &Metrics,
+    pipeline: &str,
 ) -> Result<Vec<KafkaRecord>, PipelineError> {
     // librdkafka wants a group for `assign`; assigning (unlike subscribing) never joins it, and
     // nothing is committed from here.
@@ -452,19 +506,32 @@ pub async fn fetch(
     let mut pending: HashSet<(String, i32)> = wanted.keys().cloned().collect();
     let mut records = Vec::new();
     let deadline = Instant::now() + cfg.join_timeout;
+    let mut last_error: Option<String> = None;
     while !pending.is_empty() {
         let wait = deadline.saturating_duration_since(Instant::now());
         let message = match tokio::time::timeout(wait, consumer.recv()).await {
             Err(_) => {
+                failed(metrics, pipeline, "replay_incomplete");
                 return Err(PipelineError::Kafka(format!(
-                    "replaying a batch: {} partition(s) did not deliver their recorded offsets within {} ms (deleted by retention, or brokers down)",
+                    "replaying a batch: {} partition(s) did not deliver their recorded offsets from {} within {} ms (deleted by retention, or brokers down); last client error: {}",
                     pending.len(),
-                    cfg.join_timeout.as_millis()
+                    cfg.brokers.join(","),
+                    cfg.join_timeout.as_millis(),
+                    last_error.as_deref().unwrap_or("none")
                 )));
             }
             Ok(Err(KafkaError::PartitionEOF(_))) => continue,
             Ok(Err(e)) => {
-                warn!(error = %e, "kafka client error during a replay");
+                let error = e.to_string();
+                metrics
+                    .source
+                    .kafka_client_errors
+                    .get_or_create(&Metrics::labels(pipeline))
+                    .inc();
+                if last_error.as_deref() != Some(error.as_str()) {
+                    warn!(pipeline, error = %error, "kafka client error during a replay");
+                }
+                last_error = Some(error);
                 continue;
             }
             Ok(Ok(message)) => message,
