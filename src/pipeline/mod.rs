@@ -393,58 +393,71 @@ impl Runtime {
             )?),
             _ => None,
         };
-        loop {
-            match http.as_mut().and_then(http_source::Session::take_stop) {
-                Some(http_source::Stop::Budget) => return Ok(()),
-                Some(http_source::Stop::Failed(e)) => return Err(e),
-                None => {}
-            }
-            if cancel.is_cancelled()
-                || opts
-                    .max_batches
-                    .is_some_and(|max| summary.batches as usize >= max)
-            {
-                return Ok(());
-            }
-            if let Some(session) = kafka.as_mut() {
-                if !self.kafka_step(pipeline, session, summary).await? {
+        let result = async {
+            loop {
+                match http.as_mut().and_then(http_source::Session::take_stop) {
+                    Some(http_source::Stop::Budget) => return Ok(()),
+                    Some(http_source::Stop::Failed(e)) => return Err(e),
+                    None => {}
+                }
+                if cancel.is_cancelled()
+                    || opts
+                        .max_batches
+                        .is_some_and(|max| summary.batches as usize >= max)
+                {
+                    if let Some(session) = kafka.as_mut() {
+                        session.finish().await;
+                    }
                     return Ok(());
                 }
-                continue;
-            }
-            let (intent, prefetched) = match self.catalog.open_intent(&pipeline.name)? {
-                Some(intent) => {
-                    warn!(pipeline = %pipeline.name, batch = intent.seq, "replaying a batch left open by an earlier run");
-                    self.metrics.batches_replayed.get_or_create(&labels).inc();
-                    summary.replayed_batches += 1;
-                    (intent, None)
-                }
-                None => {
-                    let Some((positions, mut prefetched)) =
-                        self.plan(pipeline, opts, http.as_mut()).await?
-                    else {
+                if let Some(session) = kafka.as_mut() {
+                    if !self.kafka_step(pipeline, session, summary).await? {
+                        // The last offset commit's answer (bounded wait).
+                        session.finish().await;
                         return Ok(());
-                    };
-                    let planned_at =
-                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-                    // A source that cannot be read twice keeps its input with the intent.
-                    let input = match &mut prefetched {
-                        Some(Fetched::Http { input, .. }) => input.take(),
-                        _ => None,
-                    };
-                    let intent = self.catalog.create_intent_with_input(
-                        &pipeline.name,
-                        &positions,
-                        &planned_at,
-                        input.as_deref(),
-                    )?;
-                    (intent, prefetched)
+                    }
+                    continue;
                 }
-            };
-            failpoint("after_intent");
-            self.execute_counted(pipeline, &intent, prefetched, None, summary)
-                .await?;
+                let (intent, prefetched) = match self.catalog.open_intent(&pipeline.name)? {
+                    Some(intent) => {
+                        warn!(pipeline = %pipeline.name, batch = intent.seq, "replaying a batch left open by an earlier run");
+                        self.metrics.batches_replayed.get_or_create(&labels).inc();
+                        summary.replayed_batches += 1;
+                        (intent, None)
+                    }
+                    None => {
+                        let Some((positions, mut prefetched)) =
+                            self.plan(pipeline, opts, http.as_mut()).await?
+                        else {
+                            return Ok(());
+                        };
+                        let planned_at =
+                            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                        // A source that cannot be read twice keeps its input with the intent.
+                        let input = match &mut prefetched {
+                            Some(Fetched::Http { input, .. }) => input.take(),
+                            _ => None,
+                        };
+                        let intent = self.catalog.create_intent_with_input(
+                            &pipeline.name,
+                            &positions,
+                            &planned_at,
+                            input.as_deref(),
+                        )?;
+                        (intent, prefetched)
+                    }
+                };
+                failpoint("after_intent");
+                self.execute_counted(pipeline, &intent, prefetched, None, summary)
+                    .await?;
+            }
         }
+        .await;
+        // Closing the consumer is bounded (a broker that died must not hang the run).
+        if let Some(session) = kafka {
+            session.close().await;
+        }
+        result
     }
 
     /// Executes a batch and counts it in the run summary and the metrics.
@@ -783,7 +796,7 @@ impl Runtime {
     ) {
         if let Some(session) = kafka {
             match serde_json::from_value::<KafkaPositions>(positions.clone()) {
-                Ok(p) => session.committed(&p).await,
+                Ok(p) => session.committed(&p),
                 Err(e) => {
                     warn!(pipeline = %pipeline.name, error = %e, "kafka positions unreadable; offsets not committed")
                 }

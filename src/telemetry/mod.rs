@@ -254,8 +254,10 @@ pub struct SourceMetrics {
     pub objects_listed: Family<PipelineLabels, Counter>,
     /// Errors the Kafka client reported while a Kafka source read (transport, brokers down).
     pub kafka_client_errors: Family<PipelineLabels, Counter>,
-    /// Kafka source failures that stopped a run (`kind`: `brokers_down`, `no_assignment`,
-    /// `replay_incomplete`).
+    /// Kafka source offset commits that failed or went unanswered (the lake is unaffected).
+    pub kafka_commit_failures: Family<PipelineLabels, Counter>,
+    /// Kafka source failures (`kind`: `brokers_down`, `no_assignment`, `replay_incomplete`
+    /// stop a run; `close_timeout`: the consumer did not close in time, the run went on).
     pub kafka_failures: Family<SourceLabels, Counter>,
 }
 
@@ -549,9 +551,15 @@ impl Metrics {
             s.kafka_client_errors.clone(),
         );
         r.register(
+            "kafka_source_commit_failures",
+            "Kafka source offset commits that failed or went unanswered by the end of a run \
+             (the lake is unaffected: the catalog decides what is read again)",
+            s.kafka_commit_failures.clone(),
+        );
+        r.register(
             "kafka_source_failures",
-            "Kafka source failures that stopped a run, by reason (brokers_down, no_assignment, \
-             replay_incomplete)",
+            "Kafka source failures by reason (brokers_down, no_assignment, replay_incomplete stop \
+             a run; close_timeout: the consumer did not close in time)",
             s.kafka_failures.clone(),
         );
         m.kafka_journal.register(r);

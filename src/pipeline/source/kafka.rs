@@ -17,11 +17,12 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -90,6 +91,44 @@ fn kafka_err(what: &str) -> impl Fn(KafkaError) -> PipelineError + '_ {
     move |e| PipelineError::Kafka(format!("{what}: {e}"))
 }
 
+/// The consumer's context: keeps the reason text of the client's last error (the error that
+/// comes out of `recv` carries only a code).
+struct SourceContext {
+    pipeline: String,
+    last_reason: Mutex<Option<String>>,
+}
+
+impl SourceContext {
+    fn new(pipeline: &str) -> SourceContext {
+        SourceContext {
+            pipeline: pipeline.to_string(),
+            last_reason: Mutex::new(None),
+        }
+    }
+
+    fn last_reason(&self) -> Option<String> {
+        self.last_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Logged (once per change) where the error comes out of `recv`, with this reason.
+        tracing::debug!(pipeline = %self.pipeline, %error, reason, "kafka client error event");
+        *self
+            .last_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_string());
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+type SourceConsumer = StreamConsumer<SourceContext>;
+
 fn client_config(cfg: &KafkaSource) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -144,7 +183,8 @@ fn sort_records(records: &mut [KafkaRecord]) {
 
 /// A run's group member: subscribed once, read batch after batch.
 pub struct Session {
-    consumer: Arc<StreamConsumer>,
+    /// `None` once handed to the closing thread ([`Session::close`], or dropping the session).
+    consumer: Option<Arc<SourceConsumer>>,
     cfg: KafkaSource,
     pipeline: String,
     metrics: Arc<Metrics>,
@@ -152,6 +192,8 @@ pub struct Session {
     next: Option<Offsets>,
     /// The group's offsets are behind the catalog: commit `next` at the next chance.
     commit_pending: bool,
+    /// The offsets of the last commit sent (checked against the group's at the end of a run).
+    commit_sent: Option<TopicPartitionList>,
     /// A message or partition end has been seen: the group has assigned partitions.
     joined: bool,
     /// The last client error with no message or partition end after it (kept across batches:
@@ -175,9 +217,9 @@ impl Session {
         pipeline: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Session, PipelineError> {
-        let consumer: StreamConsumer = client_config(cfg)
+        let consumer: SourceConsumer = client_config(cfg)
             .set("group.id", &cfg.group_id)
-            .create()
+            .create_with_context(SourceContext::new(pipeline))
             .map_err(kafka_err("creating the consumer"))?;
         match &cfg.topics {
             KafkaTopics::Names(names) => {
@@ -188,12 +230,13 @@ impl Session {
         }
         .map_err(kafka_err("subscribing"))?;
         Ok(Session {
-            consumer: Arc::new(consumer),
+            consumer: Some(Arc::new(consumer)),
             cfg: cfg.clone(),
             pipeline: pipeline.to_string(),
             metrics,
             next: None,
             commit_pending: false,
+            commit_sent: None,
             joined: false,
             error_since_progress: None,
         })
@@ -229,16 +272,18 @@ impl Session {
                 started + self.cfg.join_timeout
             };
             let wait = deadline.saturating_duration_since(Instant::now());
-            let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            let consumer = Arc::clone(self.consumer()?);
+            let message = match tokio::time::timeout(wait, consumer.recv()).await {
                 Err(_) if self.joined => {
                     if let (true, Some(error)) = (records.is_empty(), &self.error_since_progress) {
                         // Not drained: nothing arrives because the client cannot reach the
                         // brokers. Failing (retryable) keeps the run from reporting success.
                         self.failed("brokers_down");
                         return Err(PipelineError::Kafka(format!(
-                            "no message and no partition end for {} ms from {}, and the client reports: {error} (brokers down?)",
+                            "no message and no partition end for {} ms from {}, and the client reports: {error}{} (brokers down?)",
                             self.cfg.idle.as_millis(),
-                            self.cfg.brokers.join(",")
+                            self.cfg.brokers.join(","),
+                            self.reason_suffix()
                         )));
                     }
                     break;
@@ -288,7 +333,8 @@ impl Session {
                         .get_or_create(&Metrics::labels(&self.pipeline))
                         .inc();
                     if self.error_since_progress.as_deref() != Some(error.as_str()) {
-                        warn!(pipeline = %self.pipeline, error = %error, "kafka client error");
+                        let reason = self.reason();
+                        warn!(pipeline = %self.pipeline, error = %error, reason = %reason, "kafka client error");
                     }
                     last_error = Some(error.clone());
                     self.error_since_progress = Some(error);
@@ -331,7 +377,7 @@ impl Session {
         }
         if records.is_empty() {
             if self.commit_pending {
-                self.commit().await;
+                self.commit();
             }
             return Ok(None);
         }
@@ -350,14 +396,56 @@ impl Session {
         Ok(Some((positions, records)))
     }
 
+    /// The reason text of the client's last error event (`""` when none).
+    fn reason(&self) -> String {
+        self.consumer
+            .as_ref()
+            .and_then(|c| c.context().last_reason())
+            .unwrap_or_default()
+    }
+
+    /// `: {reason}` of the client's last error event, or nothing.
+    fn reason_suffix(&self) -> String {
+        match self.reason() {
+            r if r.is_empty() => String::new(),
+            r => format!(": {r}"),
+        }
+    }
+
     /// Counts a failure that stops the run.
     fn failed(&self, kind: &str) {
         failed(&self.metrics, &self.pipeline, kind);
     }
 
+    fn consumer(&self) -> Result<&Arc<SourceConsumer>, PipelineError> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| PipelineError::Kafka("the consumer is closed".to_string()))
+    }
+
+    /// Closes the consumer (leaving the group) on a thread of its own and waits for it at most
+    /// `min(session_timeout, 10 s)`. rdkafka's consumer drop waits for librdkafka's close
+    /// without a bound, and that close waits for outstanding offset commits, which with the
+    /// coordinator gone did not end within minutes: a run must not hang on it. A close still
+    /// running then is logged and left to finish in the background.
+    pub async fn close(mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let bound = self
+            .cfg
+            .session_timeout
+            .min(std::time::Duration::from_secs(10));
+        let done = close_in_background(consumer, &self.pipeline);
+        if tokio::time::timeout(bound, done).await.is_err() {
+            self.failed("close_timeout");
+            warn!(pipeline = %self.pipeline, timeout_ms = bound.as_millis(), "the kafka consumer did not close in time (brokers down?); left closing in the background");
+        }
+    }
+
     fn assigned(&self) -> Result<Vec<(String, i32)>, PipelineError> {
         let list = self
-            .consumer
+            .consumer()?
             .assignment()
             .map_err(kafka_err("reading the assignment"))?;
         Ok(list
@@ -368,15 +456,18 @@ impl Session {
     }
 
     /// After the catalog committed a batch: remember its `next` and commit it to the group.
-    pub async fn committed(&mut self, positions: &KafkaPositions) {
+    pub fn committed(&mut self, positions: &KafkaPositions) {
         self.next = Some(positions.next_offsets());
         self.commit_pending = true;
-        self.commit().await;
+        self.commit();
     }
 
-    /// Commits `next` for the partitions this member holds. A failure is logged and retried
-    /// after the next batch: the catalog, not the group, decides what is read again.
-    async fn commit(&mut self) {
+    /// Sends the commit of `next` for the partitions this member holds, without waiting for
+    /// the answer: a synchronous `rd_kafka_commit` waits without a bound (with the coordinator
+    /// lost mid-request it never returned). A commit that fails is superseded by the next one
+    /// (each carries every partition's `next`), and [`Session::finish`] checks the last; the
+    /// catalog, not the group, decides what is read again.
+    fn commit(&mut self) {
         let Some(next) = &self.next else {
             return;
         };
@@ -401,22 +492,117 @@ impl Session {
             // Not in the group yet (a replay before the first read): commit after the next plan.
             return;
         }
-        let consumer = Arc::clone(&self.consumer);
-        let result =
-            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
-        match result {
-            Ok(Ok(())) => {
+        let Ok(consumer) = self.consumer() else {
+            return;
+        };
+        match consumer.commit(&list, CommitMode::Async) {
+            Ok(()) => {
                 self.commit_pending = false;
-                info!(pipeline = %self.pipeline, group = %self.cfg.group_id, partitions = assigned.len(), "kafka offsets committed");
-            }
-            Ok(Err(e)) => {
-                warn!(pipeline = %self.pipeline, error = %e, "kafka offsets not committed; retried after the next batch")
+                tracing::debug!(pipeline = %self.pipeline, partitions = list.count(), "kafka offset commit sent");
+                self.commit_sent = Some(list);
             }
             Err(e) => {
-                warn!(pipeline = %self.pipeline, error = %e, "kafka offset commit task failed")
+                warn!(pipeline = %self.pipeline, error = %e, "kafka offsets not committed; retried after the next batch")
             }
         }
     }
+
+    /// At the end of a successful run: sends an owed commit, then reads the group's offsets
+    /// back until they hold the last commit sent, at most the session timeout (each read is
+    /// bounded too). A commit still missing then is logged and counted; the next run skips
+    /// what the lake already holds.
+    pub async fn finish(&mut self) {
+        if self.commit_pending {
+            self.commit();
+        }
+        let Some(sent) = self.commit_sent.clone() else {
+            return;
+        };
+        let deadline = Instant::now() + self.cfg.session_timeout;
+        let mut last_error = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let Ok(consumer) = self.consumer().map(Arc::clone) else {
+                return;
+            };
+            let query = sent.clone();
+            let read = left.min(std::time::Duration::from_secs(5));
+            let reader = Arc::clone(&consumer);
+            let answer = tokio::task::spawn_blocking(move || {
+                reader.committed_offsets(query, rdkafka::util::Timeout::After(read))
+            })
+            .await;
+            match answer {
+                Ok(Ok(group)) if holds(&group, &sent) => {
+                    info!(pipeline = %self.pipeline, group = %self.cfg.group_id, partitions = sent.count(), "kafka offsets committed");
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => last_error = Some(e.to_string()),
+                Err(e) => last_error = Some(e.to_string()),
+            }
+            // Not there yet (or lost): send it again, look again shortly.
+            if let Err(e) = consumer.commit(&sent, CommitMode::Async) {
+                last_error = Some(e.to_string());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200).min(left)).await;
+        }
+        self.metrics
+            .source
+            .kafka_commit_failures
+            .get_or_create(&Metrics::labels(&self.pipeline))
+            .inc();
+        warn!(pipeline = %self.pipeline, group = %self.cfg.group_id, timeout_ms = self.cfg.session_timeout.as_millis(), last_error = last_error.as_deref().unwrap_or("none"), "kafka offsets not confirmed by the end of the run; the next run skips what the lake already holds");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Never the (unbounded) close on the caller's thread: see `Session::close`.
+        if let Some(consumer) = self.consumer.take() {
+            drop(close_in_background(consumer, &self.pipeline));
+        }
+    }
+}
+
+/// Drops (closes) `consumer` on a new thread; the receiver learns when it is done. If the
+/// thread cannot be started, the consumer is closed on this one.
+fn close_in_background(
+    consumer: Arc<SourceConsumer>,
+    pipeline: &str,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let pipeline = pipeline.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".to_string())
+        .spawn(move || {
+            let started = Instant::now();
+            drop(consumer);
+            let took = started.elapsed();
+            if took > std::time::Duration::from_secs(10) {
+                warn!(pipeline = %pipeline, took_ms = took.as_millis(), "closing the kafka consumer took long");
+            }
+            let _ = tx.send(());
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "no thread to close the kafka consumer on; closing it here");
+    }
+    rx
+}
+
+/// Whether the group's offsets `group` are at or past every offset of `sent`.
+fn holds(group: &TopicPartitionList, sent: &TopicPartitionList) -> bool {
+    sent.elements().iter().all(|want| {
+        group
+            .find_partition(want.topic(), want.partition())
+            .is_some_and(|got| match (got.offset(), want.offset()) {
+                (Offset::Offset(got), Offset::Offset(want)) => got >= want,
+                _ => false,
+            })
+    })
 }
 
 fn failed(metrics: &Metrics, pipeline: &str, kind: &str) {
@@ -484,14 +670,14 @@ pub fn fit(
 pub async fn fetch(
     cfg: &KafkaSource,
     positions: &KafkaPositions,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     pipeline: &str,
 ) -> Result<Vec<KafkaRecord>, PipelineError> {
     // librdkafka wants a group for `assign`; assigning (unlike subscribing) never joins it, and
     // nothing is committed from here.
-    let consumer: StreamConsumer = client_config(cfg)
+    let consumer: SourceConsumer = client_config(cfg)
         .set("group.id", &cfg.group_id)
-        .create()
+        .create_with_context(SourceContext::new(pipeline))
         .map_err(kafka_err("creating the replay consumer"))?;
     let mut list = TopicPartitionList::new();
     let mut wanted: BTreeMap<(String, i32), &PartitionRange> = BTreeMap::new();
