@@ -81,6 +81,10 @@ pub enum PipelineError {
     Journal(#[from] JournalError),
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The brokers refused the client (login, ACL) or its secret is missing: retrying cannot
+    /// help until someone changes the credentials or the permissions.
+    #[error("kafka: {0}")]
+    KafkaDenied(String),
     #[error("http source: {message}")]
     Http { message: String, retryable: bool },
     #[error("pipeline `{0}` is being run by another process (lock {1})")]

@@ -256,8 +256,9 @@ pub struct SourceMetrics {
     pub kafka_client_errors: Family<PipelineLabels, Counter>,
     /// Kafka source offset commits that failed or went unanswered (the lake is unaffected).
     pub kafka_commit_failures: Family<PipelineLabels, Counter>,
-    /// Kafka source failures (`kind`: `brokers_down`, `no_assignment`, `replay_incomplete`
-    /// stop a run; `close_timeout`: the consumer did not close in time, the run went on).
+    /// Kafka source failures (`kind`: `brokers_down`, `no_assignment`, `replay_incomplete`,
+    /// `unauthorized`, `missing_secret` stop a run; `close_timeout`: the consumer did not close
+    /// in time, the run went on).
     pub kafka_failures: Family<SourceLabels, Counter>,
 }
 
@@ -558,8 +559,9 @@ impl Metrics {
         );
         r.register(
             "kafka_source_failures",
-            "Kafka source failures by reason (brokers_down, no_assignment, replay_incomplete stop \
-             a run; close_timeout: the consumer did not close in time)",
+            "Kafka source failures by reason (brokers_down, no_assignment, replay_incomplete, \
+             unauthorized, missing_secret stop a run; close_timeout: the consumer did not close \
+             in time)",
             s.kafka_failures.clone(),
         );
         m.kafka_journal.register(r);

@@ -48,7 +48,7 @@ pub fn parse_local_time(text: &str) -> Result<chrono::NaiveDateTime, String> {
         .map_err(|_| format!("expected `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS`, found `{text}`"))
 }
 
-fn check_env_name(name: &str) -> Result<String, String> {
+pub(super) fn check_env_name(name: &str) -> Result<String, String> {
     let mut chars = name.chars();
     let valid = chars
         .next()

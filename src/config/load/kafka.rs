@@ -3,8 +3,12 @@
 use std::time::Duration;
 
 use super::Converter;
-use crate::config::model::{KafkaFormat, KafkaSource, KafkaTopics, StartFrom};
-use crate::config::raw::{Located, RawKafka, RawKafkaFormat, RawStartFrom};
+use crate::config::model::{
+    KafkaFormat, KafkaSasl, KafkaSource, KafkaTopics, SaslMechanism, StartFrom,
+};
+use crate::config::raw::{
+    Located, RawKafka, RawKafkaFormat, RawKafkaSasl, RawSaslMechanism, RawStartFrom,
+};
 
 impl Converter<'_> {
     pub(super) fn kafka_source(&mut self, raw: RawKafka) -> Option<KafkaSource> {
@@ -49,6 +53,10 @@ impl Converter<'_> {
         let idle = self.limit(raw.idle_ms, "source.idle_ms", 2_000);
         let join = self.limit(raw.join_timeout_ms, "source.join_timeout_ms", 60_000);
         let session = self.limit(raw.session_timeout_ms, "source.session_timeout_ms", 45_000);
+        let sasl = match raw.sasl {
+            None => Some(None),
+            Some(sasl) => self.kafka_sasl(sasl).map(Some),
+        };
         Some(KafkaSource {
             brokers: brokers?,
             topics: topics?,
@@ -68,6 +76,25 @@ impl Converter<'_> {
             idle: Duration::from_millis(idle?.0.get()),
             join_timeout: Duration::from_millis(join?.0.get()),
             session_timeout: Duration::from_millis(session?.0.get()),
+            sasl: sasl?,
+        })
+    }
+
+    fn kafka_sasl(&mut self, raw: RawKafkaSasl) -> Option<KafkaSasl> {
+        let username = self.non_empty(&raw.username, "source.sasl.username", "user name");
+        let secret = self.errors.check(
+            raw.secret.location(),
+            "source.sasl.secret",
+            super::http::check_env_name(raw.secret.value()),
+        );
+        Some(KafkaSasl {
+            mechanism: match raw.mechanism {
+                RawSaslMechanism::Plain => SaslMechanism::Plain,
+                RawSaslMechanism::ScramSha256 => SaslMechanism::ScramSha256,
+                RawSaslMechanism::ScramSha512 => SaslMechanism::ScramSha512,
+            },
+            username: username?,
+            secret: secret?,
         })
     }
 

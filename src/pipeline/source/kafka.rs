@@ -129,7 +129,8 @@ impl ConsumerContext for SourceContext {}
 
 type SourceConsumer = StreamConsumer<SourceContext>;
 
-fn client_config(cfg: &KafkaSource) -> ClientConfig {
+/// The client's settings; with `sasl`, the password is read from its secret now.
+fn client_config(cfg: &KafkaSource) -> Result<ClientConfig, PipelineError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", cfg.brokers.join(","))
@@ -154,7 +155,58 @@ fn client_config(cfg: &KafkaSource) -> ClientConfig {
                 StartFrom::Latest => "latest",
             },
         );
-    config
+    if let Some(sasl) = &cfg.sasl {
+        let password = super::secret::lookup(&sasl.secret)
+            .map_err(|e| PipelineError::KafkaDenied(format!("source.sasl.secret: {e}")))?;
+        config
+            .set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanism", sasl.mechanism.librdkafka_name())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", password);
+    }
+    Ok(config)
+}
+
+/// Whether `e` says the brokers refused this client: a failed SASL login, or no permission
+/// (ACL) on the cluster, the group or a topic. librdkafka retries these forever; a run stops.
+fn refused(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Authentication
+                | C::SaslAuthenticationFailed
+                | C::UnsupportedSASLMechanism
+                | C::IllegalSASLState
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+        )
+    )
+}
+
+/// The non-retryable error for a refusal: the brokers, what the client tried, librdkafka's
+/// reason, and what to check. Never the password.
+fn refusal(cfg: &KafkaSource, error: &KafkaError, reason: &str) -> PipelineError {
+    let reason = if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    };
+    let hint = match &cfg.sasl {
+        Some(sasl) => format!(
+            "SASL {} login as `{}` with the password in {}; check the credentials and the ACLs for group `{}` and the topics",
+            sasl.mechanism.librdkafka_name(),
+            sasl.username,
+            sasl.secret,
+            cfg.group_id
+        ),
+        None => "no SASL login configured: set `source.sasl` if the brokers require one, and check the ACLs".to_string(),
+    };
+    PipelineError::KafkaDenied(format!(
+        "{} refused the client: {error}{reason} ({hint}); not retried",
+        cfg.brokers.join(",")
+    ))
 }
 
 fn record_of(m: &impl Message) -> KafkaRecord {
@@ -218,6 +270,7 @@ impl Session {
         metrics: Arc<Metrics>,
     ) -> Result<Session, PipelineError> {
         let consumer: SourceConsumer = client_config(cfg)
+            .inspect_err(|_| failed(&metrics, pipeline, "missing_secret"))?
             .set("group.id", &cfg.group_id)
             .create_with_context(SourceContext::new(pipeline))
             .map_err(kafka_err("creating the consumer"))?;
@@ -322,6 +375,10 @@ impl Session {
                         break;
                     }
                     continue;
+                }
+                Ok(Err(e)) if refused(&e) => {
+                    self.failed("unauthorized");
+                    return Err(refusal(&self.cfg, &e, &self.reason()));
                 }
                 Ok(Err(e)) => {
                     // librdkafka retries transient errors itself; these are reports, logged
@@ -675,7 +732,7 @@ pub async fn fetch(
 ) -> Result<Vec<KafkaRecord>, PipelineError> {
     // librdkafka wants a group for `assign`; assigning (unlike subscribing) never joins it, and
     // nothing is committed from here.
-    let consumer: SourceConsumer = client_config(cfg)
+    let consumer: SourceConsumer = client_config(cfg)?
         .set("group.id", &cfg.group_id)
         .create_with_context(SourceContext::new(pipeline))
         .map_err(kafka_err("creating the replay consumer"))?;
@@ -707,6 +764,11 @@ pub async fn fetch(
                 )));
             }
             Ok(Err(KafkaError::PartitionEOF(_))) => continue,
+            Ok(Err(e)) if refused(&e) => {
+                failed(metrics, pipeline, "unauthorized");
+                let reason = consumer.context().last_reason().unwrap_or_default();
+                return Err(refusal(cfg, &e, &reason));
+            }
             Ok(Err(e)) => {
                 let error = e.to_string();
                 metrics
