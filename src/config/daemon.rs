@@ -130,8 +130,8 @@ pub struct KafkaJournalConfig {
     pub fallback_dir: PathBuf,
     /// `security_protocol`: `plaintext` (default) or `sasl_plaintext`.
     pub security_protocol: KafkaSecurity,
-    /// `sasl_mechanism`: `plain` (default), `scram_sha_256` or `scram_sha_512` (with
-    /// `sasl_plaintext`).
+    /// `sasl_mechanism`: `plain` (default; `scram_sha_256` and `scram_sha_512` need librdkafka
+    /// with OpenSSL, which this build lacks: refused with a located error).
     pub sasl_mechanism: crate::config::model::SaslMechanism,
     /// `sasl_username`: SASL user (with `sasl_plaintext`).
     pub sasl_username: Option<String>,
@@ -773,8 +773,10 @@ impl Resolver<'_> {
                 use crate::config::model::SaslMechanism;
                 match v {
                     "plain" => Ok(SaslMechanism::Plain),
-                    "scram_sha_256" => Ok(SaslMechanism::ScramSha256),
-                    "scram_sha_512" => Ok(SaslMechanism::ScramSha512),
+                    "scram_sha_256" | "scram_sha_512" => Err(format!(
+                        "`{v}` needs librdkafka built with OpenSSL (rdkafka's `ssl` feature), \
+                         which this build lacks; expected plain"
+                    )),
                     other => Err(format!(
                         "unknown SASL mechanism `{other}`, expected one of plain, scram_sha_256, scram_sha_512"
                     )),

@@ -342,8 +342,9 @@ pub struct RawKafka {
 #[schemars(rename = "KafkaSasl")]
 #[serde(deny_unknown_fields)]
 pub struct RawKafkaSasl {
-    /// `plain`, `scram_sha_256` or `scram_sha_512`.
-    pub mechanism: RawSaslMechanism,
+    /// `plain` (this build's librdkafka has no OpenSSL, which SCRAM needs: `scram_sha_256` and
+    /// `scram_sha_512` are refused with a located error).
+    pub mechanism: Located<RawSaslMechanism>,
     /// User name.
     pub username: Located<String>,
     /// Environment variable with the password (`[A-Z_][A-Z0-9_]*`).

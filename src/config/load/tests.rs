@@ -225,7 +225,7 @@ fn kafka_source_errors_are_located_and_all_reported() {
 #[test]
 fn kafka_source_sasl_names_its_secret_and_defaults_to_none() {
     let text = format!(
-        "name: p\nsource:\n  type: kafka\n  brokers: [\"127.0.0.1:9092\"]\n  topics: [t]\n  group_id: g\n  sasl: {{mechanism: scram_sha_512, username: backflow, secret: KAFKA_PASSWORD}}\n{KAFKA_SINK}"
+        "name: p\nsource:\n  type: kafka\n  brokers: [\"127.0.0.1:9092\"]\n  topics: [t]\n  group_id: g\n  sasl: {{mechanism: plain, username: backflow, secret: KAFKA_PASSWORD}}\n{KAFKA_SINK}"
     );
     let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
     let SourceConfig::Kafka(source) = &pipeline.source else {
@@ -234,7 +234,7 @@ fn kafka_source_sasl_names_its_secret_and_defaults_to_none() {
     assert_eq!(
         source.sasl,
         Some(KafkaSasl {
-            mechanism: SaslMechanism::ScramSha512,
+            mechanism: SaslMechanism::Plain,
             username: "backflow".to_string(),
             secret: "KAFKA_PASSWORD".to_string(),
         })
@@ -244,7 +244,7 @@ fn kafka_source_sasl_names_its_secret_and_defaults_to_none() {
         "SCRAM-SHA-512"
     );
     let plain = text.replace(
-        "  sasl: {mechanism: scram_sha_512, username: backflow, secret: KAFKA_PASSWORD}\n",
+        "  sasl: {mechanism: plain, username: backflow, secret: KAFKA_PASSWORD}\n",
         "",
     );
     let pipeline = load(&plain).unwrap_or_else(|e| panic!("{e:?}"));
@@ -278,6 +278,17 @@ fn kafka_sasl_errors_are_located() {
         found,
         [
             "p.yaml:8:16: source.sasl.mechanism: unknown variant `gssapi`, expected one of plain, scram_sha_256, scram_sha_512"
+        ],
+        "{found:#?}"
+    );
+    // SCRAM needs librdkafka with OpenSSL, which this build lacks.
+    let found = errors(&source(
+        "    mechanism: scram_sha_256\n    username: u\n    secret: S\n",
+    ));
+    assert_eq!(
+        found,
+        [
+            "p.yaml:8:16: source.sasl.mechanism: `scram_sha_256` needs librdkafka built with OpenSSL (rdkafka's `ssl` feature), which this build lacks; expected plain"
         ],
         "{found:#?}"
     );
