@@ -413,6 +413,12 @@ fn journal_topic_source(
         idle: std::time::Duration::from_secs(2),
         join_timeout: std::time::Duration::from_secs(60),
         session_timeout: std::time::Duration::from_secs(45),
+        sasl: (kafka.security_protocol == crate::config::daemon::KafkaSecurity::SaslPlaintext)
+            .then(|| crate::config::model::KafkaSasl {
+                mechanism: kafka.sasl_mechanism,
+                username: kafka.sasl_username.clone().unwrap_or_default(),
+                secret: kafka.sasl_password_env.clone().unwrap_or_default(),
+            }),
     }
 }
 

@@ -329,7 +329,7 @@ impl KafkaJournal {
                 std::env::var(&env).map_err(|_| KafkaJournalError::MissingSecret(env.clone()))?;
             config
                 .set("security.protocol", "sasl_plaintext")
-                .set("sasl.mechanism", "PLAIN")
+                .set("sasl.mechanism", cfg.sasl_mechanism.librdkafka_name())
                 .set(
                     "sasl.username",
                     cfg.sasl_username.clone().unwrap_or_default(),

@@ -130,7 +130,10 @@ pub struct KafkaJournalConfig {
     pub fallback_dir: PathBuf,
     /// `security_protocol`: `plaintext` (default) or `sasl_plaintext`.
     pub security_protocol: KafkaSecurity,
-    /// `sasl_username`: SASL/PLAIN user (with `sasl_plaintext`).
+    /// `sasl_mechanism`: `plain` (default; `scram_sha_256` and `scram_sha_512` need librdkafka
+    /// with OpenSSL, which this build lacks: refused with a located error).
+    pub sasl_mechanism: crate::config::model::SaslMechanism,
+    /// `sasl_username`: SASL user (with `sasl_plaintext`).
     pub sasl_username: Option<String>,
     /// `sasl_password_env`: the environment variable holding the SASL password (its name, never
     /// the value, is configured).
@@ -242,6 +245,7 @@ const KEYS: &[&str] = &[
     "journal.kafka.message_max_bytes",
     "journal.kafka.fallback_dir",
     "journal.kafka.security_protocol",
+    "journal.kafka.sasl_mechanism",
     "journal.kafka.sasl_username",
     "journal.kafka.sasl_password_env",
 ];
@@ -414,6 +418,8 @@ struct RawKafkaJournal {
     fallback_dir: Option<Located<String>>,
     /// `plaintext` or `sasl_plaintext`.
     security_protocol: Option<Located<String>>,
+    /// `plain`, `scram_sha_256` or `scram_sha_512`.
+    sasl_mechanism: Option<Located<String>>,
     /// SASL user.
     sasl_username: Option<Located<String>>,
     /// Name of the variable holding the SASL password.
@@ -545,6 +551,7 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
             ("journal.kafka.message_max_bytes", k.message_max_bytes),
             ("journal.kafka.fallback_dir", k.fallback_dir),
             ("journal.kafka.security_protocol", k.security_protocol),
+            ("journal.kafka.sasl_mechanism", k.sasl_mechanism),
             ("journal.kafka.sasl_username", k.sasl_username),
             ("journal.kafka.sasl_password_env", k.sasl_password_env),
         ]
@@ -761,6 +768,21 @@ impl Resolver<'_> {
                 )),
             })
             .unwrap_or(KafkaSecurity::Plaintext);
+        let sasl_mechanism = self
+            .get("journal.kafka.sasl_mechanism", |v| {
+                use crate::config::model::SaslMechanism;
+                match v {
+                    "plain" => Ok(SaslMechanism::Plain),
+                    "scram_sha_256" | "scram_sha_512" => Err(format!(
+                        "`{v}` needs librdkafka built with OpenSSL (rdkafka's `ssl` feature), \
+                         which this build lacks; expected plain"
+                    )),
+                    other => Err(format!(
+                        "unknown SASL mechanism `{other}`, expected one of plain, scram_sha_256, scram_sha_512"
+                    )),
+                }
+            })
+            .unwrap_or_default();
         let sasl_username = self.get("journal.kafka.sasl_username", parse_optional_text);
         let sasl_password_env = self.get("journal.kafka.sasl_password_env", |v| {
             if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -797,6 +819,7 @@ impl Resolver<'_> {
             message_max_bytes,
             fallback_dir,
             security_protocol,
+            sasl_mechanism,
             sasl_username,
             sasl_password_env,
         })

@@ -1,6 +1,7 @@
 //! Tests of the daemon configuration (`daemon.rs`).
 
 use super::*;
+use crate::config::model::SaslMechanism;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -141,6 +142,19 @@ fn the_kafka_journal_is_configured_from_the_file_and_the_environment() {
     assert_eq!(k.max_in_flight.get(), 100_000);
     assert_eq!(k.fallback_dir, PathBuf::from("./data/fallback/kafka"));
     assert_eq!(k.security_protocol, KafkaSecurity::Plaintext);
+    assert_eq!(k.sasl_mechanism, SaslMechanism::Plain);
+    let config = load_text(
+        "journal:\n  kind: kafka\n  kafka:\n    brokers: k1:9092\n    security_protocol: sasl_plaintext\n    sasl_mechanism: plain\n    sasl_username: collector\n    sasl_password_env: KAFKA_PASSWORD\n",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let JournalConfig::Kafka(k) = config.journal else {
+        panic!("not kafka: {:?}", config.journal)
+    };
+    assert_eq!(
+        (k.sasl_mechanism, k.sasl_username.as_deref()),
+        (SaslMechanism::Plain, Some("collector"))
+    );
     // Without `kind: kafka` the producer's keys are not read.
     assert_eq!(
         load_text("journal: {kafka: {topic: t}}\n", &[]).map(|c| c.journal),
@@ -166,7 +180,7 @@ fn kafka_journal_errors_are_located() {
     );
     assert_eq!(
         load_text(
-            "journal:\n  kind: kafka\n  kafka:\n    brokers: k1\n    topic: \"a b\"\n    security_protocol: ssl\n    sasl_password_env: \"s3cr3t!\"\n",
+            "journal:\n  kind: kafka\n  kafka:\n    brokers: k1\n    topic: \"a b\"\n    security_protocol: ssl\n    sasl_password_env: \"s3cr3t!\"\n    sasl_mechanism: scram_sha_512\n",
             &[]
         ),
         Err(vec![
@@ -175,6 +189,8 @@ fn kafka_journal_errors_are_located() {
             "F:5:12: journal.kafka.topic: expected a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), found `a b`"
                 .to_string(),
             "F:6:24: journal.kafka.security_protocol: `ssl` needs TLS, which this build's librdkafka lacks (rdkafka's `ssl` feature is off); expected plaintext or sasl_plaintext"
+                .to_string(),
+            "F:8:21: journal.kafka.sasl_mechanism: `scram_sha_512` needs librdkafka built with OpenSSL (rdkafka's `ssl` feature), which this build lacks; expected plain"
                 .to_string(),
             "F:7:24: journal.kafka.sasl_password_env: expected the name of an environment variable (letters, digits, `_`), found `s3cr3t!`; the password itself never goes in the config"
                 .to_string(),

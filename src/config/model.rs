@@ -144,6 +144,36 @@ pub struct KafkaSource {
     pub idle: std::time::Duration,
     pub join_timeout: std::time::Duration,
     pub session_timeout: std::time::Duration,
+    /// SASL login; `None`: none.
+    pub sasl: Option<KafkaSasl>,
+}
+
+/// A Kafka client's SASL login; `secret` names the environment variable with the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSasl {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub secret: String,
+}
+
+/// SASL mechanism of a Kafka login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SaslMechanism {
+    #[default]
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// librdkafka's `sasl.mechanism` value.
+    pub fn librdkafka_name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// Which topics a Kafka source subscribes to.

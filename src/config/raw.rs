@@ -330,6 +330,40 @@ pub struct RawKafka {
     /// Kafka's defaults). Lower means a crashed member's partitions move sooner.
     #[serde(default)]
     pub session_timeout_ms: Option<Located<u64>>,
+    /// SASL login to the brokers (over plaintext: this build's librdkafka has no TLS). Absent:
+    /// no login.
+    #[serde(default)]
+    pub sasl: Option<RawKafkaSasl>,
+}
+
+/// SASL login of a Kafka client. The password is read at run time from the environment
+/// variable `secret` names (or the file `{secret}_FILE` names); it never goes in YAML.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "KafkaSasl")]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaSasl {
+    /// `plain` (this build's librdkafka has no OpenSSL, which SCRAM needs: `scram_sha_256` and
+    /// `scram_sha_512` are refused with a located error).
+    pub mechanism: Located<RawSaslMechanism>,
+    /// User name.
+    pub username: Located<String>,
+    /// Environment variable with the password (`[A-Z_][A-Z0-9_]*`).
+    pub secret: Located<String>,
+}
+
+/// SASL mechanism of a Kafka login.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[schemars(rename = "SaslMechanism")]
+pub enum RawSaslMechanism {
+    /// SASL/PLAIN: the password goes to the broker as is (use it only on a trusted network).
+    #[serde(rename = "plain")]
+    Plain,
+    /// SASL/SCRAM-SHA-256.
+    #[serde(rename = "scram_sha_256")]
+    ScramSha256,
+    /// SASL/SCRAM-SHA-512.
+    #[serde(rename = "scram_sha_512")]
+    ScramSha512,
 }
 
 /// Payload format of Kafka messages.

@@ -82,6 +82,10 @@ pub enum PipelineError {
     Journal(#[from] JournalError),
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The brokers refused the client (login, ACL) or its secret is missing: retrying cannot
+    /// help until someone changes the credentials or the permissions.
+    #[error("kafka: {0}")]
+    KafkaDenied(String),
     #[error("http source: {message}")]
     Http { message: String, retryable: bool },
     #[error("pipeline `{0}` is being run by another process (lock {1})")]
@@ -406,7 +410,11 @@ impl Runtime {
         let publisher = publisher.as_ref();
         // A Kafka source keeps one group member for the whole run.
         let mut kafka = match &pipeline.source {
-            SourceConfig::Kafka(cfg) => Some(kafka_source::Session::connect(cfg, &pipeline.name)?),
+            SourceConfig::Kafka(cfg) => Some(kafka_source::Session::connect(
+                cfg,
+                &pipeline.name,
+                Arc::clone(&self.metrics),
+            )?),
             _ => None,
         };
         // An HTTP source keeps its client and request budget for the whole run.
@@ -420,61 +428,74 @@ impl Runtime {
             )?),
             _ => None,
         };
-        loop {
-            match http.as_mut().and_then(http_source::Session::take_stop) {
-                Some(http_source::Stop::Budget) => return Ok(()),
-                Some(http_source::Stop::Failed(e)) => return Err(e),
-                None => {}
-            }
-            if cancel.is_cancelled()
-                || opts
-                    .max_batches
-                    .is_some_and(|max| summary.batches as usize >= max)
-            {
-                return Ok(());
-            }
-            if let Some(session) = kafka.as_mut() {
-                if !self
-                    .kafka_step(pipeline, session, publisher, summary)
-                    .await?
+        let result = async {
+            loop {
+                match http.as_mut().and_then(http_source::Session::take_stop) {
+                    Some(http_source::Stop::Budget) => return Ok(()),
+                    Some(http_source::Stop::Failed(e)) => return Err(e),
+                    None => {}
+                }
+                if cancel.is_cancelled()
+                    || opts
+                        .max_batches
+                        .is_some_and(|max| summary.batches as usize >= max)
                 {
+                    if let Some(session) = kafka.as_mut() {
+                        session.finish().await;
+                    }
                     return Ok(());
                 }
-                continue;
-            }
-            let (intent, prefetched) = match self.catalog.open_intent(&pipeline.name)? {
-                Some(intent) => {
-                    warn!(pipeline = %pipeline.name, batch = intent.seq, "replaying a batch left open by an earlier run");
-                    self.metrics.batches_replayed.get_or_create(&labels).inc();
-                    summary.replayed_batches += 1;
-                    (intent, None)
-                }
-                None => {
-                    let Some((positions, mut prefetched)) =
-                        self.plan(pipeline, opts, http.as_mut()).await?
-                    else {
+                if let Some(session) = kafka.as_mut() {
+                    if !self
+                        .kafka_step(pipeline, session, publisher, summary)
+                        .await?
+                    {
+                        // The last offset commit's answer (bounded wait).
+                        session.finish().await;
                         return Ok(());
-                    };
-                    let planned_at =
-                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-                    // A source that cannot be read twice keeps its input with the intent.
-                    let input = match &mut prefetched {
-                        Some(Fetched::Http { input, .. }) => input.take(),
-                        _ => None,
-                    };
-                    let intent = self.catalog.create_intent_with_input(
-                        &pipeline.name,
-                        &positions,
-                        &planned_at,
-                        input.as_deref(),
-                    )?;
-                    (intent, prefetched)
+                    }
+                    continue;
                 }
-            };
-            failpoint("after_intent");
-            self.execute_counted(pipeline, &intent, prefetched, None, publisher, summary)
-                .await?;
+                let (intent, prefetched) = match self.catalog.open_intent(&pipeline.name)? {
+                    Some(intent) => {
+                        warn!(pipeline = %pipeline.name, batch = intent.seq, "replaying a batch left open by an earlier run");
+                        self.metrics.batches_replayed.get_or_create(&labels).inc();
+                        summary.replayed_batches += 1;
+                        (intent, None)
+                    }
+                    None => {
+                        let Some((positions, mut prefetched)) =
+                            self.plan(pipeline, opts, http.as_mut()).await?
+                        else {
+                            return Ok(());
+                        };
+                        let planned_at =
+                            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                        // A source that cannot be read twice keeps its input with the intent.
+                        let input = match &mut prefetched {
+                            Some(Fetched::Http { input, .. }) => input.take(),
+                            _ => None,
+                        };
+                        let intent = self.catalog.create_intent_with_input(
+                            &pipeline.name,
+                            &positions,
+                            &planned_at,
+                            input.as_deref(),
+                        )?;
+                        (intent, prefetched)
+                    }
+                };
+                failpoint("after_intent");
+                self.execute_counted(pipeline, &intent, prefetched, None, publisher, summary)
+                    .await?;
+            }
         }
+        .await;
+        // Closing the consumer is bounded (a broker that died must not hang the run).
+        if let Some(session) = kafka {
+            session.close().await;
+        }
+        result
     }
 
     /// Executes a batch and counts it in the run summary and the metrics.
@@ -819,7 +840,7 @@ impl Runtime {
                     serde_json::from_value(positions.clone()).map_err(parse_err)?;
                 info!(pipeline = %pipeline.name, ranges = %kafka_source::describe(&p), "re-reading the batch's kafka offsets");
                 let hits = self.kafka_hits(cfg)?;
-                let records = kafka_source::fetch(cfg, &p).await?;
+                let records = kafka_source::fetch(cfg, &p, &self.metrics, &pipeline.name).await?;
                 Ok(Fetched::Kafka {
                     cfg: cfg.clone(),
                     records,
@@ -862,7 +883,7 @@ impl Runtime {
     ) {
         if let Some(session) = kafka {
             match serde_json::from_value::<KafkaPositions>(positions.clone()) {
-                Ok(p) => session.committed(&p).await,
+                Ok(p) => session.committed(&p),
                 Err(e) => {
                     warn!(pipeline = %pipeline.name, error = %e, "kafka positions unreadable; offsets not committed")
                 }

@@ -277,6 +277,14 @@ pub struct SourceMetrics {
     /// Object-store listings (`kind`: `full`, `after_watermark`).
     pub listings: Family<SourceLabels, Counter>,
     pub objects_listed: Family<PipelineLabels, Counter>,
+    /// Errors the Kafka client reported while a Kafka source read (transport, brokers down).
+    pub kafka_client_errors: Family<PipelineLabels, Counter>,
+    /// Kafka source offset commits that failed or went unanswered (the lake is unaffected).
+    pub kafka_commit_failures: Family<PipelineLabels, Counter>,
+    /// Kafka source failures (`kind`: `brokers_down`, `no_assignment`, `replay_incomplete`,
+    /// `unauthorized`, `missing_secret` stop a run; `close_timeout`: the consumer did not close
+    /// in time, the run went on).
+    pub kafka_failures: Family<SourceLabels, Counter>,
 }
 
 /// Metrics of third-party forwarding, per destination host.
@@ -584,6 +592,25 @@ impl Metrics {
             "Payload bytes of Kafka sink messages the brokers acknowledged",
             prometheus_client::registry::Unit::Bytes,
             m.sink.kafka_bytes.clone(),
+        );
+        r.register(
+            "kafka_source_client_errors",
+            "Errors the Kafka client reported while a Kafka source read (transport failures, \
+             all brokers down)",
+            s.kafka_client_errors.clone(),
+        );
+        r.register(
+            "kafka_source_commit_failures",
+            "Kafka source offset commits that failed or went unanswered by the end of a run \
+             (the lake is unaffected: the catalog decides what is read again)",
+            s.kafka_commit_failures.clone(),
+        );
+        r.register(
+            "kafka_source_failures",
+            "Kafka source failures by reason (brokers_down, no_assignment, replay_incomplete, \
+             unauthorized, missing_secret stop a run; close_timeout: the consumer did not close \
+             in time)",
+            s.kafka_failures.clone(),
         );
         m.kafka_journal.register(r);
         r.register_collector(Box::new(std::sync::Arc::clone(&m.journal)));

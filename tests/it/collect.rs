@@ -25,6 +25,7 @@ pub(crate) fn hit(method: reqwest::Method, url: &str) -> Reply {
     rt.block_on(async {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(60))
             .build()
             .expect("client");
         let resp = client

@@ -725,7 +725,7 @@ fn metric(text: &str, name: &str, kind: Option<&str>) -> u64 {
 }
 
 /// A runtime in this process (memory lake, in-memory catalog), to read its metrics.
-fn in_process(lake: &str) -> backflow::pipeline::Runtime {
+pub(crate) fn in_process(lake: &str) -> backflow::pipeline::Runtime {
     let stores = backflow::storage::StoreRegistry::default();
     let lake = stores.open(&lake.parse().expect("url")).expect("lake");
     backflow::pipeline::Runtime {

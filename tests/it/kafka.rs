@@ -39,7 +39,7 @@ pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let results = runtime()
         .block_on(admin.create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
         ))
         .expect("create_topics");
     for result in results {
@@ -190,8 +190,12 @@ fn events(range: std::ops::Range<i64>) -> Vec<(i32, String)> {
         .collect()
 }
 
+/// How long one `backflow run` of a Kafka pipeline may take before the test kills it and fails
+/// (a rerun after a crash waits up to `join_timeout_ms`, 120 s, for its assignment).
+pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(300);
+
 fn run_kafka(p: &Project) -> serde_json::Value {
-    let out = p.run(&["run", "kafka_events", "--json"]);
+    let out = p.run_bounded(&["run", "kafka_events", "--json"], RUN_LIMIT);
     assert!(
         out.status.success(),
         "run failed: {}\n{}",
@@ -281,8 +285,11 @@ fn crash_then_rerun(point: &str) {
     let crashed = p
         .command(&["run", "kafka_events"])
         .env("BACKFLOW_FAILPOINT", point)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("spawn");
+    let crashed = wait_bounded(crashed, "the crashing run", RUN_LIMIT);
     assert!(
         !crashed.status.success(),
         "{point}: the failpoint did not stop the process"

@@ -35,7 +35,7 @@ fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let results = runtime()
         .block_on(admin.create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
         ))
         .expect("create_topics");
     for result in results {

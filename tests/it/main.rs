@@ -20,6 +20,7 @@ mod hits;
 mod http_source;
 mod journal;
 mod kafka;
+mod kafka_auth;
 mod kafka_journal;
 mod kafka_scale;
 mod kafka_sink;

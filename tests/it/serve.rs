@@ -109,7 +109,11 @@ pub(crate) mod http {
 
     pub fn send(method: Method, url: &str, token: Option<&str>) -> Result<Reply> {
         rt().block_on(async {
-            let mut req = Client::new().request(method, url);
+            // Bounded: a daemon that stops answering fails the test instead of hanging it.
+            let client = Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()?;
+            let mut req = client.request(method, url);
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }

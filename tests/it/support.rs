@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use polars::prelude::*;
 
@@ -106,6 +108,18 @@ impl Project {
         self.command(args).output().expect("spawn backflow")
     }
 
+    /// [`Project::run`], killed (and the test failed) if it has not exited within `limit`.
+    pub fn run_bounded(&self, args: &[&str], limit: Duration) -> Output {
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn backflow");
+        wait_bounded(child, &format!("backflow {}", args.join(" ")), limit)
+    }
+
     /// `backflow run behavior_events --json`, asserting success; returns the summary.
     pub fn run_pipeline_ok(&self) -> serde_json::Value {
         let out = self.run(&["run", "behavior_events", "--json"]);
@@ -117,6 +131,43 @@ impl Project {
         );
         serde_json::from_str(stdout(&out).lines().last().unwrap_or("")).expect("summary JSON")
     }
+}
+
+/// Waits for `child` (stdout/stderr piped or not) at most `limit`: a hung process is killed and
+/// the test fails naming `what`, instead of the test hanging until the runner kills it.
+pub fn wait_bounded(mut child: Child, what: &str, limit: Duration) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let polls = limit.as_millis() / 100;
+    for _ in 0..polls {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Output {
+                status,
+                stdout: out.join().unwrap_or_default(),
+                stderr: err.join().unwrap_or_default(),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    panic!(
+        "{what} did not exit within {limit:?} (killed)\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
 }
 
 pub fn stdout(out: &Output) -> String {

@@ -6,9 +6,12 @@ use super::Converter;
 use super::http::check_env_name;
 use crate::config::daemon::KafkaSecurity;
 use crate::config::model::{
-    KafkaFormat, KafkaSink, KafkaSinkFormat, KafkaSource, KafkaTopics, StartFrom,
+    KafkaFormat, KafkaSasl, KafkaSink, KafkaSinkFormat, KafkaSource, KafkaTopics, SaslMechanism,
+    StartFrom,
 };
-use crate::config::raw::{Located, OrderedMap, RawKafka, RawKafkaFormat, RawStartFrom};
+use crate::config::raw::{
+    Located, OrderedMap, RawKafka, RawKafkaFormat, RawKafkaSasl, RawSaslMechanism, RawStartFrom,
+};
 use crate::config::raw_kafka_sink::{
     RawKafkaSink, RawKafkaSinkFormat, RawScalar, RawSecurityProtocol,
 };
@@ -111,6 +114,10 @@ impl Converter<'_> {
         let idle = self.limit(raw.idle_ms, "source.idle_ms", 2_000);
         let join = self.limit(raw.join_timeout_ms, "source.join_timeout_ms", 60_000);
         let session = self.limit(raw.session_timeout_ms, "source.session_timeout_ms", 45_000);
+        let sasl = match raw.sasl {
+            None => Some(None),
+            Some(sasl) => self.kafka_sasl(sasl).map(Some),
+        };
         Some(KafkaSource {
             brokers: brokers?,
             topics: topics?,
@@ -131,6 +138,34 @@ impl Converter<'_> {
             idle: Duration::from_millis(idle?.0.get()),
             join_timeout: Duration::from_millis(join?.0.get()),
             session_timeout: Duration::from_millis(session?.0.get()),
+            sasl: sasl?,
+        })
+    }
+
+    fn kafka_sasl(&mut self, raw: RawKafkaSasl) -> Option<KafkaSasl> {
+        let username = self.non_empty(&raw.username, "source.sasl.username", "user name");
+        let secret = self.errors.check(
+            raw.secret.location(),
+            "source.sasl.secret",
+            super::http::check_env_name(raw.secret.value()),
+        );
+        let mechanism = match raw.mechanism.value() {
+            RawSaslMechanism::Plain => Ok(SaslMechanism::Plain),
+            RawSaslMechanism::ScramSha256 => Err("scram_sha_256"),
+            RawSaslMechanism::ScramSha512 => Err("scram_sha_512"),
+        }
+        .map_err(|name| {
+            format!(
+                "`{name}` needs librdkafka built with OpenSSL (rdkafka's `ssl` feature), which this build lacks; expected plain"
+            )
+        });
+        let mechanism =
+            self.errors
+                .check(raw.mechanism.location(), "source.sasl.mechanism", mechanism);
+        Some(KafkaSasl {
+            mechanism: mechanism?,
+            username: username?,
+            secret: secret?,
         })
     }
 

@@ -1,5 +1,7 @@
 use super::*;
-use crate::config::model::{KafkaFormat, KafkaTopics, Misfire, Overlap, RetryPolicy, StartFrom};
+use crate::config::model::{
+    KafkaFormat, KafkaSasl, KafkaTopics, Misfire, Overlap, RetryPolicy, SaslMechanism, StartFrom,
+};
 
 const MINIMAL: &str = "name: p\nsource: {type: object_store_files, url: memory://in}\n\
                        sink: {type: parquet, dataset: d, partition_by: {column: ts}}\n";
@@ -304,6 +306,89 @@ fn a_journal_pipeline_cannot_publish_to_kafka() {
 }
 
 #[test]
+fn kafka_source_sasl_names_its_secret_and_defaults_to_none() {
+    let text = format!(
+        "name: p\nsource:\n  type: kafka\n  brokers: [\"127.0.0.1:9092\"]\n  topics: [t]\n  group_id: g\n  sasl: {{mechanism: plain, username: backflow, secret: KAFKA_PASSWORD}}\n{KAFKA_SINK}"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::Kafka(source) = &pipeline.source else {
+        panic!("expected a kafka source");
+    };
+    assert_eq!(
+        source.sasl,
+        Some(KafkaSasl {
+            mechanism: SaslMechanism::Plain,
+            username: "backflow".to_string(),
+            secret: "KAFKA_PASSWORD".to_string(),
+        })
+    );
+    assert_eq!(
+        SaslMechanism::ScramSha512.librdkafka_name(),
+        "SCRAM-SHA-512"
+    );
+    let plain = text.replace(
+        "  sasl: {mechanism: plain, username: backflow, secret: KAFKA_PASSWORD}\n",
+        "",
+    );
+    let pipeline = load(&plain).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::Kafka(source) = &pipeline.source else {
+        panic!("expected a kafka source");
+    };
+    assert_eq!(source.sasl, None);
+}
+
+#[test]
+fn kafka_sasl_errors_are_located() {
+    let source = |sasl: &str| {
+        format!(
+            "name: p\nsource:\n  type: kafka\n  brokers: [\"127.0.0.1:9092\"]\n  topics: [t]\n  group_id: g\n  sasl:\n{sasl}{KAFKA_SINK}"
+        )
+    };
+    // The user name empty and the secret not a variable name: both reported.
+    let found = errors(&source(
+        "    mechanism: plain\n    username: \"\"\n    secret: hunter2!\n",
+    ));
+    let want = [
+        "p.yaml:9:15: source.sasl.username: user name must not be empty",
+        "p.yaml:10:13: source.sasl.secret: `hunter2!` is not an environment variable name (`[A-Z_][A-Z0-9_]*`); the secret itself never goes in YAML",
+    ];
+    assert_eq!(found, want, "{found:#?}");
+    // A mechanism librdkafka would not log in with here.
+    let found = errors(&source(
+        "    mechanism: gssapi\n    username: u\n    secret: S\n",
+    ));
+    assert_eq!(
+        found,
+        [
+            "p.yaml:8:16: source.sasl.mechanism: unknown variant `gssapi`, expected one of plain, scram_sha_256, scram_sha_512"
+        ],
+        "{found:#?}"
+    );
+    // SCRAM needs librdkafka with OpenSSL, which this build lacks.
+    let found = errors(&source(
+        "    mechanism: scram_sha_256\n    username: u\n    secret: S\n",
+    ));
+    assert_eq!(
+        found,
+        [
+            "p.yaml:8:16: source.sasl.mechanism: `scram_sha_256` needs librdkafka built with OpenSSL (rdkafka's `ssl` feature), which this build lacks; expected plain"
+        ],
+        "{found:#?}"
+    );
+    // A password in YAML is refused (by its key; the value is never echoed).
+    let found = errors(&source(
+        "    mechanism: plain\n    username: u\n    password: s3cr3t\n",
+    ));
+    assert_eq!(
+        found,
+        [
+            "p.yaml:10:5: source.sasl.password: unknown field `password`, expected one of mechanism, username, secret"
+        ],
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn schedule_policies_get_defaults_and_parse() {
     let pipeline = load(&format!("{MINIMAL}schedule: {{cron: \"*/5 * * * * *\"}}\n"))
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -556,7 +641,7 @@ fn a_dataset_job_that_is_not_valid_yaml_reports_its_syntax_error() {
     let file = dir.join("t.yaml");
     std::fs::write(&file, "kind: dataset # a job\nname: t\ndataset: [1\n")
         .unwrap_or_else(|e| panic!("{e}"));
-    let report = load_pipelines(&[file.clone()], &LoadOptions::default());
+    let report = load_pipelines(std::slice::from_ref(&file), &LoadOptions::default());
     std::fs::remove_dir_all(&dir).ok();
     let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 1, "{errors:?}");

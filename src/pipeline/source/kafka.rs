@@ -17,11 +17,12 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -36,6 +37,7 @@ use crate::collect::decode as hit_decode;
 use crate::collect::registry::MediaRegistry;
 use crate::config::model::{KafkaFormat, KafkaSource, KafkaTopics, StartFrom};
 use crate::enrich::Enricher;
+use crate::telemetry::{Metrics, SourceLabels};
 
 /// One message as read.
 #[derive(Debug, Clone)]
@@ -95,7 +97,46 @@ fn kafka_err(what: &str) -> impl Fn(KafkaError) -> PipelineError + '_ {
     move |e| PipelineError::Kafka(format!("{what}: {e}"))
 }
 
-fn client_config(cfg: &KafkaSource) -> ClientConfig {
+/// The consumer's context: keeps the reason text of the client's last error (the error that
+/// comes out of `recv` carries only a code).
+struct SourceContext {
+    pipeline: String,
+    last_reason: Mutex<Option<String>>,
+}
+
+impl SourceContext {
+    fn new(pipeline: &str) -> SourceContext {
+        SourceContext {
+            pipeline: pipeline.to_string(),
+            last_reason: Mutex::new(None),
+        }
+    }
+
+    fn last_reason(&self) -> Option<String> {
+        self.last_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Logged (once per change) where the error comes out of `recv`, with this reason.
+        tracing::debug!(pipeline = %self.pipeline, %error, reason, "kafka client error event");
+        *self
+            .last_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_string());
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+type SourceConsumer = StreamConsumer<SourceContext>;
+
+/// The client's settings; with `sasl`, the password is read from its secret now.
+fn client_config(cfg: &KafkaSource) -> Result<ClientConfig, PipelineError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", cfg.brokers.join(","))
@@ -120,7 +161,58 @@ fn client_config(cfg: &KafkaSource) -> ClientConfig {
                 StartFrom::Latest => "latest",
             },
         );
-    config
+    if let Some(sasl) = &cfg.sasl {
+        let password = super::secret::lookup(&sasl.secret)
+            .map_err(|e| PipelineError::KafkaDenied(format!("source.sasl.secret: {e}")))?;
+        config
+            .set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanism", sasl.mechanism.librdkafka_name())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", password);
+    }
+    Ok(config)
+}
+
+/// Whether `e` says the brokers refused this client: a failed SASL login, or no permission
+/// (ACL) on the cluster, the group or a topic. librdkafka retries these forever; a run stops.
+fn refused(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Authentication
+                | C::SaslAuthenticationFailed
+                | C::UnsupportedSASLMechanism
+                | C::IllegalSASLState
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+        )
+    )
+}
+
+/// The non-retryable error for a refusal: the brokers, what the client tried, librdkafka's
+/// reason, and what to check. Never the password.
+fn refusal(cfg: &KafkaSource, error: &KafkaError, reason: &str) -> PipelineError {
+    let reason = if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    };
+    let hint = match &cfg.sasl {
+        Some(sasl) => format!(
+            "SASL {} login as `{}` with the password in {}; check the credentials and the ACLs for group `{}` and the topics",
+            sasl.mechanism.librdkafka_name(),
+            sasl.username,
+            sasl.secret,
+            cfg.group_id
+        ),
+        None => "no SASL login configured: set `source.sasl` if the brokers require one, and check the ACLs".to_string(),
+    };
+    PipelineError::KafkaDenied(format!(
+        "{} refused the client: {error}{reason} ({hint}); not retried",
+        cfg.brokers.join(",")
+    ))
 }
 
 fn record_of(m: &impl Message) -> KafkaRecord {
@@ -149,13 +241,17 @@ fn sort_records(records: &mut [KafkaRecord]) {
 
 /// A run's group member: subscribed once, read batch after batch.
 pub struct Session {
-    consumer: Arc<StreamConsumer>,
+    /// `None` once handed to the closing thread ([`Session::close`], or dropping the session).
+    consumer: Option<Arc<SourceConsumer>>,
     cfg: KafkaSource,
     pipeline: String,
+    metrics: Arc<Metrics>,
     /// Where each partition continues (the catalog's view), loaded on the first plan.
     next: Option<Offsets>,
     /// The group's offsets are behind the catalog: commit `next` at the next chance.
     commit_pending: bool,
+    /// The offsets of the last commit sent (checked against the group's at the end of a run).
+    commit_sent: Option<TopicPartitionList>,
     /// A message or partition end has been seen: the group has assigned partitions.
     joined: bool,
     /// The last client error with no message or partition end after it (kept across batches:
@@ -174,10 +270,15 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// Creates the consumer and subscribes (the group is joined on the first read).
-    pub fn connect(cfg: &KafkaSource, pipeline: &str) -> Result<Session, PipelineError> {
-        let consumer: StreamConsumer = client_config(cfg)
+    pub fn connect(
+        cfg: &KafkaSource,
+        pipeline: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Session, PipelineError> {
+        let consumer: SourceConsumer = client_config(cfg)
+            .inspect_err(|_| failed(&metrics, pipeline, "missing_secret"))?
             .set("group.id", &cfg.group_id)
-            .create()
+            .create_with_context(SourceContext::new(pipeline))
             .map_err(kafka_err("creating the consumer"))?;
         match &cfg.topics {
             KafkaTopics::Names(names) => {
@@ -188,11 +289,13 @@ impl Session {
         }
         .map_err(kafka_err("subscribing"))?;
         Ok(Session {
-            consumer: Arc::new(consumer),
+            consumer: Some(Arc::new(consumer)),
             cfg: cfg.clone(),
             pipeline: pipeline.to_string(),
+            metrics,
             next: None,
             commit_pending: false,
+            commit_sent: None,
             joined: false,
             error_since_progress: None,
         })
@@ -215,22 +318,31 @@ impl Session {
         let mut at_end: HashSet<i32> = HashSet::new();
         let mut last_error: Option<String> = None;
         let started = Instant::now();
+        // The last message or partition end. The deadlines count from progress, never from
+        // the last client error: with the brokers gone librdkafka reports `AllBrokersDown`
+        // every ~100 ms, and a wait restarted by each report would never end.
+        let mut progress_at = started;
         while records.len() < self.cfg.max_records_per_batch.get()
             && bytes < self.cfg.max_bytes_per_batch.get()
         {
-            let wait = if self.joined {
-                self.cfg.idle
+            let deadline = if self.joined {
+                progress_at + self.cfg.idle
             } else {
-                self.cfg.join_timeout.saturating_sub(started.elapsed())
+                started + self.cfg.join_timeout
             };
-            let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let consumer = Arc::clone(self.consumer()?);
+            let message = match tokio::time::timeout(wait, consumer.recv()).await {
                 Err(_) if self.joined => {
                     if let (true, Some(error)) = (records.is_empty(), &self.error_since_progress) {
                         // Not drained: nothing arrives because the client cannot reach the
                         // brokers. Failing (retryable) keeps the run from reporting success.
+                        self.failed("brokers_down");
                         return Err(PipelineError::Kafka(format!(
-                            "no message and no partition end for {} ms, and the client reports: {error} (brokers down?)",
-                            self.cfg.idle.as_millis()
+                            "no message and no partition end for {} ms from {}, and the client reports: {error}{} (brokers down?)",
+                            self.cfg.idle.as_millis(),
+                            self.cfg.brokers.join(","),
+                            self.reason_suffix()
                         )));
                     }
                     break;
@@ -238,11 +350,22 @@ impl Session {
                 Err(_) => {
                     let assigned = self.assigned()?;
                     if assigned.is_empty() {
+                        self.failed("no_assignment");
                         return Err(PipelineError::Kafka(format!(
-                            "no partition assigned to group `{}` within {} ms (brokers down, topic missing?); last client error: {}",
+                            "no partition assigned to group `{}` by {} within {} ms (brokers down, topic missing?); last client error: {}",
                             self.cfg.group_id,
+                            self.cfg.brokers.join(","),
                             self.cfg.join_timeout.as_millis(),
                             last_error.as_deref().unwrap_or("none")
+                        )));
+                    }
+                    if let (true, Some(error)) = (records.is_empty(), &last_error) {
+                        // Assigned but never a message nor a partition end: not drained.
+                        self.failed("brokers_down");
+                        return Err(PipelineError::Kafka(format!(
+                            "no message and no partition end for {} ms from {} after joining the group, and the client reports: {error} (brokers down?)",
+                            self.cfg.join_timeout.as_millis(),
+                            self.cfg.brokers.join(",")
                         )));
                     }
                     warn!(pipeline = %self.pipeline, partitions = assigned.len(), "no message and no partition end within the join timeout");
@@ -251,6 +374,7 @@ impl Session {
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
                     self.joined = true;
                     self.error_since_progress = None;
+                    progress_at = Instant::now();
                     at_end.insert(partition);
                     let assigned = self.assigned()?;
                     if !assigned.is_empty() && assigned.iter().all(|(_, p)| at_end.contains(p)) {
@@ -258,17 +382,32 @@ impl Session {
                     }
                     continue;
                 }
+                Ok(Err(e)) if refused(&e) => {
+                    self.failed("unauthorized");
+                    return Err(refusal(&self.cfg, &e, &self.reason()));
+                }
                 Ok(Err(e)) => {
-                    // librdkafka retries transient errors itself; these are reports.
-                    warn!(pipeline = %self.pipeline, error = %e, "kafka client error");
-                    last_error = Some(e.to_string());
-                    self.error_since_progress = Some(e.to_string());
+                    // librdkafka retries transient errors itself; these are reports, logged
+                    // when they change (a dead broker is reported every ~100 ms).
+                    let error = e.to_string();
+                    self.metrics
+                        .source
+                        .kafka_client_errors
+                        .get_or_create(&Metrics::labels(&self.pipeline))
+                        .inc();
+                    if self.error_since_progress.as_deref() != Some(error.as_str()) {
+                        let reason = self.reason();
+                        warn!(pipeline = %self.pipeline, error = %error, reason = %reason, "kafka client error");
+                    }
+                    last_error = Some(error.clone());
+                    self.error_since_progress = Some(error);
                     continue;
                 }
                 Ok(Ok(message)) => message,
             };
             self.joined = true;
             self.error_since_progress = None;
+            progress_at = Instant::now();
             at_end.remove(&message.partition());
             let key = (message.topic().to_string(), message.partition());
             let offset = message.offset();
@@ -301,7 +440,7 @@ impl Session {
         }
         if records.is_empty() {
             if self.commit_pending {
-                self.commit().await;
+                self.commit();
             }
             return Ok(None);
         }
@@ -321,9 +460,56 @@ impl Session {
         Ok(Some((positions, records)))
     }
 
+    /// The reason text of the client's last error event (`""` when none).
+    fn reason(&self) -> String {
+        self.consumer
+            .as_ref()
+            .and_then(|c| c.context().last_reason())
+            .unwrap_or_default()
+    }
+
+    /// `: {reason}` of the client's last error event, or nothing.
+    fn reason_suffix(&self) -> String {
+        match self.reason() {
+            r if r.is_empty() => String::new(),
+            r => format!(": {r}"),
+        }
+    }
+
+    /// Counts a failure that stops the run.
+    fn failed(&self, kind: &str) {
+        failed(&self.metrics, &self.pipeline, kind);
+    }
+
+    fn consumer(&self) -> Result<&Arc<SourceConsumer>, PipelineError> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| PipelineError::Kafka("the consumer is closed".to_string()))
+    }
+
+    /// Closes the consumer (leaving the group) on a thread of its own and waits for it at most
+    /// `min(session_timeout, 10 s)`. rdkafka's consumer drop waits for librdkafka's close
+    /// without a bound, and that close waits for outstanding offset commits, which with the
+    /// coordinator gone did not end within minutes: a run must not hang on it. A close still
+    /// running then is logged and left to finish in the background.
+    pub async fn close(mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let bound = self
+            .cfg
+            .session_timeout
+            .min(std::time::Duration::from_secs(10));
+        let done = close_in_background(consumer, &self.pipeline);
+        if tokio::time::timeout(bound, done).await.is_err() {
+            self.failed("close_timeout");
+            warn!(pipeline = %self.pipeline, timeout_ms = bound.as_millis(), "the kafka consumer did not close in time (brokers down?); left closing in the background");
+        }
+    }
+
     fn assigned(&self) -> Result<Vec<(String, i32)>, PipelineError> {
         let list = self
-            .consumer
+            .consumer()?
             .assignment()
             .map_err(kafka_err("reading the assignment"))?;
         Ok(list
@@ -334,15 +520,18 @@ impl Session {
     }
 
     /// After the catalog committed a batch: remember its `next` and commit it to the group.
-    pub async fn committed(&mut self, positions: &KafkaPositions) {
+    pub fn committed(&mut self, positions: &KafkaPositions) {
         self.next = Some(positions.next_offsets());
         self.commit_pending = true;
-        self.commit().await;
+        self.commit();
     }
 
-    /// Commits `next` for the partitions this member holds. A failure is logged and retried
-    /// after the next batch: the catalog, not the group, decides what is read again.
-    async fn commit(&mut self) {
+    /// Sends the commit of `next` for the partitions this member holds, without waiting for
+    /// the answer: a synchronous `rd_kafka_commit` waits without a bound (with the coordinator
+    /// lost mid-request it never returned). A commit that fails is superseded by the next one
+    /// (each carries every partition's `next`), and [`Session::finish`] checks the last; the
+    /// catalog, not the group, decides what is read again.
+    fn commit(&mut self) {
         let Some(next) = &self.next else {
             return;
         };
@@ -367,22 +556,128 @@ impl Session {
             // Not in the group yet (a replay before the first read): commit after the next plan.
             return;
         }
-        let consumer = Arc::clone(&self.consumer);
-        let result =
-            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
-        match result {
-            Ok(Ok(())) => {
+        let Ok(consumer) = self.consumer() else {
+            return;
+        };
+        match consumer.commit(&list, CommitMode::Async) {
+            Ok(()) => {
                 self.commit_pending = false;
-                info!(pipeline = %self.pipeline, group = %self.cfg.group_id, partitions = assigned.len(), "kafka offsets committed");
-            }
-            Ok(Err(e)) => {
-                warn!(pipeline = %self.pipeline, error = %e, "kafka offsets not committed; retried after the next batch")
+                tracing::debug!(pipeline = %self.pipeline, partitions = list.count(), "kafka offset commit sent");
+                self.commit_sent = Some(list);
             }
             Err(e) => {
-                warn!(pipeline = %self.pipeline, error = %e, "kafka offset commit task failed")
+                warn!(pipeline = %self.pipeline, error = %e, "kafka offsets not committed; retried after the next batch")
             }
         }
     }
+
+    /// At the end of a successful run: sends an owed commit, then reads the group's offsets
+    /// back until they hold the last commit sent, at most the session timeout (each read is
+    /// bounded too). A commit still missing then is logged and counted; the next run skips
+    /// what the lake already holds.
+    pub async fn finish(&mut self) {
+        if self.commit_pending {
+            self.commit();
+        }
+        let Some(sent) = self.commit_sent.clone() else {
+            return;
+        };
+        let deadline = Instant::now() + self.cfg.session_timeout;
+        let mut last_error = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let Ok(consumer) = self.consumer().map(Arc::clone) else {
+                return;
+            };
+            let query = sent.clone();
+            let read = left.min(std::time::Duration::from_secs(5));
+            let reader = Arc::clone(&consumer);
+            let answer = tokio::task::spawn_blocking(move || {
+                reader.committed_offsets(query, rdkafka::util::Timeout::After(read))
+            })
+            .await;
+            match answer {
+                Ok(Ok(group)) if holds(&group, &sent) => {
+                    info!(pipeline = %self.pipeline, group = %self.cfg.group_id, partitions = sent.count(), "kafka offsets committed");
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => last_error = Some(e.to_string()),
+                Err(e) => last_error = Some(e.to_string()),
+            }
+            // Not there yet (or lost): send it again, look again shortly.
+            if let Err(e) = consumer.commit(&sent, CommitMode::Async) {
+                last_error = Some(e.to_string());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200).min(left)).await;
+        }
+        self.metrics
+            .source
+            .kafka_commit_failures
+            .get_or_create(&Metrics::labels(&self.pipeline))
+            .inc();
+        warn!(pipeline = %self.pipeline, group = %self.cfg.group_id, timeout_ms = self.cfg.session_timeout.as_millis(), last_error = last_error.as_deref().unwrap_or("none"), "kafka offsets not confirmed by the end of the run; the next run skips what the lake already holds");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Never the (unbounded) close on the caller's thread: see `Session::close`.
+        if let Some(consumer) = self.consumer.take() {
+            drop(close_in_background(consumer, &self.pipeline));
+        }
+    }
+}
+
+/// Drops (closes) `consumer` on a new thread; the receiver learns when it is done. If the
+/// thread cannot be started, the consumer is closed on this one.
+fn close_in_background(
+    consumer: Arc<SourceConsumer>,
+    pipeline: &str,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let pipeline = pipeline.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".to_string())
+        .spawn(move || {
+            let started = Instant::now();
+            drop(consumer);
+            let took = started.elapsed();
+            if took > std::time::Duration::from_secs(10) {
+                warn!(pipeline = %pipeline, took_ms = took.as_millis(), "closing the kafka consumer took long");
+            }
+            let _ = tx.send(());
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "no thread to close the kafka consumer on; closing it here");
+    }
+    rx
+}
+
+/// Whether the group's offsets `group` are at or past every offset of `sent`.
+fn holds(group: &TopicPartitionList, sent: &TopicPartitionList) -> bool {
+    sent.elements().iter().all(|want| {
+        group
+            .find_partition(want.topic(), want.partition())
+            .is_some_and(|got| match (got.offset(), want.offset()) {
+                (Offset::Offset(got), Offset::Offset(want)) => got >= want,
+                _ => false,
+            })
+    })
+}
+
+fn failed(metrics: &Metrics, pipeline: &str, kind: &str) {
+    metrics
+        .source
+        .kafka_failures
+        .get_or_create(&SourceLabels {
+            pipeline: pipeline.to_string(),
+            kind: kind.to_string(),
+        })
+        .inc();
 }
 
 /// Fits a planned batch to the catalog just before its intent is recorded: with several
@@ -447,6 +742,8 @@ pub fn fit(
 pub async fn fetch(
     cfg: &KafkaSource,
     positions: &KafkaPositions,
+    metrics: &Arc<Metrics>,
+    pipeline: &str,
 ) -> Result<Vec<KafkaRecord>, PipelineError> {
     if positions.ranges.is_empty() {
         // A batch that only releases staged records.
@@ -454,9 +751,9 @@ pub async fn fetch(
     }
     // librdkafka wants a group for `assign`; assigning (unlike subscribing) never joins it, and
     // nothing is committed from here.
-    let consumer: StreamConsumer = client_config(cfg)
+    let consumer: SourceConsumer = client_config(cfg)?
         .set("group.id", &cfg.group_id)
-        .create()
+        .create_with_context(SourceContext::new(pipeline))
         .map_err(kafka_err("creating the replay consumer"))?;
     let mut list = TopicPartitionList::new();
     let mut wanted: BTreeMap<(String, i32), &PartitionRange> = BTreeMap::new();
@@ -471,19 +768,37 @@ pub async fn fetch(
     let mut pending: HashSet<(String, i32)> = wanted.keys().cloned().collect();
     let mut records = Vec::new();
     let deadline = Instant::now() + cfg.join_timeout;
+    let mut last_error: Option<String> = None;
     while !pending.is_empty() {
         let wait = deadline.saturating_duration_since(Instant::now());
         let message = match tokio::time::timeout(wait, consumer.recv()).await {
             Err(_) => {
+                failed(metrics, pipeline, "replay_incomplete");
                 return Err(PipelineError::Kafka(format!(
-                    "replaying a batch: {} partition(s) did not deliver their recorded offsets within {} ms (deleted by retention, or brokers down)",
+                    "replaying a batch: {} partition(s) did not deliver their recorded offsets from {} within {} ms (deleted by retention, or brokers down); last client error: {}",
                     pending.len(),
-                    cfg.join_timeout.as_millis()
+                    cfg.brokers.join(","),
+                    cfg.join_timeout.as_millis(),
+                    last_error.as_deref().unwrap_or("none")
                 )));
             }
             Ok(Err(KafkaError::PartitionEOF(_))) => continue,
+            Ok(Err(e)) if refused(&e) => {
+                failed(metrics, pipeline, "unauthorized");
+                let reason = consumer.context().last_reason().unwrap_or_default();
+                return Err(refusal(cfg, &e, &reason));
+            }
             Ok(Err(e)) => {
-                warn!(error = %e, "kafka client error during a replay");
+                let error = e.to_string();
+                metrics
+                    .source
+                    .kafka_client_errors
+                    .get_or_create(&Metrics::labels(pipeline))
+                    .inc();
+                if last_error.as_deref() != Some(error.as_str()) {
+                    warn!(pipeline, error = %error, "kafka client error during a replay");
+                }
+                last_error = Some(error);
                 continue;
             }
             Ok(Ok(message)) => message,

@@ -3,3 +3,4 @@
 pub mod http;
 pub mod kafka;
 pub mod object_store_files;
+pub mod secret;

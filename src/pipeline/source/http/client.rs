@@ -27,28 +27,12 @@ impl std::fmt::Debug for Secret {
 
 /// Reads the secret named `name`: the variable itself, else the file `{name}_FILE` names.
 pub fn read_secret(name: &str) -> Result<Secret, PipelineError> {
-    let missing = |detail: String| PipelineError::Http {
-        message: format!(
-            "secret `{name}` {detail}: set the environment variable {name} (or {name}_FILE to a file holding it)"
-        ),
-        retryable: false,
-    };
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => return Ok(Secret(value.trim().to_string())),
-        Ok(_) => return Err(missing("is empty".into())),
-        Err(_) => {}
-    }
-    let file_var = format!("{name}_FILE");
-    let Ok(path) = std::env::var(&file_var) else {
-        return Err(missing("is not set".into()));
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(value) if !value.trim().is_empty() => Ok(Secret(value.trim().to_string())),
-        Ok(_) => Err(missing(format!("file {path} (from {file_var}) is empty"))),
-        Err(e) => Err(missing(format!(
-            "file {path} (from {file_var}) is unreadable: {e}"
-        ))),
-    }
+    super::super::secret::lookup(name)
+        .map(Secret)
+        .map_err(|message| PipelineError::Http {
+            message,
+            retryable: false,
+        })
 }
 
 /// A response body that was accepted (2xx).
