@@ -145,14 +145,19 @@ impl ObjectDecoder {
     /// quote. Escapes are resolved by serde_json, exactly as the reference resolves them.
     fn string(&mut self, text: &str, start: usize) -> Option<(Text, usize)> {
         let b = text.as_bytes();
-        // The first quote or backslash; no control character before it (a branch-free check
-        // the compiler vectorizes).
-        let rest = b.get(start + 1..)?;
-        let stop = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[..stop].iter().fold(false, |bad, &c| bad | (c < 0x20)) {
-            return None;
+        // The first byte that is a quote, a backslash or a control character, 8 bytes a step.
+        let mut i = start + 1;
+        while let Some(word) = b.get(i..i + 8) {
+            let flags = specials(u64::from_le_bytes(word.try_into().ok()?));
+            if flags != 0 {
+                i += (flags.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
         }
-        let mut i = start + 1 + stop;
+        while !matches!(*b.get(i)?, b'"' | b'\\' | 0..=0x1f) {
+            i += 1;
+        }
         if b[i] == b'"' {
             return Some((Text::Span(start + 1, i), i + 1));
         }
@@ -171,6 +176,19 @@ impl ObjectDecoder {
         self.owned.push(unescaped);
         Some((Text::Owned(self.owned.len() - 1), end))
     }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// The bytes of `word` (little-endian) that are `"`, `\` or below 0x20, flagged in their high
+/// bit. The lowest flag is exact; flags above it may be spurious (borrows), so only the lowest
+/// is read.
+fn specials(word: u64) -> u64 {
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+    let quote = zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    (quote | backslash | control) & (ONES * 0x80)
 }
 
 /// JSON whitespace, as serde_json skips it.
@@ -262,7 +280,7 @@ mod tests {
         }
     }
 
-    const SEEDS: [&str; 8] = [
+    const SEEDS: [&str; 9] = [
         r#"{"event_id":"e0000000001","cost_micros":37,"ok":true,"no":false,"x":null}"#,
         r#" { "a" : -0.5e+3 , "b":"caf\u00e9 \"q\" \\ \/","c":0,"d":-12.25E-2 } "#,
         r#"{"k\"ey":"v","uni":"日本語","e":"","n":1e5}"#,
@@ -271,6 +289,7 @@ mod tests {
         r#"{"nested":{"a":[1,2]},"after":"x"}"#,
         r#"{"s":"\ud83d\ude00","lone":"\ud800"}"#,
         "{\"tab\":\"a\tb\",\"nl\":\"\\n\"}\r\n",
+        r#"{"user_agent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0","é":"ü→x"}"#,
     ];
 
     #[test]
@@ -319,6 +338,25 @@ mod tests {
             check(&invalid);
         }
         assert!(cases > 10_000, "{cases}");
+    }
+
+    #[test]
+    fn the_word_scan_finds_the_first_special_byte_at_every_position() {
+        for at in 0..8 {
+            for special in [b'"', b'\\', 0x00, 0x1f] {
+                for filler in [b'a', 0x20, 0x7f, 0x80, 0xff, b'"' + 1, b'\\' - 1] {
+                    let mut word = [filler; 8];
+                    word[at] = special;
+                    // Specials after the first one do not move it.
+                    if at < 7 {
+                        word[7] = b'"';
+                    }
+                    let flags = specials(u64::from_le_bytes(word));
+                    assert_eq!(flags.trailing_zeros() / 8, at as u32, "{word:?}");
+                }
+            }
+        }
+        assert_eq!(specials(u64::from_le_bytes(*b"abc 012~")), 0);
     }
 
     #[test]
