@@ -14,6 +14,10 @@
 //!    `COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet, COMPRESSION zstd)`, under
 //!    `/usr/bin/time` too.
 //!
+//! `TOPIC=name` names the topic; when it exists already (an earlier run on the same broker), its
+//! messages are read again instead of produced, by a fresh consumer group (the NDJSON file is
+//! still written), so the ingest side can be measured repeatedly without the slow producer.
+//!
 //! Per core = rows per CPU-second (user + system) of the process, so a run that uses both cores
 //! and one that uses one compare fairly.
 
@@ -103,13 +107,16 @@ fn main() {
     let messages = env_or("MESSAGES", 200_000);
     let partitions = env_or("PARTITIONS", 4) as i32;
     let work = tempfile::tempdir().expect("tempdir");
-    let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    // `TOPIC`: a named topic; when it exists already its messages are reused (not produced again).
+    let topic = std::env::var("TOPIC")
+        .unwrap_or_else(|_| format!("bench-{}", uuid::Uuid::now_v7().simple()));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .create()
         .expect("admin");
+    let mut reuse = false;
     for r in rt
         .block_on(admin.create_topics(
             &[NewTopic::new(
@@ -121,7 +128,12 @@ fn main() {
         ))
         .expect("create topic")
     {
-        r.expect("topic created");
+        match r {
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => reuse = true,
+            other => {
+                other.expect("topic created");
+            }
+        }
     }
 
     // 1. Produce, and write the same lines as NDJSON.
@@ -143,6 +155,9 @@ fn main() {
         for n in 0..messages {
             let payload = event(n);
             writeln!(file, "{payload}").expect("write ndjson");
+            if reuse {
+                continue;
+            }
             let key = format!("cmp-{}", n % 97);
             let future = producer.send_result(
                 FutureRecord::to(&topic)
@@ -178,6 +193,7 @@ fn main() {
 
     // 2. backflow: Kafka → Parquet.
     let project = work.path().join("project");
+    let group = format!("{topic}-{}", uuid::Uuid::now_v7().simple());
     std::fs::create_dir_all(project.join("pipelines")).expect("mkdir");
     std::fs::write(
         project.join("pipelines/kafka_ingest.yaml"),
@@ -187,7 +203,7 @@ source:
   type: kafka
   brokers: ["{brokers}"]
   topics: [{topic}]
-  group_id: {topic}-group
+  group_id: {group}
   idle_ms: 3000
 transforms:
   - cast: {{event_time: timestamp, cost_micros: int64}}
@@ -225,8 +241,13 @@ sink:
 
     let rate = |d: Duration| messages as f64 / d.as_secs_f64();
     println!(
-        "kafka_ingest: {messages} messages ({:.0} MiB NDJSON), {partitions} partitions",
-        bytes as f64 / 1048576.0
+        "kafka_ingest: {messages} messages ({:.0} MiB NDJSON), {partitions} partitions, topic {topic}{}",
+        bytes as f64 / 1048576.0,
+        if reuse {
+            " (reused: not produced again)"
+        } else {
+            ""
+        }
     );
     println!(
         "  produce (rdkafka → broker): {:.1} s, {:.0} msg/s",

@@ -344,7 +344,9 @@ print(con.sql(f"SELECT count(*) FROM read_parquet('{sys.argv[2]}')").fetchone()[
                 script,
                 &duckdb_sql(&lake, &out),
                 &out.display().to_string(),
-            ]);
+            ])
+            // DuckDB spills to `.tmp/` under its working directory.
+            .current_dir(&project);
             let (secs, cpu, rss, stdout) = timed(cmd);
             println!(
                 "duckdb run {run}: {secs:.2} s ({cpu:.1} CPU-s), peak RSS {rss:.0} MiB, {} users",

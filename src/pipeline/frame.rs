@@ -28,6 +28,8 @@ pub struct TextFrameBuilder {
     hints: Vec<usize>,
     files: StringChunkedBuilder,
     lines: Vec<i64>,
+    /// Rows expected in all (see [`TextFrameBuilder::reserve`]): the capacity of new columns.
+    expected: usize,
 }
 
 struct TextColumn {
@@ -59,6 +61,16 @@ impl TextFrameBuilder {
             hints: Vec::new(),
             files: StringChunkedBuilder::new(SOURCE_FILE.into(), 1024),
             lines: Vec::new(),
+            expected: 1024,
+        }
+    }
+
+    /// Makes room for `additional` more rows (columns seen later are sized for them too).
+    pub fn reserve(&mut self, additional: usize) {
+        self.expected = self.lines.len() + additional;
+        self.lines.reserve(additional);
+        if self.lines.is_empty() {
+            self.files = StringChunkedBuilder::new(SOURCE_FILE.into(), additional.max(1024));
         }
     }
 
@@ -86,7 +98,8 @@ impl TextFrameBuilder {
             let col = match hinted.or_else(|| self.index.get(name).copied()) {
                 Some(col) => col,
                 None => {
-                    let mut builder = StringChunkedBuilder::new(name.into(), row.max(1024));
+                    let mut builder =
+                        StringChunkedBuilder::new(name.into(), row.max(self.expected));
                     for _ in 0..row {
                         builder.append_null();
                     }

@@ -15,11 +15,11 @@
 //! Kafka delivers at least once; the lake gets every message once. Records are ordered by
 //! (topic, partition, offset) before decoding, so a replay encodes byte-identical files.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::super::PipelineError;
 use super::super::frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
 use super::super::quota::MeterPlan;
-use super::object_store_files::parse_object;
+use super::json_object::ObjectDecoder;
 use crate::collect::decode as hit_decode;
 use crate::collect::registry::MediaRegistry;
 use crate::config::model::{KafkaFormat, KafkaSource, KafkaTopics, StartFrom};
@@ -42,11 +42,14 @@ use crate::telemetry::{Metrics, SourceLabels};
 /// One message as read.
 #[derive(Debug, Clone)]
 pub struct KafkaRecord {
-    pub topic: String,
+    /// Shared by every record of the topic.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
+    /// Kept only when the source has a `key_column`.
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    /// Kept only when the source has a `headers_column` (librdkafka parses headers on demand).
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
@@ -215,28 +218,65 @@ fn refusal(cfg: &KafkaSource, error: &KafkaError, reason: &str) -> PipelineError
     ))
 }
 
-fn record_of(m: &impl Message) -> KafkaRecord {
+/// Copies what decoding will read out of a message (`topic` is its topic's shared name).
+fn record_of(m: &impl Message, topic: &Arc<str>, cfg: &KafkaSource) -> KafkaRecord {
     KafkaRecord {
-        topic: m.topic().to_string(),
+        topic: Arc::clone(topic),
         partition: m.partition(),
         offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
+        key: cfg.key_column.as_ref().and(m.key()).map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
-        headers: m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        // Headers are copied only when the pipeline keeps them or, for the daemon-wired
+        // journal pipeline, to see the fallback-replay mark (`quota::REPLAY_HEADER`).
+        headers: match (cfg.headers_column.is_some() || cfg.journal)
+            .then(|| m.headers())
+            .flatten()
+        {
+            Some(h) => h
+                .iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect(),
+            None => Vec::new(),
+        },
+    }
+}
+
+/// Topic names shared by the records of a batch (a handful of topics, many messages).
+#[derive(Default)]
+struct Topics(Vec<Arc<str>>);
+
+impl Topics {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(topic) = self.0.iter().find(|t| t.as_ref() == name) {
+            return Arc::clone(topic);
+        }
+        let topic: Arc<str> = Arc::from(name);
+        self.0.push(Arc::clone(&topic));
+        topic
     }
 }
 
 fn sort_records(records: &mut [KafkaRecord]) {
-    records.sort_by(|a, b| {
-        (a.topic.as_str(), a.partition, a.offset).cmp(&(b.topic.as_str(), b.partition, b.offset))
+    // (topic, partition, offset) is unique within a batch: an unstable sort gives one order.
+    records.sort_unstable_by(|a, b| {
+        let topic = if Arc::ptr_eq(&a.topic, &b.topic) {
+            std::cmp::Ordering::Equal
+        } else {
+            a.topic.cmp(&b.topic)
+        };
+        topic.then((a.partition, a.offset).cmp(&(b.partition, b.offset)))
     });
+}
+
+/// What a batch reads from one partition while planning.
+struct PartitionRead {
+    topic: Arc<str>,
+    partition: i32,
+    /// Where the partition continues: the catalog's view, then after the last message taken.
+    next: Option<i64>,
+    range: Option<PartitionRange>,
+    /// The messages taken, in offset order (each is above the one before).
+    records: Vec<KafkaRecord>,
 }
 
 /// A run's group member: subscribed once, read batch after batch.
@@ -312,8 +352,10 @@ impl Session {
         &mut self,
     ) -> Result<Option<(KafkaPositions, Vec<KafkaRecord>)>, PipelineError> {
         let mut next = self.next.clone().unwrap_or_default();
-        let mut ranges: BTreeMap<(String, i32), PartitionRange> = BTreeMap::new();
-        let mut records = Vec::new();
+        // Per-message work stays off the maps: partitions read in this batch, the last one first.
+        let mut reading: Vec<PartitionRead> = Vec::new();
+        let mut last = 0usize;
+        let mut taken = 0usize;
         let (mut bytes, mut skipped) = (0usize, 0u64);
         let mut at_end: HashSet<i32> = HashSet::new();
         let mut last_error: Option<String> = None;
@@ -322,19 +364,28 @@ impl Session {
         // the last client error: with the brokers gone librdkafka reports `AllBrokersDown`
         // every ~100 ms, and a wait restarted by each report would never end.
         let mut progress_at = started;
-        while records.len() < self.cfg.max_records_per_batch.get()
+        // One stream for the whole batch (each `recv` would register and drop a waker slot).
+        let consumer = Arc::clone(self.consumer()?);
+        let mut stream = consumer.stream();
+        while taken < self.cfg.max_records_per_batch.get()
             && bytes < self.cfg.max_bytes_per_batch.get()
         {
-            let deadline = if self.joined {
-                progress_at + self.cfg.idle
-            } else {
-                started + self.cfg.join_timeout
+            // A message already queued is taken without arming a timer.
+            let polled = match stream.next().now_or_never() {
+                Some(item) => Ok(item),
+                None => {
+                    let deadline = if self.joined {
+                        progress_at + self.cfg.idle
+                    } else {
+                        started + self.cfg.join_timeout
+                    };
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(wait, stream.next()).await
+                }
             };
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let consumer = Arc::clone(self.consumer()?);
-            let message = match tokio::time::timeout(wait, consumer.recv()).await {
+            let message = match polled {
                 Err(_) if self.joined => {
-                    if let (true, Some(error)) = (records.is_empty(), &self.error_since_progress) {
+                    if let (0, Some(error)) = (taken, &self.error_since_progress) {
                         // Not drained: nothing arrives because the client cannot reach the
                         // brokers. Failing (retryable) keeps the run from reporting success.
                         self.failed("brokers_down");
@@ -359,7 +410,7 @@ impl Session {
                             last_error.as_deref().unwrap_or("none")
                         )));
                     }
-                    if let (true, Some(error)) = (records.is_empty(), &last_error) {
+                    if let (0, Some(error)) = (taken, &last_error) {
                         // Assigned but never a message nor a partition end: not drained.
                         self.failed("brokers_down");
                         return Err(PipelineError::Kafka(format!(
@@ -371,7 +422,12 @@ impl Session {
                     warn!(pipeline = %self.pipeline, partitions = assigned.len(), "no message and no partition end within the join timeout");
                     break;
                 }
-                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                Ok(None) => {
+                    return Err(PipelineError::Kafka(
+                        "the consumer's message stream ended".to_string(),
+                    ));
+                }
+                Ok(Some(Err(KafkaError::PartitionEOF(partition)))) => {
                     self.joined = true;
                     self.error_since_progress = None;
                     progress_at = Instant::now();
@@ -382,11 +438,11 @@ impl Session {
                     }
                     continue;
                 }
-                Ok(Err(e)) if refused(&e) => {
+                Ok(Some(Err(e))) if refused(&e) => {
                     self.failed("unauthorized");
                     return Err(refusal(&self.cfg, &e, &self.reason()));
                 }
-                Ok(Err(e)) => {
+                Ok(Some(Err(e))) => {
                     // librdkafka retries transient errors itself; these are reports, logged
                     // when they change (a dead broker is reported every ~100 ms).
                     let error = e.to_string();
@@ -403,36 +459,68 @@ impl Session {
                     self.error_since_progress = Some(error);
                     continue;
                 }
-                Ok(Ok(message)) => message,
+                Ok(Some(Ok(message))) => message,
             };
             self.joined = true;
             self.error_since_progress = None;
             progress_at = Instant::now();
-            at_end.remove(&message.partition());
-            let key = (message.topic().to_string(), message.partition());
+            let partition = message.partition();
+            if !at_end.is_empty() {
+                at_end.remove(&partition);
+            }
+            let topic = message.topic();
+            let same = |r: &PartitionRead| r.partition == partition && *r.topic == *topic;
+            if !reading.get(last).is_some_and(same) {
+                last = match reading.iter().position(same) {
+                    Some(index) => index,
+                    None => {
+                        let topic: Arc<str> = Arc::from(topic);
+                        let from = next.get(&(topic.to_string(), partition)).copied();
+                        reading.push(PartitionRead {
+                            topic,
+                            partition,
+                            next: from,
+                            range: None,
+                            records: Vec::new(),
+                        });
+                        reading.len() - 1
+                    }
+                };
+            }
+            let read = &mut reading[last];
             let offset = message.offset();
-            let from = next.get(&key).copied();
-            if from.is_some_and(|from| offset < from) {
+            if read.next.is_some_and(|from| offset < from) {
                 // Already in the lake: the group's commit lags behind the catalog.
                 skipped += 1;
                 continue;
             }
-            ranges
-                .entry(key.clone())
-                .or_insert_with(|| PartitionRange {
-                    topic: key.0.clone(),
-                    partition: key.1,
-                    from: from.unwrap_or(offset),
-                    to: offset + 1,
-                    records: 0,
-                })
-                .records += 1;
-            if let Some(range) = ranges.get_mut(&key) {
-                range.to = offset + 1;
-            }
-            next.insert(key, offset + 1);
+            let range = read.range.get_or_insert_with(|| PartitionRange {
+                topic: read.topic.to_string(),
+                partition,
+                from: read.next.unwrap_or(offset),
+                to: offset + 1,
+                records: 0,
+            });
+            range.records += 1;
+            range.to = offset + 1;
+            read.next = Some(offset + 1);
             bytes += message.payload_len();
-            records.push(record_of(&message));
+            read.records
+                .push(record_of(&message, &read.topic, &self.cfg));
+            taken += 1;
+        }
+        drop(stream);
+        // Records ordered by (topic, partition, offset): the partitions in order, each in the
+        // order it was read.
+        reading.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let mut ranges = Vec::with_capacity(reading.len());
+        let mut records = Vec::with_capacity(taken);
+        for read in reading {
+            if let Some(range) = read.range {
+                next.insert((range.topic.clone(), range.partition), range.to);
+                ranges.push(range);
+            }
+            records.extend(read.records);
         }
         if skipped > 0 {
             info!(pipeline = %self.pipeline, messages = skipped, "skipped messages already in the lake (group offsets were behind the catalog)");
@@ -444,9 +532,8 @@ impl Session {
             }
             return Ok(None);
         }
-        sort_records(&mut records);
         let positions = KafkaPositions {
-            ranges: ranges.into_values().collect(),
+            ranges,
             next: next
                 .into_iter()
                 .map(|((topic, partition), offset)| PartitionOffset {
@@ -692,20 +779,39 @@ pub fn fit(
     catalog_next: &Offsets,
 ) -> (Option<KafkaPositions>, Vec<KafkaRecord>, u64) {
     let before = records.len();
+    // The catalog's next offset for each range's partition; a record is kept at or above it.
+    let floors: Vec<Option<i64>> = positions
+        .ranges
+        .iter()
+        .map(|r| catalog_next.get(&(r.topic.clone(), r.partition)).copied())
+        .collect();
+    let mut kept = vec![0u64; positions.ranges.len()];
+    let mut last = 0usize;
     records.retain(|r| {
-        catalog_next
-            .get(&(r.topic.clone(), r.partition))
-            .is_none_or(|next| r.offset >= *next)
+        let same =
+            |range: &PartitionRange| range.partition == r.partition && *range.topic == *r.topic;
+        if !positions.ranges.get(last).is_some_and(same) {
+            match positions.ranges.iter().position(same) {
+                Some(index) => last = index,
+                // In no range (never planned so): counted nowhere.
+                None => {
+                    return catalog_next
+                        .get(&(r.topic.to_string(), r.partition))
+                        .is_none_or(|next| r.offset >= *next);
+                }
+            }
+        }
+        let keep = floors[last].is_none_or(|next| r.offset >= next);
+        if keep {
+            kept[last] += 1;
+        }
+        keep
     });
     let dropped = (before - records.len()) as u64;
     let mut next = catalog_next.clone();
     let mut ranges = Vec::with_capacity(positions.ranges.len());
-    for mut range in positions.ranges {
+    for (mut range, kept) in positions.ranges.into_iter().zip(kept) {
         let key = (range.topic.clone(), range.partition);
-        let kept = records
-            .iter()
-            .filter(|r| r.topic == range.topic && r.partition == range.partition)
-            .count() as u64;
         if kept == 0 {
             continue;
         }
@@ -767,6 +873,7 @@ pub async fn fetch(
         .map_err(kafka_err("assigning the batch's partitions"))?;
     let mut pending: HashSet<(String, i32)> = wanted.keys().cloned().collect();
     let mut records = Vec::new();
+    let mut topics = Topics::default();
     let deadline = Instant::now() + cfg.join_timeout;
     let mut last_error: Option<String> = None;
     while !pending.is_empty() {
@@ -809,7 +916,7 @@ pub async fn fetch(
         };
         let offset = message.offset();
         if offset >= range.from && offset < range.to && pending.contains(&key) {
-            records.push(record_of(&message));
+            records.push(record_of(&message, &topics.get(&key.0), cfg));
         }
         if offset >= range.to - 1 {
             pending.remove(&key);
@@ -834,8 +941,19 @@ pub fn decode(
     rows: &mut TextFrameBuilder,
     quarantine: &mut Quarantine,
 ) {
+    rows.reserve(records.len());
+    let mut decoder = ObjectDecoder::new();
+    // `topic/partition`, rebuilt when the partition changes (records come sorted by it).
+    let mut lineage = String::new();
+    let mut lineage_of: Option<(Arc<str>, i32)> = None;
     for record in records {
-        let lineage = format!("{}/{}", record.topic, record.partition);
+        if lineage_of
+            .as_ref()
+            .is_none_or(|(t, p)| *p != record.partition || **t != *record.topic)
+        {
+            lineage = format!("{}/{}", record.topic, record.partition);
+            lineage_of = Some((Arc::clone(&record.topic), record.partition));
+        }
         let bad = |reason: String, raw: Option<&[u8]>| QuarantinedRow {
             reason: format!("kafka {lineage}@{}: {reason}", record.offset),
             source_file: Some(lineage.clone()),
@@ -846,8 +964,7 @@ pub fn decode(
             quarantine.push(bad("message without a payload".to_string(), None));
             continue;
         };
-        let mut fields: Vec<(Cow<'_, str>, Option<Cow<'_, str>>)> = Vec::new();
-        if let Some(column) = &cfg.headers_column {
+        let headers = cfg.headers_column.as_ref().map(|column| {
             let headers: serde_json::Map<String, serde_json::Value> = record
                 .headers
                 .iter()
@@ -861,30 +978,38 @@ pub fn decode(
                     )
                 })
                 .collect();
-            let text = serde_json::Value::Object(headers).to_string();
-            fields.push((Cow::Borrowed(column), Some(Cow::Owned(text))));
+            (column, serde_json::Value::Object(headers).to_string())
+        });
+        let key = cfg
+            .key_column
+            .as_ref()
+            .map(|column| (column, record.key.as_deref().map(String::from_utf8_lossy)));
+        // The header and key columns come first, then the payload's fields.
+        let mut leading: Vec<(&str, Option<&str>)> = Vec::new();
+        if let Some((column, text)) = &headers {
+            leading.push((column.as_str(), Some(text.as_str())));
         }
-        if let Some(column) = &cfg.key_column {
-            let key = record.key.as_deref().map(String::from_utf8_lossy);
-            fields.push((Cow::Borrowed(column), key));
+        if let Some((column, key)) = &key {
+            leading.push((column.as_str(), key.as_deref()));
         }
         match (cfg.format, hits) {
-            (KafkaFormat::Json, _) => match parse_object(payload) {
-                Ok(members) => {
-                    fields.extend(members);
-                    rows.push(&lineage, record.offset, fields);
+            (KafkaFormat::Json, _) => {
+                if let Err(reason) =
+                    decoder.push_row(payload, &leading, rows, &lineage, record.offset)
+                {
+                    quarantine.push(bad(reason, Some(payload)));
                 }
-                Err(reason) => quarantine.push(bad(reason, Some(payload))),
-            },
+            }
             (KafkaFormat::HitRecord, Some((registry, enricher))) => {
                 match hit_decode::decode(payload, registry, enricher) {
-                    Ok(row) => {
-                        fields.extend(
-                            row.into_iter()
-                                .map(|(k, v)| (Cow::Borrowed(k), v.map(Cow::Owned))),
-                        );
-                        rows.push(&lineage, record.offset, fields);
-                    }
+                    Ok(row) => rows.push(
+                        &lineage,
+                        record.offset,
+                        leading
+                            .iter()
+                            .copied()
+                            .chain(row.iter().map(|(k, v)| (*k, v.as_deref()))),
+                    ),
                     Err(reason) => quarantine.push(bad(reason, Some(payload))),
                 }
             }

@@ -37,6 +37,7 @@ use std::borrow::Cow;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::json_object::ObjectDecoder;
 use crate::pipeline::frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
 use crate::storage::Location;
 
@@ -404,6 +405,7 @@ fn decode_ndjson(
     rows: &mut TextFrameBuilder,
     quarantine: &mut Quarantine,
 ) {
+    let mut decoder = ObjectDecoder::new();
     for (index, line) in data.split(|&b| b == b'\n').enumerate() {
         let line_no = index as i64 + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -416,9 +418,8 @@ fn decode_ndjson(
             source_line: Some(line_no),
             raw: Some(String::from_utf8_lossy(line).into_owned()),
         };
-        match parse_object(line) {
-            Ok(fields) => rows.push(&file.path, line_no, fields),
-            Err(reason) => quarantine.push(bad(reason)),
+        if let Err(reason) = decoder.push_row(line, &[], rows, &file.path, line_no) {
+            quarantine.push(bad(reason));
         }
     }
 }
