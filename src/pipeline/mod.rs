@@ -498,6 +498,36 @@ impl Runtime {
         result
     }
 
+    /// Stores one encoded file of batch `seq` create-only and counts it: written, or already
+    /// there from an earlier attempt (a replay), and its bytes.
+    pub(super) async fn put_counted(
+        &self,
+        pipeline: &str,
+        seq: i64,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), PipelineError> {
+        let labels = Metrics::labels(pipeline);
+        let size = bytes.len() as u64;
+        match parquet_sink::put_create_only(&self.lake, path, bytes).await? {
+            Put::Written => {
+                self.metrics.files_written.get_or_create(&labels).inc();
+            }
+            Put::AlreadyPresent => {
+                info!(pipeline = %pipeline, batch = seq, path = %path, "file already written by an earlier attempt");
+                self.metrics
+                    .files_already_present
+                    .get_or_create(&labels)
+                    .inc();
+            }
+        }
+        self.metrics
+            .bytes_written
+            .get_or_create(&labels)
+            .inc_by(size);
+        Ok(())
+    }
+
     /// Executes a batch and counts it in the run summary and the metrics.
     async fn execute_counted(
         &self,
@@ -1023,22 +1053,8 @@ impl Runtime {
                 bytes: file.bytes.len() as u64,
             };
             bytes_total += entry.bytes;
-            match parquet_sink::put_create_only(&self.lake, &file.path, file.bytes).await? {
-                Put::Written => {
-                    self.metrics.files_written.get_or_create(&labels).inc();
-                }
-                Put::AlreadyPresent => {
-                    info!(pipeline = %pipeline.name, batch = seq, path = %file.path, "file already written by an earlier attempt");
-                    self.metrics
-                        .files_already_present
-                        .get_or_create(&labels)
-                        .inc();
-                }
-            }
-            self.metrics
-                .bytes_written
-                .get_or_create(&labels)
-                .inc_by(entry.bytes);
+            self.put_counted(&pipeline.name, seq, &file.path, file.bytes)
+                .await?;
             if index == 0 {
                 failpoint("after_first_put");
             }

@@ -18,7 +18,7 @@ use tracing::info;
 use super::failpoint::{self, failpoint};
 use super::frame::{Quarantine, TextFrameBuilder};
 use super::sink::kafka::{self as kafka_sink, Publisher, Rejected};
-use super::sink::parquet::{self as parquet_sink, EncodedFile, Put};
+use super::sink::parquet::{self as parquet_sink, EncodedFile};
 use super::source::kafka as kafka_source;
 use super::{Fetched, PipelineError, Runtime, transform};
 use crate::catalog::{BatchIntent, BatchStats, RollupDelta};
@@ -127,23 +127,8 @@ impl Runtime {
 
         // Quarantined rows first: a create-only put, found in place on a replay.
         if let Some(file) = encoded.quarantine {
-            let bytes = file.bytes.len() as u64;
-            match parquet_sink::put_create_only(&self.lake, &file.path, file.bytes).await? {
-                Put::Written => {
-                    self.metrics.files_written.get_or_create(&labels).inc();
-                }
-                Put::AlreadyPresent => {
-                    info!(pipeline = %pipeline.name, batch = seq, path = %file.path, "quarantine file already written by an earlier attempt");
-                    self.metrics
-                        .files_already_present
-                        .get_or_create(&labels)
-                        .inc();
-                }
-            }
-            self.metrics
-                .bytes_written
-                .get_or_create(&labels)
-                .inc_by(bytes);
+            self.put_counted(&pipeline.name, seq, &file.path, file.bytes)
+                .await?;
         }
 
         failpoint::injected_delay("kafka_sink_send").await;
