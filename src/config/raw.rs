@@ -342,8 +342,8 @@ pub struct RawKafka {
 #[schemars(rename = "KafkaSasl")]
 #[serde(deny_unknown_fields)]
 pub struct RawKafkaSasl {
-    /// `plain` (this build's librdkafka has no OpenSSL, which SCRAM needs: `scram_sha_256` and
-    /// `scram_sha_512` are refused with a located error).
+    /// `plain`, `scram_sha_256` or `scram_sha_512` (SCRAM: the password never crosses the
+    /// wire; prefer it where the broker offers it).
     pub mechanism: Located<RawSaslMechanism>,
     /// User name.
     pub username: Located<String>,

@@ -1,8 +1,8 @@
 //! The Kafka source's SASL login against a real broker that requires one: tansu 0.6 started
 //! with `--authentication` (`BACKFLOW_TEST_TANSU`), which answers nothing but the login until a
-//! client has logged in. tansu 0.6.0 offers SCRAM-SHA-256/512 and OAUTHBEARER only, and this
-//! build's librdkafka (no OpenSSL) logs in with PLAIN only, so the login is refused: the
-//! refusal path runs against the real broker; a login that succeeds cannot be shown here.
+//! client has logged in. tansu 0.6.0 offers SCRAM-SHA-256/512 and OAUTHBEARER only: a PLAIN
+//! login is refused (the refusal path), a SCRAM login with the user's password reads the topic,
+//! one with a wrong password is refused.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -41,6 +41,70 @@ impl AuthBroker {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("tansu did not listen on {}", broker.brokers);
+    }
+}
+
+impl AuthBroker {
+    /// A tansu on SQLite storage in `dir`: first without authentication, to create the SCRAM
+    /// user `alice` (password `wonderland`, SCRAM-SHA-256) and `topic` with `messages`; then
+    /// restarted on the same storage with `--authentication`.
+    fn with_scram_user(
+        dir: &std::path::Path,
+        topic: &str,
+        messages: &[(i32, String)],
+    ) -> Option<AuthBroker> {
+        let bin = require_env("BACKFLOW_TEST_TANSU")?;
+        let port = crate::serve::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let brokers = format!("127.0.0.1:{port}");
+        let spawn = |auth: bool| {
+            let mut cmd = Command::new(&bin);
+            cmd.arg("broker");
+            if auth {
+                cmd.arg("--authentication");
+            }
+            let child = cmd
+                .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn tansu");
+            let broker = AuthBroker {
+                child,
+                brokers: brokers.clone(),
+            };
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(&brokers).is_ok() {
+                    return broker;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("tansu did not listen on {brokers}");
+        };
+        let open = spawn(false);
+        let user = Command::new(&bin)
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &url,
+                "--mechanism",
+                "scram256",
+            ])
+            .args(["alice", "wonderland"])
+            .output()
+            .expect("tansu user create");
+        assert!(
+            user.status.success(),
+            "tansu user create: {}",
+            stderr(&user)
+        );
+        crate::kafka::create_topic(&brokers, topic, 1);
+        crate::kafka::produce(&brokers, topic, messages);
+        drop(open);
+        Some(spawn(true))
     }
 }
 
@@ -200,4 +264,68 @@ fn a_refused_login_fails_the_run_at_once_not_retryable_counted_and_commits_nothi
             .expect("catalog")
             .is_none()
     );
+}
+
+#[test]
+fn a_scram_login_reads_the_topic_and_a_wrong_password_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = unique("scram");
+    let messages: Vec<(i32, String)> = (0..20)
+        .map(|n| {
+            (
+                0,
+                format!(r#"{{"n": {n}, "event_time": "2026-11-20T10:00:{n:02}Z"}}"#),
+            )
+        })
+        .collect();
+    let Some(broker) = AuthBroker::with_scram_user(dir.path(), &topic, &messages) else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "pipelines/kafka_auth.yaml",
+        &pipeline_yaml(
+            &broker.brokers,
+            &topic,
+            &unique("backflow"),
+            "{mechanism: scram_sha_256, username: alice, secret: KAFKA_TEST_PASSWORD}",
+        ),
+    );
+    let run = |password: &str| {
+        let child = p
+            .command(&["run", "kafka_auth", "--json"])
+            .env("KAFKA_TEST_PASSWORD", password)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn backflow");
+        wait_bounded(child, "backflow run kafka_auth", RUN_LIMIT)
+    };
+
+    // A wrong password: refused, not retried, the password never shown, nothing lands.
+    let out = run("not-the-password");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let error = stderr(&out)
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        error.starts_with(&format!(
+            "error: kafka: {} refused the client: ",
+            broker.brokers
+        )) && error.contains(
+            "SASL SCRAM-SHA-256 login as `alice` with the password in KAFKA_TEST_PASSWORD"
+        ) && error.ends_with("; not retried"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("not-the-password"));
+    assert!(parquet_files(&p.lake()).is_empty(), "nothing lands");
+
+    // The right password: every message lands once.
+    let out = run("wonderland");
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let lake = read_dataset(&p.lake().join("kafka_auth"));
+    assert_eq!(lake.height(), messages.len());
 }
