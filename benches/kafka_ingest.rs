@@ -10,9 +10,21 @@
 //! 2. runs `backflow run kafka_ingest` (this build's release binary) under `/usr/bin/time` into a
 //!    fresh lake: messages/s, messages per CPU-second, and the end-to-end lag of the backlog
 //!    (last message produced → its batch committed, i.e. the run's end);
-//! 3. runs DuckDB (`BACKFLOW_TEST_PYTHON`, default the tool venv) on the NDJSON file:
-//!    `COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet, COMPRESSION zstd)`, under
-//!    `/usr/bin/time` too.
+//! 3. runs DuckDB (`BACKFLOW_TEST_PYTHON`, default the tool venv) on the NDJSON file twice, each
+//!    under `/usr/bin/time` too: once into ONE unpartitioned file,
+//!    `COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet, COMPRESSION zstd)`, and once
+//!    doing the work the lake layout asks of backflow: `dt` / `hour` of `event_time` in the
+//!    workspace zone (Asia/Shanghai, the daemon's default), `COPY (SELECT *, dt, hour ...) TO
+//!    '<dir>' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (dt, hour))` (`(dt)` with
+//!    `GRANULARITY=day`).
+//!
+//! Knobs besides `MESSAGES` / `PARTITIONS` / `TOPIC`:
+//! * `GRANULARITY` (`hour`, default, as `pipelines/ad_events.yaml`; or `day`): the sink's
+//!   `partition_by.granularity` on `event_time`, and DuckDB's `PARTITION_BY` to match;
+//! * `SPREAD_HOURS`: unset (default) keeps the original stream, whose event times cycle over
+//!   28 days and 24 hours (every batch touches every partition: many small files); `SPREAD_HOURS=1`
+//!   gives event times rising evenly over one hour (10:30–11:30 UTC on 2026-03-01, so two hour
+//!   partitions), as collector hits arrive within seconds of happening.
 //!
 //! `TOPIC=name` names the topic; when it exists already (an earlier run on the same broker), its
 //! messages are read again instead of produced, by a fresh consumer group (the NDJSON file is
@@ -39,13 +51,36 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Event time of message `n` of `messages`: the original 28-day cycle, or (`spread_secs`) rising
+/// evenly over that many seconds from 2026-03-01T10:30:00Z.
+fn event_time(n: u64, messages: u64, spread_secs: Option<u64>) -> String {
+    match spread_secs {
+        None => format!(
+            "2026-03-{:02}T{:02}:{:02}:{:02}Z",
+            1 + n % 28,
+            n % 24,
+            n % 60,
+            (n / 60) % 60
+        ),
+        Some(spread) => {
+            let start = chrono::DateTime::parse_from_rfc3339("2026-03-01T10:30:00Z")
+                .expect("start")
+                .to_utc();
+            let offset = (u128::from(n) * u128::from(spread) / u128::from(messages.max(1))) as i64;
+            (start + chrono::Duration::seconds(offset))
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        }
+    }
+}
+
 /// One ad event, shaped like the behavior events the collection endpoints receive.
-fn event(n: u64) -> String {
+fn event(n: u64, event_time: &str) -> String {
     let kinds = ["impression", "click", "view", "complete"];
     let countries = ["FR", "DE", "US", "ES", "IT"];
     serde_json::json!({
         "event_id": format!("e{n:010}"),
-        "event_time": format!("2026-03-{:02}T{:02}:{:02}:{:02}Z", 1 + n % 28, n % 24, n % 60, (n / 60) % 60),
+        "event_time": event_time,
         "event_type": kinds[(n % 4) as usize],
         "campaign_id": format!("cmp-{}", n % 97),
         "creative_id": format!("cr-{}", n % 1009),
@@ -106,6 +141,14 @@ fn main() {
     };
     let messages = env_or("MESSAGES", 200_000);
     let partitions = env_or("PARTITIONS", 4) as i32;
+    let spread_secs = std::env::var("SPREAD_HOURS")
+        .ok()
+        .map(|v| v.parse::<u64>().expect("SPREAD_HOURS: whole hours") * 3600);
+    let granularity = std::env::var("GRANULARITY").unwrap_or_else(|_| "hour".into());
+    assert!(
+        granularity == "hour" || granularity == "day",
+        "GRANULARITY: `hour` or `day`"
+    );
     let work = tempfile::tempdir().expect("tempdir");
     // `TOPIC`: a named topic; when it exists already its messages are reused (not produced again).
     let topic = std::env::var("TOPIC")
@@ -153,7 +196,7 @@ fn main() {
     rt.block_on(async {
         let mut pending = std::collections::VecDeque::new();
         for n in 0..messages {
-            let payload = event(n);
+            let payload = event(n, &event_time(n, messages, spread_secs));
             writeln!(file, "{payload}").expect("write ndjson");
             if reuse {
                 continue;
@@ -210,7 +253,7 @@ transforms:
 sink:
   type: parquet
   dataset: ad_events
-  partition_by: {{column: event_time, granularity: day}}
+  partition_by: {{column: event_time, granularity: {granularity}}}
 "#
         ),
     )
@@ -225,7 +268,7 @@ sink:
     let lag = produced_at.elapsed();
     let summary = run_out.lines().last().unwrap_or("").to_string();
 
-    // 3. DuckDB: the same messages as NDJSON → Parquet.
+    // 3. DuckDB: the same messages as NDJSON → Parquet, one file, then the lake's partitions.
     let python = std::env::var("BACKFLOW_TEST_PYTHON").unwrap_or_else(|_| {
         format!(
             "{}/.cache/backflow/tools/py/bin/python",
@@ -237,16 +280,40 @@ sink:
         ndjson.display(),
         work.path().join("duckdb.parquet").display()
     );
-    let (duck_wall, duck_cpu, _) = timed(Command::new(python).args(["-c", &script]), "duckdb");
+    let (duck_wall, duck_cpu, _) = timed(Command::new(&python).args(["-c", &script]), "duckdb");
+    // `event_time` reads as a naive TIMESTAMP in UTC; `dt` / `hour` are its day and hour in the
+    // workspace zone, formatted as backflow's `dt=YYYY-MM-DD/hour=HH` keys.
+    let duck_parts = work.path().join("duckdb-partitioned");
+    let (keys, by) = if granularity == "hour" {
+        (
+            "strftime(local, '%Y-%m-%d') AS dt, strftime(local, '%H') AS hour",
+            "dt, hour",
+        )
+    } else {
+        ("strftime(local, '%Y-%m-%d') AS dt", "dt")
+    };
+    let script = format!(
+        "import duckdb; duckdb.sql(\"COPY (SELECT * EXCLUDE (local), {keys} FROM (SELECT *, timezone('Asia/Shanghai', timezone('UTC', event_time)) AS local FROM read_json('{}'))) TO '{}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY ({by}))\")",
+        ndjson.display(),
+        duck_parts.display()
+    );
+    let (part_wall, part_cpu, _) = timed(
+        Command::new(&python).args(["-c", &script]),
+        "duckdb partitioned",
+    );
 
     let rate = |d: Duration| messages as f64 / d.as_secs_f64();
     println!(
-        "kafka_ingest: {messages} messages ({:.0} MiB NDJSON), {partitions} partitions, topic {topic}{}",
+        "kafka_ingest: {messages} messages ({:.0} MiB NDJSON), {partitions} partitions, topic {topic}{}; event times {}, {granularity} partitions",
         bytes as f64 / 1048576.0,
         if reuse {
             " (reused: not produced again)"
         } else {
             ""
+        },
+        match spread_secs {
+            None => "over 28 days (SPREAD_HOURS unset)".to_string(),
+            Some(s) => format!("over {} h (SPREAD_HOURS)", s / 3600),
         }
     );
     println!(
@@ -255,19 +322,51 @@ sink:
         rate(produce)
     );
     println!(
-        "  backflow kafka → parquet:   {:.1} s wall, {:.1} CPU-s, {:.0} msg/s, {:.0} msg per CPU-s; lag (last produced → committed) {:.1} s",
+        "  backflow kafka → parquet:   {:.1} s wall, {:.1} CPU-s, {:.0} msg/s, {:.0} msg per CPU-s, {} files; lag (last produced → committed) {:.1} s",
         wall.as_secs_f64(),
         cpu,
         rate(wall),
         messages as f64 / cpu.max(0.001),
+        parquet_files(&project.join("data/lake/ad_events")),
         lag.as_secs_f64()
     );
     println!("  backflow run summary: {summary}");
     println!(
-        "  duckdb ndjson → parquet:    {:.1} s wall, {:.1} CPU-s, {:.0} rows/s, {:.0} rows per CPU-s",
+        "  duckdb ndjson → parquet:    {:.1} s wall, {:.1} CPU-s, {:.0} rows/s, {:.0} rows per CPU-s, 1 file",
         duck_wall.as_secs_f64(),
         duck_cpu,
         rate(duck_wall),
         messages as f64 / duck_cpu.max(0.001)
     );
+    println!(
+        "  duckdb ndjson → partitions: {:.1} s wall, {:.1} CPU-s, {:.0} rows/s, {:.0} rows per CPU-s, {} files",
+        part_wall.as_secs_f64(),
+        part_cpu,
+        rate(part_wall),
+        messages as f64 / part_cpu.max(0.001),
+        parquet_files(&duck_parts)
+    );
+    println!(
+        "  backflow per CPU-s / duckdb's: {:.0} % of the unpartitioned, {:.0} % of the partitioned",
+        100.0 * duck_cpu / cpu.max(0.001),
+        100.0 * part_cpu / cpu.max(0.001)
+    );
+}
+
+/// Parquet files under `dir`, recursively.
+fn parquet_files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                parquet_files(&path)
+            } else {
+                usize::from(path.extension().is_some_and(|x| x == "parquet"))
+            }
+        })
+        .sum()
 }
