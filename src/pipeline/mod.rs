@@ -498,6 +498,22 @@ impl Runtime {
         result
     }
 
+    /// Counts a committed batch's rows in the metrics.
+    pub(super) fn count_rows(&self, labels: &crate::telemetry::PipelineLabels, stats: &BatchStats) {
+        self.metrics
+            .rows_in
+            .get_or_create(labels)
+            .inc_by(stats.rows_in);
+        self.metrics
+            .rows_out
+            .get_or_create(labels)
+            .inc_by(stats.rows_out);
+        self.metrics
+            .rows_quarantined
+            .get_or_create(labels)
+            .inc_by(stats.rows_quarantined);
+    }
+
     /// Stores one encoded file of batch `seq` create-only and counts it: written, or already
     /// there from an earlier attempt (a replay), and its bytes.
     pub(super) async fn put_counted(
@@ -1114,18 +1130,7 @@ impl Runtime {
                 &encoded.rollups,
             )?,
         }
-        self.metrics
-            .rows_in
-            .get_or_create(&labels)
-            .inc_by(stats.rows_in);
-        self.metrics
-            .rows_out
-            .get_or_create(&labels)
-            .inc_by(stats.rows_out);
-        self.metrics
-            .rows_quarantined
-            .get_or_create(&labels)
-            .inc_by(stats.rows_quarantined);
+        self.count_rows(&labels, &stats);
         info!(
             pipeline = %pipeline.name,
             batch = seq,

@@ -150,18 +150,7 @@ impl Runtime {
             &stats,
             &RollupDelta::default(),
         )?;
-        self.metrics
-            .rows_in
-            .get_or_create(&labels)
-            .inc_by(stats.rows_in);
-        self.metrics
-            .rows_out
-            .get_or_create(&labels)
-            .inc_by(stats.rows_out);
-        self.metrics
-            .rows_quarantined
-            .get_or_create(&labels)
-            .inc_by(stats.rows_quarantined);
+        self.count_rows(&labels, &stats);
         info!(
             pipeline = %pipeline.name,
             batch = seq,
