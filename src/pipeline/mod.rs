@@ -160,6 +160,14 @@ pub struct Runtime {
     pub quota: quota::QuotaSettings,
 }
 
+/// When a batch was planned, in microseconds: what its output uses instead of "now", so a
+/// replay writes the same bytes.
+fn planned_at_micros(intent: &BatchIntent) -> Result<i64, PipelineError> {
+    chrono::DateTime::parse_from_rfc3339(&intent.planned_at)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| PipelineError::Positions(format!("planned_at: {e}")))
+}
+
 fn to_positions(value: impl Serialize) -> Result<serde_json::Value, PipelineError> {
     serde_json::to_value(value).map_err(|e| PipelineError::Positions(e.to_string()))
 }
@@ -202,6 +210,26 @@ enum Fetched {
 
 impl Fetched {
     /// Decodes into text rows; returns how many whole files could not be decoded.
+    /// Decodes the batch's input and applies the pipeline's transforms: the frame, with the
+    /// rows read (decoded and quarantined) and the inputs that failed to read. Rows either
+    /// step rejects are in `quarantine`.
+    fn decode_transformed(
+        self,
+        transforms: &[crate::config::model::TransformStep],
+        tz: Tz,
+        quarantine: &mut Quarantine,
+    ) -> Result<(polars::prelude::DataFrame, u64, u64), PipelineError> {
+        let mut rows = TextFrameBuilder::new();
+        let files_failed = self.decode(&mut rows, quarantine);
+        let rows_in = (rows.rows() + quarantine.len()) as u64;
+        let df = rows.finish().map_err(|source| PipelineError::Polars {
+            stage: "decode",
+            source,
+        })?;
+        let df = transform::apply(df, transforms, tz, quarantine)?;
+        Ok((df, rows_in, files_failed))
+    }
+
     fn decode(self, rows: &mut TextFrameBuilder, quarantine: &mut Quarantine) -> u64 {
         match self {
             Fetched::Files {
@@ -994,21 +1022,13 @@ impl Runtime {
                 .inc_by(files.len() as u64);
         }
 
-        let planned_at_micros = chrono::DateTime::parse_from_rfc3339(&intent.planned_at)
-            .map(|t| t.timestamp_micros())
-            .map_err(|e| PipelineError::Positions(format!("planned_at: {e}")))?;
+        let planned_at_micros = planned_at_micros(intent)?;
         let (pipeline_owned, tz, seq) = (pipeline.clone(), self.tz, intent.seq);
         let metered = metering.is_some();
         let encoded = tokio::task::spawn_blocking(move || -> Result<Encoded, PipelineError> {
-            let mut rows = TextFrameBuilder::new();
             let mut quarantine = Quarantine::default();
-            let files_failed = fetched.decode(&mut rows, &mut quarantine);
-            let rows_in = (rows.rows() + quarantine.len()) as u64;
-            let df = rows.finish().map_err(|source| PipelineError::Polars {
-                stage: "decode",
-                source,
-            })?;
-            let df = transform::apply(df, &pipeline_owned.transforms, tz, &mut quarantine)?;
+            let (df, rows_in, files_failed) =
+                fetched.decode_transformed(&pipeline_owned.transforms, tz, &mut quarantine)?;
             let SinkConfig::Parquet(sink_cfg) = &pipeline_owned.sink else {
                 return Err(PipelineError::Task(
                     "parquet batch without a parquet sink".into(),

@@ -16,11 +16,11 @@
 use tracing::info;
 
 use super::failpoint::{self, failpoint};
-use super::frame::{Quarantine, TextFrameBuilder};
+use super::frame::Quarantine;
 use super::sink::kafka::{self as kafka_sink, Publisher, Rejected};
 use super::sink::parquet::{self as parquet_sink, EncodedFile};
 use super::source::kafka as kafka_source;
-use super::{Fetched, PipelineError, Runtime, transform};
+use super::{Fetched, PipelineError, Runtime};
 use crate::catalog::{BatchIntent, BatchStats, RollupDelta};
 use crate::config::model::{Pipeline, SinkConfig};
 use crate::telemetry::Metrics;
@@ -76,23 +76,15 @@ impl Runtime {
             Fetched::Kafka { records, .. } => (Vec::new(), records.len()),
             Fetched::Http { pages, .. } => (Vec::new(), pages.len()),
         };
-        let planned_at_micros = chrono::DateTime::parse_from_rfc3339(&intent.planned_at)
-            .map(|t| t.timestamp_micros())
-            .map_err(|e| PipelineError::Positions(format!("planned_at: {e}")))?;
+        let planned_at_micros = super::planned_at_micros(intent)?;
         let seq = intent.seq;
         let batch = kafka_sink::batch_id(&pipeline.name, seq);
         let (pipeline_owned, cfg_owned, batch_owned, tz) =
             (pipeline.clone(), cfg.clone(), batch.clone(), self.tz);
         let encoded = tokio::task::spawn_blocking(move || -> Result<Encoded, PipelineError> {
-            let mut rows = TextFrameBuilder::new();
             let mut quarantine = Quarantine::default();
-            let files_failed = fetched.decode(&mut rows, &mut quarantine);
-            let rows_in = (rows.rows() + quarantine.len()) as u64;
-            let df = rows.finish().map_err(|source| PipelineError::Polars {
-                stage: "decode",
-                source,
-            })?;
-            let df = transform::apply(df, &pipeline_owned.transforms, tz, &mut quarantine)?;
+            let (df, rows_in, files_failed) =
+                fetched.decode_transformed(&pipeline_owned.transforms, tz, &mut quarantine)?;
             let mut rejected = Rejected::default();
             let messages = kafka_sink::encode(
                 &df,
