@@ -277,6 +277,32 @@ pub enum KafkaJournalError {
     },
 }
 
+/// A client of the journal topic (the collectors' producer, the forwarder's consumer): its
+/// brokers and security settings from `journal.kafka`.
+pub fn client_config(
+    cfg: &KafkaJournalConfig,
+    client_id: &str,
+) -> Result<ClientConfig, KafkaJournalError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", cfg.brokers.join(","))
+        .set("client.id", client_id);
+    if cfg.security_protocol == KafkaSecurity::SaslPlaintext {
+        let env = cfg.sasl_password_env.clone().unwrap_or_default();
+        let password =
+            std::env::var(&env).map_err(|_| KafkaJournalError::MissingSecret(env.clone()))?;
+        config
+            .set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanism", cfg.sasl_mechanism.librdkafka_name())
+            .set(
+                "sasl.username",
+                cfg.sasl_username.clone().unwrap_or_default(),
+            )
+            .set("sasl.password", password);
+    }
+    Ok(config)
+}
+
 /// The collector's Kafka producer, its state and its fallback file.
 pub struct KafkaJournal {
     producer: FutureProducer<Context>,
@@ -305,10 +331,8 @@ impl KafkaJournal {
         cfg: &KafkaJournalConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<KafkaJournal>, KafkaJournalError> {
-        let mut config = ClientConfig::new();
+        let mut config = client_config(cfg, "backflow-collector")?;
         config
-            .set("bootstrap.servers", cfg.brokers.join(","))
-            .set("client.id", "backflow-collector")
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("allow.auto.create.topics", "false")
@@ -323,19 +347,6 @@ impl KafkaJournal {
             .set("message.max.bytes", cfg.message_max_bytes.to_string())
             // Reconnect quickly: an unacknowledged impression is answered 503 meanwhile.
             .set("reconnect.backoff.max.ms", "1000");
-        if cfg.security_protocol == KafkaSecurity::SaslPlaintext {
-            let env = cfg.sasl_password_env.clone().unwrap_or_default();
-            let password =
-                std::env::var(&env).map_err(|_| KafkaJournalError::MissingSecret(env.clone()))?;
-            config
-                .set("security.protocol", "sasl_plaintext")
-                .set("sasl.mechanism", cfg.sasl_mechanism.librdkafka_name())
-                .set(
-                    "sasl.username",
-                    cfg.sasl_username.clone().unwrap_or_default(),
-                )
-                .set("sasl.password", password);
-        }
         let cell = Arc::new(StateCell {
             state: AtomicU8::new(ProducerState::Connecting as u8),
             metrics: Arc::clone(&metrics),
