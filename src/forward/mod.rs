@@ -28,6 +28,7 @@
 
 mod backoff;
 mod format;
+mod jobs;
 mod macros;
 mod reader;
 mod sender;
