@@ -231,11 +231,6 @@ pub async fn serve(
         });
     if let Some(k) = &kafka_journal {
         tracker.spawn(Arc::clone(k).run(shutdown.clone()));
-        if cfg.forward.enabled {
-            warn!(
-                "journal.kind kafka: third-party forwarding reads the local journal, which gets no hits in this mode; nothing is forwarded"
-            );
-        }
     }
     if collect.is_none() {
         // Without the endpoints there is no journal to read: such pipelines would only fail.
@@ -298,6 +293,10 @@ pub async fn serve(
         crate::forward::start(
             &cfg.forward,
             collect_state.journal.clone(),
+            match &cfg.journal {
+                JournalConfig::Kafka(k) => Some(k),
+                JournalConfig::Local => None,
+            },
             Arc::clone(&jobs.runtime().catalog),
             (Arc::clone(registry), enricher),
             Arc::clone(&jobs.runtime().metrics),

@@ -50,6 +50,29 @@ pub struct ForwardQueueStats {
     pub oldest_hit_at_ms: i64,
 }
 
+/// Inserts `jobs`, due at `now_ms` (inside the caller's transaction).
+pub(super) fn insert_jobs(
+    tx: &rusqlite::Transaction<'_>,
+    jobs: &[NewForwardJob],
+    now_ms: i64,
+) -> Result<(), CatalogError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO forward_jobs (destination, url, user_agent, event_id, hit_at_ms, next_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for j in jobs {
+        insert.execute(rusqlite::params![
+            j.destination,
+            j.url,
+            j.user_agent,
+            j.event_id,
+            j.hit_at_ms,
+            now_ms
+        ])?;
+    }
+    Ok(())
+}
+
 impl Catalog {
     /// The first journal position the forwarder has not turned into jobs yet, if it ever ran.
     pub fn forward_position(&self) -> Result<Option<u64>, CatalogError> {
@@ -74,22 +97,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO forward_jobs (destination, url, user_agent, event_id, hit_at_ms, next_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for j in jobs {
-                insert.execute(rusqlite::params![
-                    j.destination,
-                    j.url,
-                    j.user_agent,
-                    j.event_id,
-                    j.hit_at_ms,
-                    now_ms
-                ])?;
-            }
-        }
+        insert_jobs(&tx, jobs, now_ms)?;
         tx.execute(
             "INSERT INTO forward_progress (id, next_position) VALUES (1, ?1)
              ON CONFLICT (id) DO UPDATE SET next_position = excluded.next_position",

@@ -13,6 +13,7 @@ mod datasets;
 mod downloads;
 mod feedback;
 mod forward;
+mod forward_kafka;
 mod quota;
 mod replays;
 mod rollups;
@@ -30,6 +31,7 @@ pub use datasets::DatasetVersion;
 pub use downloads::Download;
 pub use feedback::FeedbackTask;
 pub use forward::{ForwardJob, ForwardQueueStats, NewForwardJob};
+pub use forward_kafka::{FORWARD_REPLAYS, ForwardKafkaOutcome, ForwardKafkaRecord};
 pub use quota::{
     ActivityDay, ActivityDayDelta, ActivityTotals, DayUsage, MeterEffects, MeterOutcome, NewStaged,
     Purchase, Purged, QuotaStatus, Release, ReleasePlan, StagedRecord,
@@ -307,6 +309,8 @@ CREATE TABLE source_marks (
     rollups::MIGRATION,
     // Replayed fallback records of the Kafka journal (`replays.rs`): event ids landed once.
     replays::MIGRATION,
+    // The forwarder's offsets in the Kafka journal topic (`forward_kafka.rs`).
+    forward_kafka::MIGRATION,
 ];
 
 /// The catalog. Cheap to share behind an `Arc`; calls are short and serialized.

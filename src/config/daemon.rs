@@ -234,6 +234,7 @@ const KEYS: &[&str] = &[
     "forward.timeout_seconds",
     "forward.give_up_seconds",
     "forward.max_backoff_seconds",
+    "forward.kafka_group",
     "enrich.geo_db",
     "enrich.city_tiers",
     "journal.kind",
@@ -380,6 +381,8 @@ struct RawForward {
     give_up_seconds: Option<Located<String>>,
     /// Longest wait between attempts.
     max_backoff_seconds: Option<Located<String>>,
+    /// Consumer group on the Kafka journal topic.
+    kafka_group: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -530,7 +533,13 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
         ),
         (
             "forward.max_backoff_seconds",
-            raw.forward.and_then(|s| s.0.max_backoff_seconds),
+            raw.forward
+                .as_ref()
+                .and_then(|s| s.0.max_backoff_seconds.clone()),
+        ),
+        (
+            "forward.kafka_group",
+            raw.forward.and_then(|s| s.0.kafka_group),
         ),
         (
             "enrich.geo_db",
@@ -843,6 +852,17 @@ impl Resolver<'_> {
                     parse_positive_seconds(v, 24 * 3600)
                 })
                 .unwrap_or(d.max_backoff),
+            kafka_group: self
+                .get("forward.kafka_group", |v| {
+                    if v.is_empty() || v.len() > 249 || v.chars().any(char::is_whitespace) {
+                        Err(format!(
+                            "expected a consumer group name (1 to 249 characters, no spaces), found `{v}`"
+                        ))
+                    } else {
+                        Ok(v.to_string())
+                    }
+                })
+                .unwrap_or(d.kafka_group),
         }
     }
 

@@ -117,11 +117,22 @@ fn forward_settings_parse_and_are_checked() {
     assert_eq!(config.forward.timeout, Duration::from_secs(2));
     assert_eq!(config.forward.give_up_after, Duration::from_secs(60));
     assert_eq!(config.forward.max_backoff, Duration::from_secs(600));
+    assert_eq!(config.forward.kafka_group, "backflow-forward");
     assert_eq!(
-        load_text("forward: {enabled: yes, concurrency: 0}\n", &[]),
+        load_text("forward: {kafka_group: fwd.eu}\n", &[])
+            .map(|c| c.forward.kafka_group)
+            .as_deref(),
+        Ok("fwd.eu")
+    );
+    assert_eq!(
+        load_text(
+            "forward: {enabled: yes, concurrency: 0, kafka_group: \"a b\"}\n",
+            &[]
+        ),
         Err(vec![
             "F:1:20: forward.enabled: expected true or false, found `yes`".to_string(),
             "F:1:38: forward.concurrency: expected a number from 1 to 256, found `0`".to_string(),
+            "F:1:54: forward.kafka_group: expected a consumer group name (1 to 249 characters, no spaces), found `a b`".to_string(),
         ])
     );
 }

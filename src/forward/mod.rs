@@ -29,6 +29,7 @@
 mod backoff;
 mod format;
 mod jobs;
+mod kafka;
 mod macros;
 mod reader;
 mod sender;
@@ -48,6 +49,7 @@ pub use macros::{HitValues, fill};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::collect::registry::MediaRegistry;
+use crate::config::daemon::KafkaJournalConfig;
 use crate::journal::{Journal, JournalError};
 use crate::telemetry::Metrics;
 
@@ -70,6 +72,10 @@ pub struct ForwardConfig {
     pub give_up_after: Duration,
     /// `forward.max_backoff_seconds`: the longest wait between two attempts; default 600.
     pub max_backoff: Duration,
+    /// `forward.kafka_group`: with `journal.kind: kafka`, the consumer group the forwarder
+    /// reads the journal topic in (its own, beside the pipelines'); default `backflow-forward`.
+    /// Daemons sharing a catalog share the group and split the partitions.
+    pub kafka_group: String,
 }
 
 impl Default for ForwardConfig {
@@ -80,6 +86,7 @@ impl Default for ForwardConfig {
             timeout: Duration::from_secs(5),
             give_up_after: Duration::from_secs(24 * 3600),
             max_backoff: Duration::from_secs(600),
+            kafka_group: "backflow-forward".to_string(),
         }
     }
 }
@@ -114,9 +121,13 @@ async fn start_position(journal: &Journal, catalog: &Catalog) -> Result<u64, For
 
 /// Starts the forwarder's reader and sender on `tracker`; both stop when `stop` is cancelled
 /// (a request in flight finishes or times out). With forwarding off, only forgets the cursor.
+/// With `kafka` (`journal.kind: kafka`) the reader reads the journal topic instead of the local
+/// journal.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     cfg: &ForwardConfig,
     journal: Journal,
+    kafka: Option<&KafkaJournalConfig>,
     catalog: Arc<Catalog>,
     // How hits are decoded: the media registry and the enrichment tables.
     decoding: (Arc<MediaRegistry>, Arc<crate::enrich::Enricher>),
@@ -124,13 +135,15 @@ pub async fn start(
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(), ForwardError> {
-    if !cfg.enabled {
-        if journal.remove_consumer(CONSUMER).await? {
+    if !cfg.enabled || kafka.is_some() {
+        // The local journal gets no hits in kafka mode: its cursor would only hold retention.
+        if journal.remove_consumer(CONSUMER).await? && !cfg.enabled {
             warn!("forwarding is off: its journal cursor was removed; queued jobs stay queued");
         }
-        return Ok(());
+        if !cfg.enabled {
+            return Ok(());
+        }
     }
-    let next = start_position(&journal, &catalog).await?;
     let notify = Arc::new(Notify::new());
     let sender = sender::Sender::new(
         cfg.clone(),
@@ -139,13 +152,41 @@ pub async fn start(
         Arc::clone(&notify),
         tracker.clone(),
     )?;
-    let reader = reader::Reader::new(journal, catalog, decoding, metrics, notify, next);
-    info!(
-        position = next,
-        concurrency = cfg.concurrency.get(),
-        "third-party forwarder started"
-    );
-    tracker.spawn(reader.run(stop.clone()));
+    if let Some(kafka) = kafka {
+        let mut reader = kafka::KafkaReader::new(
+            kafka.clone(),
+            cfg.kafka_group.clone(),
+            catalog,
+            decoding,
+            metrics,
+            notify,
+        );
+        // Before the endpoints take hits: on the first start, the topic's end is where
+        // forwarding begins. A broker down now is retried in the background.
+        let first = match reader.connect(kafka::FIRST_LOOKUP_TIMEOUT).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(error = %e, "forwarder: the kafka journal topic is not readable yet; retrying in the background");
+                None
+            }
+        };
+        info!(
+            topic = %kafka.topic,
+            group = %cfg.kafka_group,
+            concurrency = cfg.concurrency.get(),
+            "third-party forwarder started on the kafka journal topic"
+        );
+        tracker.spawn(reader.run(first, stop.clone()));
+    } else {
+        let next = start_position(&journal, &catalog).await?;
+        let reader = reader::Reader::new(journal, catalog, decoding, metrics, notify, next);
+        info!(
+            position = next,
+            concurrency = cfg.concurrency.get(),
+            "third-party forwarder started"
+        );
+        tracker.spawn(reader.run(stop.clone()));
+    }
     tracker.spawn(sender.run(stop));
     Ok(())
 }

@@ -296,6 +296,13 @@ pub struct ForwardMetrics {
     pub given_up: Family<ForwardLabels, Counter>,
     pub queue_depth: Family<ForwardLabels, Gauge>,
     pub oldest_job_age: Family<ForwardLabels, Gauge>,
+    /// `journal.kind: kafka`: journal-topic messages the forwarder dropped, by reason
+    /// (`already_taken`: read again below the catalog's offsets; `replay_duplicate`: a
+    /// fallback replay of a hit already taken).
+    pub kafka_dropped: Family<StatusLabels, Counter>,
+    /// `journal.kind: kafka`: error events of the forwarder's consumer (broker down, topic
+    /// missing, refused login …; the reader retries).
+    pub kafka_client_errors: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -529,6 +536,16 @@ impl Metrics {
             "Age of the oldest queued hit, by destination host",
             prometheus_client::registry::Unit::Seconds,
             f.oldest_job_age.clone(),
+        );
+        r.register(
+            "forward_kafka_dropped",
+            "Journal-topic messages the forwarder dropped: read again (already_taken) or a replayed duplicate (replay_duplicate)",
+            f.kafka_dropped.clone(),
+        );
+        r.register(
+            "forward_kafka_client_errors",
+            "Error events of the forwarder's Kafka consumer (it retries)",
+            f.kafka_client_errors.clone(),
         );
         r.register(
             "downloads",

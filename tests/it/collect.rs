@@ -401,7 +401,7 @@ pub(crate) fn start_again(
         .env("BACKFLOW__PUBLIC__LISTEN", format!("127.0.0.1:{public}"))
         .env("BACKFLOW__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(crate::support::daemon_stderr())
         .spawn()
         .expect("spawn serve");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

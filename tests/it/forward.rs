@@ -19,9 +19,9 @@ const USER_AGENT: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)
 
 /// One request the third party received.
 #[derive(Debug, Clone)]
-struct Seen {
+pub(crate) struct Seen {
     /// Path and query exactly as requested.
-    target: String,
+    pub(crate) target: String,
     user_agent: Option<String>,
     /// What it was answered.
     status: u16,
@@ -34,7 +34,7 @@ struct ThirdPartyState {
 }
 
 /// A stand-in Miaozhen / AdMaster server: records every request, answers a settable status.
-struct ThirdParty {
+pub(crate) struct ThirdParty {
     state: ThirdPartyState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -57,7 +57,7 @@ async fn record(State(state): State<ThirdPartyState>, uri: Uri, headers: HeaderM
 }
 
 impl ThirdParty {
-    fn start(port: u16, status: u16) -> ThirdParty {
+    pub(crate) fn start(port: u16, status: u16) -> ThirdParty {
         let state = ThirdPartyState {
             seen: Arc::default(),
             status: Arc::new(AtomicU16::new(status)),
@@ -102,7 +102,7 @@ impl ThirdParty {
         self.state.seen.lock().expect("lock").clone()
     }
 
-    fn accepted(&self) -> Vec<Seen> {
+    pub(crate) fn accepted(&self) -> Vec<Seen> {
         self.seen().into_iter().filter(|s| s.status < 400).collect()
     }
 }
@@ -118,7 +118,7 @@ impl Drop for ThirdParty {
     }
 }
 
-fn project() -> Project {
+pub(crate) fn project() -> Project {
     let p = Project::new();
     // No behavior pipeline runs during these tests.
     p.edit_pipeline(
@@ -128,7 +128,7 @@ fn project() -> Project {
     p
 }
 
-fn create(p: &Project, env: &[(&str, String)], args: &[&str]) -> serde_json::Value {
+pub(crate) fn create(p: &Project, env: &[(&str, String)], args: &[&str]) -> serde_json::Value {
     let mut all = vec![
         "activity",
         "create",
@@ -151,7 +151,7 @@ fn create(p: &Project, env: &[(&str, String)], args: &[&str]) -> serde_json::Val
 }
 
 /// Our link as the media's SDK fills it: os, IDFA, IP and time known, the rest unreplaced.
-fn filled(link: &str, ts_ms: i64) -> String {
+pub(crate) fn filled(link: &str, ts_ms: i64) -> String {
     link.replace("__OS__", "1")
         .replace("__IDFA__", IDFA)
         .replace("__IP__", "203.0.113.9")
@@ -159,7 +159,7 @@ fn filled(link: &str, ts_ms: i64) -> String {
 }
 
 /// A device's GET of one of our links; returns (status, location).
-fn hit(url: &str) -> (u16, Option<String>) {
+pub(crate) fn hit(url: &str) -> (u16, Option<String>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -185,7 +185,7 @@ fn hit(url: &str) -> (u16, Option<String>) {
 }
 
 /// The sum of a metric's samples (every label set) from the daemon's `/metrics`.
-fn metric(admin: &str, token: &str, name: &str) -> f64 {
+pub(crate) fn metric(admin: &str, token: &str, name: &str) -> f64 {
     let reply = crate::serve::http::send(
         reqwest::Method::GET,
         &format!("{admin}/metrics"),
@@ -201,7 +201,7 @@ fn metric(admin: &str, token: &str, name: &str) -> f64 {
 }
 
 /// Polls `done` every 100 ms for at most 60 s.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -209,7 +209,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn env_for(public: u16, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+pub(crate) fn env_for(public: u16, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     let mut env = vec![
         (
             "BACKFLOW__PUBLIC__BASE_URL",
@@ -222,7 +222,7 @@ fn env_for(public: u16, extra: &[(&'static str, &str)]) -> Vec<(&'static str, St
     env
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 

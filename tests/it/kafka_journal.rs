@@ -27,7 +27,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -80,7 +80,7 @@ fn consume(brokers: &str, topic: &str, partitions: i32, expect: usize) -> Vec<(S
     got
 }
 
-fn kafka_env(public: u16, brokers: &str, topic: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn kafka_env(public: u16, brokers: &str, topic: &str) -> Vec<(&'static str, String)> {
     vec![
         (
             "BACKFLOW__PUBLIC__BASE_URL",
@@ -97,7 +97,7 @@ fn kafka_env(public: u16, brokers: &str, topic: &str) -> Vec<(&'static str, Stri
 }
 
 /// Waits (bounded) until `/readyz` names the Kafka journal state `state`.
-fn wait_for_state(d: &Daemon, state: &str) {
+pub(crate) fn wait_for_state(d: &Daemon, state: &str) {
     let want = format!("journal: kafka {state} ");
     let mut last = String::new();
     for _ in 0..150 {
@@ -402,7 +402,7 @@ fn wait_exit(d: &mut Daemon) {
     panic!("the failpoint did not stop the daemon");
 }
 
-fn restart(
+pub(crate) fn restart(
     p: &Project,
     (public, admin): (u16, u16),
     env: &[(&str, String)],

@@ -16,6 +16,7 @@ mod downloads;
 mod duckdb;
 mod enrich;
 mod forward;
+mod forward_kafka;
 mod hits;
 mod http_source;
 mod journal;

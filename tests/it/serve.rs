@@ -46,7 +46,7 @@ pub(crate) fn start_with(
         .env("BACKFLOW__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
         .env("BACKFLOW__SHUTDOWN__GRACE_SECONDS", "10")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(crate::support::daemon_stderr())
         .spawn()
         .expect("spawn serve");
     let stdout = child.stdout.take().expect("stdout");

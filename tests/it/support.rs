@@ -290,3 +290,17 @@ print(json.dumps({"columns": rel.columns, "types": [str(t) for t in rel.types], 
         .collect();
     Some((strings("columns"), strings("types"), rows))
 }
+
+/// Where a test daemon's log goes: appended to the file named by `BACKFLOW_TEST_DAEMON_LOG`
+/// (to debug a test), else nowhere.
+pub fn daemon_stderr() -> std::process::Stdio {
+    std::env::var_os("BACKFLOW_TEST_DAEMON_LOG")
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .map_or_else(std::process::Stdio::null, std::process::Stdio::from)
+}
