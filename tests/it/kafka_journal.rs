@@ -80,7 +80,7 @@ fn consume(brokers: &str, topic: &str, partitions: i32, expect: usize) -> Vec<(S
     got
 }
 
-fn kafka_env(public: u16, brokers: &str, topic: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn kafka_env(public: u16, brokers: &str, topic: &str) -> Vec<(&'static str, String)> {
     vec![
         (
             "BACKFLOW__PUBLIC__BASE_URL",
@@ -97,7 +97,7 @@ fn kafka_env(public: u16, brokers: &str, topic: &str) -> Vec<(&'static str, Stri
 }
 
 /// Waits (bounded) until `/readyz` names the Kafka journal state `state`.
-fn wait_for_state(d: &Daemon, state: &str) {
+pub(crate) fn wait_for_state(d: &Daemon, state: &str) {
     let want = format!("journal: kafka {state} ");
     let mut last = String::new();
     for _ in 0..150 {
@@ -113,7 +113,7 @@ fn wait_for_state(d: &Daemon, state: &str) {
     panic!("/readyz never reported `{want}`; last: {last:?}");
 }
 
-fn metrics(d: &Daemon) -> String {
+pub(crate) fn metrics(d: &Daemon) -> String {
     http::send(
         http::Method::GET,
         &format!("{}/metrics", d.admin),
@@ -123,7 +123,7 @@ fn metrics(d: &Daemon) -> String {
     .body
 }
 
-fn metric(body: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -702,3 +702,158 @@ fn sasl_ssl_with_scram_and_a_client_certificate_reads_and_publishes_and_no_certi
     );
     assert!(broker.failed_handshakes() > refused_before);
 }
+
+/// The daemon's environment for a Kafka journal on `broker` over TLS (CA `ca`), with the SCRAM
+/// login when `scram`.
+fn journal_env(
+    public: u16,
+    broker: &TlsBroker,
+    topic: &str,
+    ca: &str,
+    scram: bool,
+) -> Vec<(&'static str, String)> {
+    let mut env = crate::kafka_journal::kafka_env(public, &broker.brokers, topic);
+    env.push(("BACKFLOW__JOURNAL__KAFKA__TLS__CA", broker.pki.file(ca)));
+    if scram {
+        env.extend([
+            (
+                "BACKFLOW__JOURNAL__KAFKA__SECURITY_PROTOCOL",
+                "sasl_ssl".to_string(),
+            ),
+            (
+                "BACKFLOW__JOURNAL__KAFKA__SASL_MECHANISM",
+                "scram_sha_256".to_string(),
+            ),
+            (
+                "BACKFLOW__JOURNAL__KAFKA__SASL_USERNAME",
+                "alice".to_string(),
+            ),
+            (
+                "BACKFLOW__JOURNAL__KAFKA__SASL_PASSWORD_ENV",
+                "KAFKA_JOURNAL_PASSWORD".to_string(),
+            ),
+            ("KAFKA_JOURNAL_PASSWORD", "wonderland".to_string()),
+        ]);
+    } else {
+        env.push((
+            "BACKFLOW__JOURNAL__KAFKA__SECURITY_PROTOCOL",
+            "ssl".to_string(),
+        ));
+    }
+    env
+}
+
+#[test]
+fn the_kafka_journal_produces_over_sasl_ssl_with_scram_and_ad_events_reads_it_back() {
+    use crate::collect::{create, hit};
+    use crate::kafka_journal::{metric, metrics, wait_for_state};
+    use crate::serve::{free_port, http, start_with};
+    let opts = BrokerOptions {
+        scram: true,
+        client_certs: false,
+    };
+    let Some(broker) = TlsBroker::start(opts) else {
+        return;
+    };
+    let topic = crate::kafka::unique("hits");
+    broker.create_topic(opts, &topic, 1);
+    let p = Project::new();
+    let (public, admin) = (free_port(), free_port());
+    let env = journal_env(public, &broker, &topic, "ca.pem", true);
+    let a = create(&p, &env, "hw", "huawei", Some("https://example.com/l"));
+    let d = start_with(&p, (public, admin), &env);
+    wait_for_state(&d, "ready");
+
+    let sent = 4;
+    for i in 0..sent {
+        let url = if i % 2 == 0 {
+            &a["impression_url"]
+        } else {
+            &a["click_url"]
+        };
+        let url = url.as_str().expect("url");
+        let r = hit(reqwest::Method::GET, &format!("{url}&n={i}"));
+        assert!(matches!(r.status, 200 | 204 | 302), "{}", r.status);
+    }
+    let m = metrics(&d);
+    assert_eq!(
+        metric(&m, r#"backflow_collect_kafka_state{status="ready"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    // Every answered hit is in the topic (read over TLS with SCRAM), keyed by its event id.
+    let messages = broker.consume(opts, &topic, 1, sent);
+    let ids: std::collections::BTreeSet<String> = messages
+        .iter()
+        .map(|(key, payload)| {
+            let record: backflow::collect::hit::HitRecord =
+                serde_json::from_str(payload).expect("hit record");
+            assert_eq!(*key, record.event_id);
+            record.event_id
+        })
+        .collect();
+    assert_eq!((messages.len(), ids.len()), (sent, sent));
+
+    // The daemon-wired ad_events pipeline reads the topic with the journal's TLS and login.
+    let run_url = format!("{}/api/v1/pipelines/ad_events/runs", d.admin);
+    let mut landed = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let _ = http::send(http::Method::POST, &run_url, Some(&d.token));
+        std::thread::sleep(Duration::from_secs(1));
+        if p.lake().join("ad_events/_commits").exists() {
+            landed = sorted_values(&read_dataset(&p.lake().join("ad_events")), "event_id")
+                .into_iter()
+                .collect();
+            if landed.len() >= sent {
+                break;
+            }
+        }
+    }
+    assert_eq!(landed, ids, "the lake holds exactly the topic's hits");
+}
+
+#[test]
+fn a_journal_producer_that_does_not_trust_the_brokers_ca_is_tls_failed() {
+    use crate::collect::{create, hit};
+    use crate::kafka_journal::{metric, metrics, wait_for_state};
+    use crate::serve::{free_port, start_with};
+    let opts = BrokerOptions::default();
+    let Some(broker) = TlsBroker::start(opts) else {
+        return;
+    };
+    let topic = crate::kafka::unique("hits");
+    broker.create_topic(opts, &topic, 1);
+    let p = Project::new();
+    let (public, admin) = (free_port(), free_port());
+    let env = journal_env(public, &broker, &topic, "other-ca.pem", false);
+    let a = create(&p, &env, "hw", "huawei", Some("https://example.com/l"));
+    let d = start_with(&p, (public, admin), &env);
+    // Not "broker_down": the state says what to fix.
+    wait_for_state(&d, "tls_failed");
+    let impression = hit(
+        reqwest::Method::GET,
+        a["impression_url"].as_str().expect("url"),
+    );
+    assert_eq!(impression.status, 503, "the journal cannot accept");
+    let click = hit(reqwest::Method::GET, a["click_url"].as_str().expect("url"));
+    assert_eq!(click.status, 302, "a click still redirects");
+    let m = metrics(&d);
+    assert_eq!(
+        metric(&m, r#"backflow_collect_kafka_state{status="tls_failed"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            r#"backflow_collect_kafka_errors_total{status="tls_failed"}"#
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{m}"
+    );
+    assert!(broker.failed_handshakes() > 0);
+    assert!(
+        broker.consume(opts, &topic, 1, 0).is_empty(),
+        "nothing produced"
+    );
+}
