@@ -126,6 +126,14 @@ impl SourceContext {
             .clone()
     }
 
+    /// The brokers answered since: an earlier refused handshake is history.
+    fn clear_tls_reason(&self) {
+        *self
+            .tls_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     fn tls_reason(&self) -> Option<String> {
         self.tls_reason
             .lock()
@@ -502,6 +510,7 @@ impl Session {
                 Ok(Some(Err(KafkaError::PartitionEOF(partition)))) => {
                     self.joined = true;
                     self.error_since_progress = None;
+                    consumer.context().clear_tls_reason();
                     progress_at = Instant::now();
                     at_end.insert(partition);
                     let assigned = self.assigned()?;
@@ -538,7 +547,9 @@ impl Session {
                 Ok(Some(Ok(message))) => message,
             };
             self.joined = true;
-            self.error_since_progress = None;
+            if self.error_since_progress.take().is_some() {
+                consumer.context().clear_tls_reason();
+            }
             progress_at = Instant::now();
             let partition = message.partition();
             if !at_end.is_empty() {
