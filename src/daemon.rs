@@ -412,12 +412,16 @@ fn journal_topic_source(
         idle: std::time::Duration::from_secs(2),
         join_timeout: std::time::Duration::from_secs(60),
         session_timeout: std::time::Duration::from_secs(45),
-        sasl: (kafka.security_protocol == crate::config::daemon::KafkaSecurity::SaslPlaintext)
+        security_protocol: kafka.security_protocol,
+        sasl: kafka
+            .security_protocol
+            .sasl()
             .then(|| crate::config::model::KafkaSasl {
                 mechanism: kafka.sasl_mechanism,
                 username: kafka.sasl_username.clone().unwrap_or_default(),
                 secret: kafka.sasl_password_env.clone().unwrap_or_default(),
             }),
+        tls: kafka.tls.clone(),
     }
 }
 

@@ -36,8 +36,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::daemon::{KafkaJournalConfig, KafkaSecurity};
+use crate::config::daemon::KafkaJournalConfig;
+use crate::config::model::KafkaTls;
 use crate::journal::Journal;
+use crate::pipeline::kafka_tls;
 use crate::pipeline::quota::REPLAY_HEADER;
 use crate::telemetry::{Metrics, StatusLabels};
 
@@ -96,15 +98,19 @@ pub enum ProducerState {
     TopicMissing = 3,
     /// Login refused or no permission to write the topic.
     Unauthorized = 4,
+    /// The TLS handshake was refused (a CA that did not sign the brokers' certificates, a
+    /// certificate naming another host, a client certificate the brokers do not accept).
+    TlsFailed = 5,
 }
 
 impl ProducerState {
-    const ALL: [ProducerState; 5] = [
+    const ALL: [ProducerState; 6] = [
         ProducerState::Connecting,
         ProducerState::Ready,
         ProducerState::BrokerDown,
         ProducerState::TopicMissing,
         ProducerState::Unauthorized,
+        ProducerState::TlsFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +120,7 @@ impl ProducerState {
             ProducerState::BrokerDown => "broker_down",
             ProducerState::TopicMissing => "topic_missing",
             ProducerState::Unauthorized => "unauthorized",
+            ProducerState::TlsFailed => "tls_failed",
         }
     }
 
@@ -160,13 +167,13 @@ impl KafkaJournalMetrics {
         r.register(
             "collect_kafka_errors",
             "Hits the Kafka journal did not take, by status (connecting, broker_down, timeout, queue_full, \
-             topic_missing, unauthorized, too_large, other)",
+             topic_missing, unauthorized, tls_failed, too_large, other)",
             self.errors.clone(),
         );
         r.register(
             "collect_kafka_state",
             "The Kafka journal producer's state (1 = current): connecting, ready, broker_down, \
-             topic_missing, unauthorized",
+             topic_missing, unauthorized, tls_failed",
             self.state.clone(),
         );
     }
@@ -178,6 +185,10 @@ struct StateCell {
     metrics: Arc<Metrics>,
     brokers: String,
     topic: String,
+    tls: KafkaTls,
+    /// The reason of the last refused TLS handshake, until the broker acknowledges: librdkafka
+    /// follows it with "all brokers down", which must not hide it.
+    tls_reason: std::sync::Mutex<Option<String>>,
 }
 
 impl StateCell {
@@ -185,7 +196,29 @@ impl StateCell {
         ProducerState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    fn tls_reason(&self) -> Option<String> {
+        self.tls_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A refused TLS handshake: remembered, and the state moves to `tls_failed`.
+    fn tls_refused(&self, reason: &str) {
+        *self
+            .tls_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_string());
+        self.set(ProducerState::TlsFailed, reason);
+    }
+
     fn set(&self, to: ProducerState, why: &str) {
+        if to == ProducerState::Ready {
+            *self
+                .tls_reason
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
         let from = ProducerState::from_u8(self.state.swap(to as u8, Ordering::AcqRel));
         if from == to {
             return;
@@ -200,6 +233,12 @@ impl StateCell {
         match to {
             ProducerState::Ready => {
                 info!(brokers = %self.brokers, topic = %self.topic, from = from.as_str(), "kafka journal: broker acknowledges; hits are accepted");
+            }
+            ProducerState::TlsFailed => {
+                let refusal =
+                    kafka_tls::refusal(&self.brokers, &self.tls, "journal.kafka.tls", why);
+                error!(brokers = %self.brokers, topic = %self.topic, state = to.as_str(), reason = %refusal,
+                    "kafka journal cannot accept: impressions answer 503, clicks redirect and go to the fallback file");
             }
             _ => {
                 error!(brokers = %self.brokers, topic = %self.topic, state = to.as_str(), reason = why,
@@ -216,7 +255,13 @@ struct Context {
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
+        if kafka_tls::handshake_refused(error.rdkafka_error_code(), reason) {
+            self.cell.tls_refused(reason);
+            return;
+        }
         match error.rdkafka_error_code() {
+            // After a refused handshake the brokers are "down" because of it.
+            Some(RDKafkaErrorCode::AllBrokersDown) if self.cell.tls_reason().is_some() => {}
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 self.cell.set(ProducerState::BrokerDown, reason);
             }
@@ -256,6 +301,7 @@ fn classify(e: &KafkaError) -> (&'static str, Option<ProducerState>) {
             | RDKafkaErrorCode::SaslAuthenticationFailed
             | RDKafkaErrorCode::Authentication,
         ) => ("unauthorized", Some(ProducerState::Unauthorized)),
+        Some(RDKafkaErrorCode::SSL) => ("tls_failed", Some(ProducerState::TlsFailed)),
         Some(RDKafkaErrorCode::MessageSizeTooLarge) => ("too_large", None),
         _ => ("other", None),
     }
@@ -266,6 +312,9 @@ fn classify(e: &KafkaError) -> (&'static str, Option<ProducerState>) {
 pub enum KafkaJournalError {
     #[error("journal.kafka: creating the producer: {0}")]
     Producer(KafkaError),
+    /// A TLS setting that cannot be used (a key password not set, a PEM librdkafka refuses).
+    #[error("{0}")]
+    Tls(String),
     #[error(
         "journal.kafka.sasl_password_env: environment variable `{0}` is not set (it holds the SASL password)"
     )]
@@ -287,12 +336,18 @@ pub fn client_config(
     config
         .set("bootstrap.servers", cfg.brokers.join(","))
         .set("client.id", client_id);
-    if cfg.security_protocol == KafkaSecurity::SaslPlaintext {
+    kafka_tls::apply(
+        &mut config,
+        cfg.security_protocol,
+        &cfg.tls,
+        "journal.kafka.tls",
+    )
+    .map_err(KafkaJournalError::Tls)?;
+    if cfg.security_protocol.sasl() {
         let env = cfg.sasl_password_env.clone().unwrap_or_default();
         let password =
             std::env::var(&env).map_err(|_| KafkaJournalError::MissingSecret(env.clone()))?;
         config
-            .set("security.protocol", "sasl_plaintext")
             .set("sasl.mechanism", cfg.sasl_mechanism.librdkafka_name())
             .set(
                 "sasl.username",
@@ -352,6 +407,8 @@ impl KafkaJournal {
             metrics: Arc::clone(&metrics),
             brokers: cfg.brokers.join(","),
             topic: cfg.topic.clone(),
+            tls: (*cfg.tls).clone(),
+            tls_reason: std::sync::Mutex::new(None),
         });
         metrics
             .kafka_journal
@@ -364,7 +421,12 @@ impl KafkaJournal {
             .create_with_context(Context {
                 cell: Arc::clone(&cell),
             })
-            .map_err(KafkaJournalError::Producer)?;
+            .map_err(
+                |e| match kafka_tls::file_refused(&e, &cfg.tls, "journal.kafka.tls") {
+                    Some(message) => KafkaJournalError::Tls(message),
+                    None => KafkaJournalError::Producer(e),
+                },
+            )?;
         let fallback = Fallback::open(cfg.fallback_dir.clone()).await?;
         metrics
             .kafka_journal
@@ -516,6 +578,11 @@ impl KafkaJournal {
             ),
             Err(e) => (ProducerState::BrokerDown, e.to_string()),
         };
+        // A broker that "does not answer" after a refused handshake refused it again.
+        if let (ProducerState::BrokerDown, Some(reason)) = (state, self.cell.tls_reason()) {
+            self.cell.tls_refused(&reason);
+            return;
+        }
         self.cell.set(state, &why);
     }
 

@@ -128,8 +128,11 @@ pub struct KafkaJournalConfig {
     /// `fallback_dir`: clicks the broker did not acknowledge, replayed when it is back; default
     /// `{data_dir}/fallback/kafka`.
     pub fallback_dir: PathBuf,
-    /// `security_protocol`: `plaintext` (default) or `sasl_plaintext`.
+    /// `security_protocol`: `plaintext` (default), `sasl_plaintext`, `ssl` or `sasl_ssl`.
     pub security_protocol: KafkaSecurity,
+    /// `tls.*` (`tls.ca`, `tls.certificate`, `tls.key`, `tls.key_password_env`): with `ssl` or
+    /// `sasl_ssl` only.
+    pub tls: Box<crate::config::model::KafkaTls>,
     /// `sasl_mechanism`: `plain` (default), `scram_sha_256` or `scram_sha_512`.
     pub sasl_mechanism: crate::config::model::SaslMechanism,
     /// `sasl_username`: SASL user (with `sasl_plaintext`).
@@ -139,13 +142,57 @@ pub struct KafkaJournalConfig {
     pub sasl_password_env: Option<String>,
 }
 
-/// How the producer talks to the brokers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a Kafka client talks to the brokers (librdkafka's `security.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KafkaSecurity {
+    /// No login, no TLS.
+    #[default]
     Plaintext,
-    /// SASL/PLAIN without TLS (this build's librdkafka has no TLS: rdkafka's `ssl` feature is
-    /// off).
+    /// A SASL login without TLS.
     SaslPlaintext,
+    /// TLS, no login.
+    Ssl,
+    /// A SASL login over TLS.
+    SaslSsl,
+}
+
+impl KafkaSecurity {
+    /// The spellings, as the configuration takes them.
+    pub const NAMES: &str = "plaintext, sasl_plaintext, ssl, sasl_ssl";
+
+    /// Parses a configured value.
+    pub fn parse(value: &str) -> Result<KafkaSecurity, String> {
+        match value {
+            "plaintext" => Ok(KafkaSecurity::Plaintext),
+            "sasl_plaintext" => Ok(KafkaSecurity::SaslPlaintext),
+            "ssl" => Ok(KafkaSecurity::Ssl),
+            "sasl_ssl" => Ok(KafkaSecurity::SaslSsl),
+            other => Err(format!(
+                "unknown security protocol `{other}`, expected one of {}",
+                Self::NAMES
+            )),
+        }
+    }
+
+    /// librdkafka's `security.protocol` value (also the configured spelling).
+    pub fn librdkafka_name(self) -> &'static str {
+        match self {
+            KafkaSecurity::Plaintext => "plaintext",
+            KafkaSecurity::SaslPlaintext => "sasl_plaintext",
+            KafkaSecurity::Ssl => "ssl",
+            KafkaSecurity::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    /// Whether the client logs in with SASL.
+    pub fn sasl(self) -> bool {
+        matches!(self, KafkaSecurity::SaslPlaintext | KafkaSecurity::SaslSsl)
+    }
+
+    /// Whether the connections are TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, KafkaSecurity::Ssl | KafkaSecurity::SaslSsl)
+    }
 }
 
 impl Default for DaemonConfig {
@@ -248,6 +295,10 @@ const KEYS: &[&str] = &[
     "journal.kafka.sasl_mechanism",
     "journal.kafka.sasl_username",
     "journal.kafka.sasl_password_env",
+    "journal.kafka.tls.ca",
+    "journal.kafka.tls.certificate",
+    "journal.kafka.tls.key",
+    "journal.kafka.tls.key_password_env",
 ];
 
 /// `backflow.yaml` as written; every value is text with its position.
@@ -426,6 +477,21 @@ struct RawKafkaJournal {
     sasl_username: Option<Located<String>>,
     /// Name of the variable holding the SASL password.
     sasl_password_env: Option<Located<String>>,
+    /// `ca`, `certificate`, `key`, `key_password_env`.
+    tls: Option<RawSection<RawKafkaJournalTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafkaJournalTls {
+    /// PEM file of the CA(s) to trust.
+    ca: Option<Located<String>>,
+    /// PEM file of the client certificate.
+    certificate: Option<Located<String>>,
+    /// PEM file of its private key.
+    key: Option<Located<String>>,
+    /// Name of the variable holding the key's password.
+    key_password_env: Option<Located<String>>,
 }
 
 /// Where a setting's text came from.
@@ -551,7 +617,16 @@ fn file_settings(raw: RawDaemon) -> HashMap<&'static str, Setting> {
     let journal_kind = journal.as_ref().and_then(|j| j.kind.clone());
     let kafka = journal.and_then(|j| j.kafka).map(|s| s.0);
     let kafka_leaves = kafka.map(|k| {
+        let tls = k.tls.map(|s| s.0);
+        let (ca, certificate, key, key_password_env) = match tls {
+            Some(t) => (t.ca, t.certificate, t.key, t.key_password_env),
+            None => (None, None, None, None),
+        };
         [
+            ("journal.kafka.tls.ca", ca),
+            ("journal.kafka.tls.certificate", certificate),
+            ("journal.kafka.tls.key", key),
+            ("journal.kafka.tls.key_password_env", key_password_env),
             ("journal.kafka.brokers", k.brokers),
             ("journal.kafka.topic", k.topic),
             ("journal.kafka.message_timeout_ms", k.message_timeout_ms),
@@ -764,18 +839,9 @@ impl Resolver<'_> {
             .get("journal.kafka.fallback_dir", parse_path)
             .unwrap_or_else(|| data_dir.join("fallback").join("kafka"));
         let security_protocol = self
-            .get("journal.kafka.security_protocol", |v| match v {
-                "plaintext" => Ok(KafkaSecurity::Plaintext),
-                "sasl_plaintext" => Ok(KafkaSecurity::SaslPlaintext),
-                "ssl" | "sasl_ssl" => Err(format!(
-                    "`{v}` (TLS) is not supported yet: no TLS settings (CA, client certificate) \
-                     can be given; expected plaintext or sasl_plaintext"
-                )),
-                other => Err(format!(
-                    "unknown security protocol `{other}`, expected one of plaintext, sasl_plaintext"
-                )),
-            })
+            .get("journal.kafka.security_protocol", KafkaSecurity::parse)
             .unwrap_or(KafkaSecurity::Plaintext);
+        let tls = self.journal_tls(security_protocol);
         let sasl_mechanism = self
             .get("journal.kafka.sasl_mechanism", |v| {
                 use crate::config::model::SaslMechanism;
@@ -790,16 +856,7 @@ impl Resolver<'_> {
             })
             .unwrap_or_default();
         let sasl_username = self.get("journal.kafka.sasl_username", parse_optional_text);
-        let sasl_password_env = self.get("journal.kafka.sasl_password_env", |v| {
-            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                Err(format!(
-                    "expected the name of an environment variable (letters, digits, `_`), \
-                     found `{v}`; the password itself never goes in the config"
-                ))
-            } else {
-                Ok(Some(v.to_string()))
-            }
-        });
+        let sasl_password_env = self.get("journal.kafka.sasl_password_env", parse_env_name);
         let (sasl_username, sasl_password_env) =
             (sasl_username.flatten(), sasl_password_env.flatten());
         let origin = kind_origin.unwrap_or(Origin::Env(format!("{ENV_PREFIX}JOURNAL__KIND")));
@@ -809,13 +866,14 @@ impl Resolver<'_> {
                 .push(self.error("journal.kind", origin, message.to_string()));
             return JournalConfig::Local;
         };
-        if security_protocol == KafkaSecurity::SaslPlaintext
-            && (sasl_username.is_none() || sasl_password_env.is_none())
-        {
-            let message = "`security_protocol: sasl_plaintext` needs `journal.kafka.sasl_username` \
-                           and `journal.kafka.sasl_password_env`";
+        if security_protocol.sasl() && (sasl_username.is_none() || sasl_password_env.is_none()) {
+            let message = format!(
+                "`security_protocol: {}` needs `journal.kafka.sasl_username` and \
+                 `journal.kafka.sasl_password_env`",
+                security_protocol.librdkafka_name()
+            );
             self.errors
-                .push(self.error("journal.kind", origin, message.to_string()));
+                .push(self.error("journal.kind", origin, message));
         }
         JournalConfig::Kafka(KafkaJournalConfig {
             brokers,
@@ -825,10 +883,68 @@ impl Resolver<'_> {
             message_max_bytes,
             fallback_dir,
             security_protocol,
+            tls: Box::new(tls),
             sasl_mechanism,
             sasl_username,
             sasl_password_env,
         })
+    }
+
+    /// `journal.kafka.tls.*`: files that exist, a certificate with its key, and only with a TLS
+    /// `protocol`.
+    fn journal_tls(&mut self, protocol: KafkaSecurity) -> crate::config::model::KafkaTls {
+        const TLS: [&str; 4] = [
+            "journal.kafka.tls.ca",
+            "journal.kafka.tls.certificate",
+            "journal.kafka.tls.key",
+            "journal.kafka.tls.key_password_env",
+        ];
+        let origins = TLS.map(|key| {
+            self.settings
+                .get(key)
+                .filter(|s| !s.value.trim().is_empty())
+                .map(|s| s.origin.clone())
+        });
+        let tls = crate::config::model::KafkaTls {
+            ca: self.get(TLS[0], parse_tls_file).flatten(),
+            certificate: self.get(TLS[1], parse_tls_file).flatten(),
+            key: self.get(TLS[2], parse_tls_file).flatten(),
+            key_password_env: self.get(TLS[3], parse_env_name).flatten(),
+        };
+        let [_, certificate, key, password] = &origins;
+        let mismatch = if !protocol.tls() {
+            TLS.iter().zip(&origins).find_map(|(k, o)| {
+                let message = format!(
+                    "TLS settings need `journal.kafka.security_protocol: ssl` or `sasl_ssl`, not `{}`",
+                    protocol.librdkafka_name()
+                );
+                o.clone().map(|o| (*k, o, message))
+            })
+        } else {
+            match (certificate, key, password) {
+                (Some(o), None, _) => Some((
+                    TLS[1],
+                    o.clone(),
+                    "a client certificate needs its private key in `journal.kafka.tls.key`".into(),
+                )),
+                (None, Some(o), _) => Some((
+                    TLS[2],
+                    o.clone(),
+                    "a private key needs its client certificate in `journal.kafka.tls.certificate`"
+                        .into(),
+                )),
+                (_, None, Some(o)) => Some((
+                    TLS[3],
+                    o.clone(),
+                    "a key password needs the encrypted key in `journal.kafka.tls.key`".into(),
+                )),
+                _ => None,
+            }
+        };
+        if let Some((key, origin, message)) = mismatch {
+            self.errors.push(self.error(key, origin, message));
+        }
+        tls
     }
 
     fn forward(&mut self, d: ForwardConfig) -> ForwardConfig {

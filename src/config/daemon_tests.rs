@@ -191,7 +191,7 @@ fn kafka_journal_errors_are_located() {
     );
     assert_eq!(
         load_text(
-            "journal:\n  kind: kafka\n  kafka:\n    brokers: k1\n    topic: \"a b\"\n    security_protocol: ssl\n    sasl_password_env: \"s3cr3t!\"\n    sasl_mechanism: scram_sha_512\n",
+            "journal:\n  kind: kafka\n  kafka:\n    brokers: k1\n    topic: \"a b\"\n    security_protocol: tls\n    sasl_password_env: \"s3cr3t!\"\n    sasl_mechanism: scram_sha_512\n",
             &[]
         ),
         Err(vec![
@@ -199,12 +199,101 @@ fn kafka_journal_errors_are_located() {
                 .to_string(),
             "F:5:12: journal.kafka.topic: expected a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), found `a b`"
                 .to_string(),
-            "F:6:24: journal.kafka.security_protocol: `ssl` (TLS) is not supported yet: no TLS settings (CA, client certificate) can be given; expected plaintext or sasl_plaintext"
+            "F:6:24: journal.kafka.security_protocol: unknown security protocol `tls`, expected one of plaintext, sasl_plaintext, ssl, sasl_ssl"
                 .to_string(),
             "F:7:24: journal.kafka.sasl_password_env: expected the name of an environment variable (letters, digits, `_`), found `s3cr3t!`; the password itself never goes in the config"
                 .to_string(),
             "F:2:9: journal.kind: `kind: kafka` needs `journal.kafka.brokers` (comma-separated host:port)"
                 .to_string(),
+        ])
+    );
+}
+
+#[test]
+fn kafka_journal_tls_is_configured_from_the_file_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "PEM").unwrap_or_else(|e| panic!("{e}"));
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
+    let config = load_text(
+        &format!(
+            "journal:\n  kind: kafka\n  kafka:\n    brokers: k1:9093\n    security_protocol: sasl_ssl\n    sasl_mechanism: scram_sha_256\n    sasl_username: collector\n    sasl_password_env: KAFKA_PASSWORD\n    tls:\n      ca: {ca}\n"
+        ),
+        &[
+            ("BACKFLOW__JOURNAL__KAFKA__TLS__CERTIFICATE", &cert),
+            ("BACKFLOW__JOURNAL__KAFKA__TLS__KEY", &key),
+            ("BACKFLOW__JOURNAL__KAFKA__TLS__KEY_PASSWORD_ENV", "KAFKA_KEY_PASSWORD"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let JournalConfig::Kafka(k) = config.journal else {
+        panic!("not kafka: {:?}", config.journal)
+    };
+    assert_eq!(k.security_protocol, KafkaSecurity::SaslSsl);
+    assert_eq!(
+        k.tls,
+        Box::new(crate::config::model::KafkaTls {
+            ca: Some(PathBuf::from(&ca)),
+            certificate: Some(PathBuf::from(&cert)),
+            key: Some(PathBuf::from(&key)),
+            key_password_env: Some("KAFKA_KEY_PASSWORD".to_string()),
+        })
+    );
+    // `ssl` alone: the system trust store, no client certificate.
+    let config = load_text(
+        "journal:\n  kind: kafka\n  kafka: {brokers: \"k1:9093\", security_protocol: ssl}\n",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let JournalConfig::Kafka(k) = config.journal else {
+        panic!("not kafka: {:?}", config.journal)
+    };
+    assert_eq!(
+        (k.security_protocol, k.tls),
+        (KafkaSecurity::Ssl, Box::default())
+    );
+}
+
+#[test]
+fn kafka_journal_tls_errors_are_located() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cert = dir.path().join("client.pem");
+    std::fs::write(&cert, "PEM").unwrap_or_else(|e| panic!("{e}"));
+    let cert = cert.display().to_string();
+    let journal =
+        |kafka: &str| format!("journal:\n  kind: kafka\n  kafka:\n    brokers: k1:9093\n{kafka}");
+    // TLS settings with a plaintext protocol.
+    assert_eq!(
+        load_text(&journal("    tls: {ca: /no/such/ca.pem}\n"), &[]),
+        Err(vec![
+            "F:5:15: journal.kafka.tls.ca: `/no/such/ca.pem` does not exist (a relative path is from the working directory)".to_string(),
+            "F:5:15: journal.kafka.tls.ca: TLS settings need `journal.kafka.security_protocol: ssl` or `sasl_ssl`, not `plaintext`".to_string(),
+        ])
+    );
+    // A certificate without its key; a key password without a key; a SASL protocol without
+    // its login.
+    assert_eq!(
+        load_text(
+            &journal(&format!("    security_protocol: sasl_ssl\n    tls:\n      certificate: {cert}\n      key_password_env: \"k-p\"\n")),
+            &[]
+        ),
+        Err(vec![
+            "F:8:25: journal.kafka.tls.key_password_env: expected the name of an environment variable (letters, digits, `_`), found `k-p`; the password itself never goes in the config".to_string(),
+            "F:7:20: journal.kafka.tls.certificate: a client certificate needs its private key in `journal.kafka.tls.key`".to_string(),
+            "F:2:9: journal.kind: `security_protocol: sasl_ssl` needs `journal.kafka.sasl_username` and `journal.kafka.sasl_password_env`".to_string(),
+        ])
+    );
+    // From the environment: the variable is named.
+    assert_eq!(
+        load_text(
+            &journal("    security_protocol: ssl\n"),
+            &[("BACKFLOW__JOURNAL__KAFKA__TLS__KEY_PASSWORD_ENV", "KAFKA_KEY_PASSWORD")]
+        ),
+        Err(vec![
+            "<environment>: BACKFLOW__JOURNAL__KAFKA__TLS__KEY_PASSWORD_ENV: a key password needs the encrypted key in `journal.kafka.tls.key`".to_string(),
         ])
     );
 }

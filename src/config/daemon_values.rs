@@ -172,3 +172,33 @@ pub(super) fn parse_retention_days(value: &str) -> Result<u32, String> {
         .filter(|n| (1..=365).contains(n))
         .ok_or_else(|| format!("expected a number of days from 1 to 365, found `{value}`"))
 }
+
+/// The name of an environment variable holding a secret (empty for none).
+pub(super) fn parse_env_name(value: &str) -> Result<Option<String>, String> {
+    if value.is_empty() {
+        Ok(None)
+    } else if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Err(format!(
+            "expected the name of an environment variable (letters, digits, `_`), found \
+             `{value}`; the password itself never goes in the config"
+        ))
+    } else {
+        Ok(Some(value.to_string()))
+    }
+}
+
+/// A PEM file that exists (empty for none; a relative path is from the working directory).
+pub(super) fn parse_tls_file(value: &str) -> Result<Option<PathBuf>, String> {
+    let path = PathBuf::from(value);
+    if value.is_empty() {
+        Ok(None)
+    } else if path.is_file() {
+        Ok(Some(path))
+    } else if path.exists() {
+        Err(format!("`{value}` is not a file"))
+    } else {
+        Err(format!(
+            "`{value}` does not exist (a relative path is from the working directory)"
+        ))
+    }
+}

@@ -144,8 +144,30 @@ pub struct KafkaSource {
     pub idle: std::time::Duration,
     pub join_timeout: std::time::Duration,
     pub session_timeout: std::time::Duration,
+    /// `plaintext`, `sasl_plaintext` (with `sasl`), `ssl` or `sasl_ssl` (with `sasl`).
+    pub security_protocol: crate::config::daemon::KafkaSecurity,
     /// SASL login; `None`: none.
     pub sasl: Option<KafkaSasl>,
+    /// TLS settings (used with `ssl` and `sasl_ssl`).
+    pub tls: Box<KafkaTls>,
+}
+
+/// A Kafka client's TLS settings (`security_protocol: ssl` or `sasl_ssl`). Hostname
+/// verification is always on (librdkafka's `ssl.endpoint.identification.algorithm=https`): the
+/// brokers' certificates must name the hosts the client connects to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KafkaTls {
+    /// PEM file of the CA certificate(s) to trust (`ssl.ca.location`); `None`: the system
+    /// trust store.
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate for mutual TLS (`ssl.certificate.location`); set
+    /// together with `key`.
+    pub certificate: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate's private key (`ssl.key.location`).
+    pub key: Option<std::path::PathBuf>,
+    /// The environment variable holding the private key's password, when it is encrypted
+    /// (`ssl.key.password`); its name, never the password, is configured.
+    pub key_password_env: Option<String>,
 }
 
 /// A Kafka client's SASL login; `secret` names the environment variable with the password.
@@ -342,9 +364,13 @@ pub struct KafkaSink {
     pub max_in_flight: NonZeroUsize,
     pub message_max_bytes: usize,
     pub security_protocol: crate::config::daemon::KafkaSecurity,
+    /// `plain` (default), `scram_sha_256` or `scram_sha_512`.
+    pub sasl_mechanism: SaslMechanism,
     pub sasl_username: Option<String>,
     /// The environment variable holding the SASL password.
     pub sasl_password_env: Option<String>,
+    /// TLS settings (used with `ssl` and `sasl_ssl`).
+    pub tls: Box<KafkaTls>,
     /// Further librdkafka properties, in order (checked by librdkafka at load time).
     pub client: Vec<(String, String)>,
 }

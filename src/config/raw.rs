@@ -330,10 +330,17 @@ pub struct RawKafka {
     /// Kafka's defaults). Lower means a crashed member's partitions move sooner.
     #[serde(default)]
     pub session_timeout_ms: Option<Located<u64>>,
-    /// SASL login to the brokers (over plaintext: this build's librdkafka has no TLS). Absent:
-    /// no login.
+    /// `plaintext`, `sasl_plaintext` (needs `sasl`), `ssl` or `sasl_ssl` (needs `sasl`).
+    /// Default: `sasl_plaintext` with `sasl`, else `plaintext`.
+    #[serde(default)]
+    pub security_protocol: Option<Located<super::raw_kafka_sink::RawSecurityProtocol>>,
+    /// SASL login to the brokers. Absent: no login.
     #[serde(default)]
     pub sasl: Option<RawKafkaSasl>,
+    /// TLS settings (with `ssl` and `sasl_ssl`; default: trust the system's CAs, no client
+    /// certificate).
+    #[serde(default)]
+    pub tls: Option<Located<super::raw_kafka_sink::RawKafkaTls>>,
 }
 
 /// SASL login of a Kafka client. The password is read at run time from the environment

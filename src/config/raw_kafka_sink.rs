@@ -45,16 +45,23 @@ pub struct RawKafkaSink {
     /// goes to quarantine with the reason. Keep it at or below the topic's `max.message.bytes`.
     #[serde(default)]
     pub message_max_bytes: Option<Located<u64>>,
-    /// `plaintext` (default) or `sasl_plaintext` (SASL/PLAIN; this build has no TLS).
+    /// `plaintext` (default), `sasl_plaintext`, `ssl` or `sasl_ssl`.
     #[serde(default)]
-    pub security_protocol: RawSecurityProtocol,
-    /// SASL/PLAIN user (with `sasl_plaintext`).
+    pub security_protocol: Option<Located<RawSecurityProtocol>>,
+    /// SASL mechanism (with `sasl_plaintext` and `sasl_ssl`; default `plain`).
+    #[serde(default)]
+    pub sasl_mechanism: Option<Located<super::raw::RawSaslMechanism>>,
+    /// SASL user (with `sasl_plaintext` and `sasl_ssl`).
     #[serde(default)]
     pub sasl_username: Option<Located<String>>,
     /// The environment variable holding the SASL password (its name: the password itself never
     /// goes in the YAML), read when a run starts.
     #[serde(default)]
     pub sasl_password_env: Option<Located<String>>,
+    /// TLS settings (with `ssl` and `sasl_ssl`; default: trust the system's CAs, no client
+    /// certificate).
+    #[serde(default)]
+    pub tls: Option<Located<RawKafkaTls>>,
     /// Further librdkafka producer properties, `{property: value, ...}`, e.g.
     /// `{linger.ms: 20, compression.type: lz4, partitioner: murmur2_random}` (this build of
     /// librdkafka has no zstd). Checked by librdkafka when the pipeline is loaded. The delivery
@@ -75,16 +82,56 @@ pub enum RawKafkaSinkFormat {
     Json,
 }
 
-/// How a Kafka client talks to the brokers.
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+/// How a Kafka client talks to the brokers (librdkafka's `security.protocol`).
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[schemars(rename = "SecurityProtocol")]
 #[serde(rename_all = "snake_case")]
 pub enum RawSecurityProtocol {
-    /// No authentication, no TLS.
-    #[default]
+    /// No login, no TLS.
     Plaintext,
-    /// SASL/PLAIN (`sasl_username`, `sasl_password_env`), no TLS.
+    /// A SASL login, no TLS.
     SaslPlaintext,
+    /// TLS (see `tls`), no login.
+    Ssl,
+    /// A SASL login over TLS (see `tls`).
+    SaslSsl,
+}
+
+impl RawSecurityProtocol {
+    pub fn parsed(self) -> crate::config::daemon::KafkaSecurity {
+        use crate::config::daemon::KafkaSecurity;
+        match self {
+            RawSecurityProtocol::Plaintext => KafkaSecurity::Plaintext,
+            RawSecurityProtocol::SaslPlaintext => KafkaSecurity::SaslPlaintext,
+            RawSecurityProtocol::Ssl => KafkaSecurity::Ssl,
+            RawSecurityProtocol::SaslSsl => KafkaSecurity::SaslSsl,
+        }
+    }
+}
+
+/// TLS settings of a Kafka client, with `security_protocol: ssl` or `sasl_ssl`. The brokers'
+/// certificates are always verified, hostname included (each must name the host the client
+/// connects to). Files are PEM, checked to exist when the configuration is loaded (relative
+/// paths: from the working directory); librdkafka reads them when a client starts.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "KafkaTls")]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaTls {
+    /// The CA certificate(s) to trust (librdkafka's `ssl.ca.location`). Default: the system
+    /// trust store.
+    #[serde(default)]
+    pub ca: Option<Located<String>>,
+    /// The client certificate, for brokers that require mutual TLS
+    /// (`ssl.certificate.location`); with `key`.
+    #[serde(default)]
+    pub certificate: Option<Located<String>>,
+    /// The client certificate's private key (`ssl.key.location`); with `certificate`.
+    #[serde(default)]
+    pub key: Option<Located<String>>,
+    /// The environment variable holding the key's password, when the key is encrypted
+    /// (`ssl.key.password`; its name: the password itself never goes in the YAML).
+    #[serde(default)]
+    pub key_password_env: Option<Located<String>>,
 }
 
 /// A YAML scalar taken as text (`5`, `true` and `"5"` alike).
@@ -138,15 +185,21 @@ pub struct RawKafkaNotice {
     /// default 30000). Also bounds the broker check when a refresh starts.
     #[serde(default)]
     pub message_timeout_ms: Option<Located<u64>>,
-    /// `plaintext` (default) or `sasl_plaintext`.
+    /// `plaintext` (default), `sasl_plaintext`, `ssl` or `sasl_ssl`.
     #[serde(default)]
-    pub security_protocol: RawSecurityProtocol,
-    /// SASL/PLAIN user (with `sasl_plaintext`).
+    pub security_protocol: Option<Located<RawSecurityProtocol>>,
+    /// SASL mechanism (default `plain`).
+    #[serde(default)]
+    pub sasl_mechanism: Option<Located<super::raw::RawSaslMechanism>>,
+    /// SASL user (with `sasl_plaintext` and `sasl_ssl`).
     #[serde(default)]
     pub sasl_username: Option<Located<String>>,
     /// The environment variable holding the SASL password.
     #[serde(default)]
     pub sasl_password_env: Option<Located<String>>,
+    /// TLS settings (with `ssl` and `sasl_ssl`), as for a Kafka sink.
+    #[serde(default)]
+    pub tls: Option<Located<RawKafkaTls>>,
     /// Further librdkafka producer properties (as for a Kafka sink).
     #[serde(default)]
     pub client: Option<OrderedMap<Located<RawScalar>>>,
@@ -166,8 +219,10 @@ impl RawKafkaNotice {
             max_in_flight: None,
             message_max_bytes: None,
             security_protocol: self.security_protocol,
+            sasl_mechanism: self.sasl_mechanism,
             sasl_username: self.sasl_username,
             sasl_password_env: self.sasl_password_env,
+            tls: self.tls,
             client: self.client,
         }
     }

@@ -26,7 +26,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::jobs::{JobMaker, count_enqueued};
 use super::{blocking, now_ms};
@@ -35,6 +35,7 @@ use crate::collect::appender::client_config;
 use crate::collect::registry::MediaRegistry;
 use crate::config::daemon::KafkaJournalConfig;
 use crate::enrich::Enricher;
+use crate::pipeline::kafka_tls;
 use crate::pipeline::quota::REPLAY_HEADER;
 use crate::telemetry::{Metrics, StatusLabels};
 
@@ -56,6 +57,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The consumer's context: counts and logs client errors.
 pub(super) struct ForwardContext {
     topic: String,
+    brokers: String,
+    tls: crate::config::model::KafkaTls,
     metrics: Arc<Metrics>,
     last_error: Mutex<Option<String>>,
 }
@@ -69,7 +72,13 @@ impl ClientContext for ForwardContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Logged when it changes: a broker down repeats its error every few hundred ms.
         if last.as_deref() != Some(reason) {
-            warn!(topic = %self.topic, %error, reason, "forwarder: kafka client error; retrying");
+            if kafka_tls::handshake_refused(error.rdkafka_error_code(), reason) {
+                let message =
+                    kafka_tls::refusal(&self.brokers, &self.tls, "journal.kafka.tls", reason);
+                error!(topic = %self.topic, "forwarder: {message}; retrying");
+            } else {
+                warn!(topic = %self.topic, %error, reason, "forwarder: kafka client error; retrying");
+            }
             *last = Some(reason.to_string());
         }
     }
@@ -195,6 +204,8 @@ impl KafkaReader {
             .set("allow.auto.create.topics", "false");
         let context = ForwardContext {
             topic: self.cfg.topic.clone(),
+            brokers: self.cfg.brokers.join(","),
+            tls: (*self.cfg.tls).clone(),
             metrics: Arc::clone(&self.metrics),
             last_error: Mutex::new(None),
         };

@@ -13,6 +13,7 @@
 
 pub mod failpoint;
 pub mod frame;
+pub mod kafka_tls;
 mod publish;
 pub mod quota;
 pub mod sink;

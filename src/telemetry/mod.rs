@@ -99,7 +99,7 @@ pub struct SinkMetrics {
     /// the batch fails), `too_large` and `null_key` (rows sent to quarantine instead).
     pub kafka_messages: Family<SinkLabels, Counter>,
     /// Kafka sink failures by kind: `broker_down`, `timeout`, `topic_missing`,
-    /// `unauthorized`, `too_large`, `other`.
+    /// `unauthorized`, `tls_failed`, `too_large`, `other`.
     pub kafka_errors: Family<SinkLabels, Counter>,
     /// Payload bytes the Kafka sink had acknowledged.
     pub kafka_bytes: Family<PipelineLabels, Counter>,
@@ -282,8 +282,9 @@ pub struct SourceMetrics {
     /// Kafka source offset commits that failed or went unanswered (the lake is unaffected).
     pub kafka_commit_failures: Family<PipelineLabels, Counter>,
     /// Kafka source failures (`kind`: `brokers_down`, `no_assignment`, `replay_incomplete`,
-    /// `unauthorized`, `missing_secret` stop a run; `close_timeout`: the consumer did not close
-    /// in time, the run went on).
+    /// `unauthorized`, `tls_failed` (a refused TLS handshake), `tls_file` (librdkafka refused a
+    /// TLS file), `missing_secret` stop a run; `close_timeout`: the consumer did not close in
+    /// time, the run went on).
     pub kafka_failures: Family<SourceLabels, Counter>,
 }
 
@@ -601,7 +602,7 @@ impl Metrics {
         );
         r.register(
             "kafka_sink_errors",
-            "Kafka sink failures by kind (broker_down, timeout, topic_missing, unauthorized, too_large, other)",
+            "Kafka sink failures by kind (broker_down, timeout, topic_missing, unauthorized, tls_failed, too_large, other)",
             m.sink.kafka_errors.clone(),
         );
         r.register_with_unit(
@@ -625,8 +626,8 @@ impl Metrics {
         r.register(
             "kafka_source_failures",
             "Kafka source failures by reason (brokers_down, no_assignment, replay_incomplete, \
-             unauthorized, missing_secret stop a run; close_timeout: the consumer did not close \
-             in time)",
+             unauthorized, tls_failed, tls_file, missing_secret stop a run; close_timeout: the \
+             consumer did not close in time)",
             s.kafka_failures.clone(),
         );
         m.kafka_journal.register(r);

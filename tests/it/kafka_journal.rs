@@ -113,7 +113,7 @@ pub(crate) fn wait_for_state(d: &Daemon, state: &str) {
     panic!("/readyz never reported `{want}`; last: {last:?}");
 }
 
-fn metrics(d: &Daemon) -> String {
+pub(crate) fn metrics(d: &Daemon) -> String {
     http::send(
         http::Method::GET,
         &format!("{}/metrics", d.admin),
@@ -123,7 +123,7 @@ fn metrics(d: &Daemon) -> String {
     .body
 }
 
-fn metric(body: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -1,19 +1,22 @@
 //! Stage two of `source: {type: kafka}` and `sink: {type: kafka}`.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use serde_saphyr::Location;
 
 use super::Converter;
 use super::http::check_env_name;
 use crate::config::daemon::KafkaSecurity;
 use crate::config::model::{
-    KafkaFormat, KafkaSasl, KafkaSink, KafkaSinkFormat, KafkaSource, KafkaTopics, SaslMechanism,
-    StartFrom,
+    KafkaFormat, KafkaSasl, KafkaSink, KafkaSinkFormat, KafkaSource, KafkaTls, KafkaTopics,
+    SaslMechanism, StartFrom,
 };
 use crate::config::raw::{
     Located, OrderedMap, RawKafka, RawKafkaFormat, RawKafkaSasl, RawSaslMechanism, RawStartFrom,
 };
 use crate::config::raw_kafka_sink::{
-    RawKafkaSink, RawKafkaSinkFormat, RawScalar, RawSecurityProtocol,
+    RawKafkaSink, RawKafkaSinkFormat, RawKafkaTls, RawScalar, RawSecurityProtocol,
 };
 
 /// Producer properties a sink's `client` map cannot set: the delivery guarantees, what the
@@ -37,7 +40,23 @@ const RESERVED_CLIENT_KEYS: &[(&str, &str)] = &[
     ("message.max.bytes", "use `message_max_bytes`"),
     ("security.protocol", "use `security_protocol`"),
     ("sasl.username", "use `sasl_username`"),
+    ("sasl.mechanism", "use `sasl_mechanism`"),
+    ("sasl.mechanisms", "use `sasl_mechanism`"),
     ("allow.auto.create.topics", "the sink never creates topics"),
+    ("ssl.ca.location", "use `tls.ca`"),
+    ("ssl.ca.pem", "use `tls.ca`"),
+    ("ssl.certificate.location", "use `tls.certificate`"),
+    ("ssl.certificate.pem", "use `tls.certificate`"),
+    ("ssl.key.location", "use `tls.key`"),
+    ("ssl.key.password", "use `tls.key_password_env`"),
+    (
+        "ssl.endpoint.identification.algorithm",
+        "the brokers' host names are always verified",
+    ),
+    (
+        "enable.ssl.certificate.verification",
+        "the brokers' certificates are always verified",
+    ),
 ];
 
 /// Whether a librdkafka property holds a secret (never in YAML).
@@ -114,10 +133,38 @@ impl Converter<'_> {
         let idle = self.limit(raw.idle_ms, "source.idle_ms", 2_000);
         let join = self.limit(raw.join_timeout_ms, "source.join_timeout_ms", 60_000);
         let session = self.limit(raw.session_timeout_ms, "source.session_timeout_ms", 45_000);
+        let sasl_at = raw.sasl.as_ref().map(|s| s.mechanism.location());
         let sasl = match raw.sasl {
             None => Some(None),
             Some(sasl) => self.kafka_sasl(sasl).map(Some),
         };
+        let default = if sasl_at.is_some() {
+            KafkaSecurity::SaslPlaintext
+        } else {
+            KafkaSecurity::Plaintext
+        };
+        let security = self.kafka_security(raw.security_protocol, default, raw.tls, "source");
+        if let Some((protocol, at, _)) = &security {
+            match (protocol.sasl(), sasl_at) {
+                (true, None) => self.errors.push(
+                    *at,
+                    "source.security_protocol",
+                    format!(
+                        "`{}` needs a `sasl` login (mechanism, username, secret)",
+                        protocol.librdkafka_name()
+                    ),
+                ),
+                (false, Some(sasl_at)) => self.errors.push(
+                    sasl_at,
+                    "source.sasl",
+                    format!(
+                        "a `sasl` login needs `security_protocol: sasl_plaintext` or `sasl_ssl`, not `{}`",
+                        protocol.librdkafka_name()
+                    ),
+                ),
+                _ => {}
+            }
+        }
         Some(KafkaSource {
             brokers: brokers?,
             topics: topics?,
@@ -139,7 +186,112 @@ impl Converter<'_> {
             join_timeout: Duration::from_millis(join?.0.get()),
             session_timeout: Duration::from_millis(session?.0.get()),
             sasl: sasl?,
+            security_protocol: security.as_ref()?.0,
+            tls: Box::new(security?.2),
         })
+    }
+
+    /// `{at}.security_protocol` (`default` when absent) and `{at}.tls`, with where the
+    /// protocol was written (for the callers' SASL checks). The TLS files must exist; TLS
+    /// settings need a TLS protocol.
+    pub(super) fn kafka_security(
+        &mut self,
+        protocol: Option<Located<RawSecurityProtocol>>,
+        default: KafkaSecurity,
+        tls: Option<Located<RawKafkaTls>>,
+        at: &str,
+    ) -> Option<(KafkaSecurity, Location, KafkaTls)> {
+        let (protocol, protocol_at) = match &protocol {
+            Some(p) => (p.value().parsed(), p.location()),
+            None => (default, Location::UNKNOWN),
+        };
+        let Some(raw) = tls else {
+            return Some((protocol, protocol_at, KafkaTls::default()));
+        };
+        let tls_at = raw.location();
+        if !protocol.tls() {
+            self.errors.push(
+                tls_at,
+                &format!("{at}.tls"),
+                format!(
+                    "TLS settings need `security_protocol: ssl` or `sasl_ssl`, not `{}`",
+                    protocol.librdkafka_name()
+                ),
+            );
+            return None;
+        }
+        let raw = raw.into_value();
+        let p = |field: &str| format!("{at}.tls.{field}");
+        let ca = self.tls_file(raw.ca.as_ref(), &p("ca"));
+        let certificate = self.tls_file(raw.certificate.as_ref(), &p("certificate"));
+        let key = self.tls_file(raw.key.as_ref(), &p("key"));
+        let key_password_env = match &raw.key_password_env {
+            None => Some(None),
+            Some(env) => self
+                .errors
+                .check(
+                    env.location(),
+                    &p("key_password_env"),
+                    check_env_name(env.value()),
+                )
+                .map(Some),
+        };
+        let mut paired = true;
+        match (&raw.certificate, &raw.key) {
+            (Some(cert), None) => {
+                self.errors.push(
+                    cert.location(),
+                    &p("certificate"),
+                    "a client certificate needs its private key in `tls.key`",
+                );
+                paired = false;
+            }
+            (None, Some(key)) => {
+                self.errors.push(
+                    key.location(),
+                    &p("key"),
+                    "a private key needs its client certificate in `tls.certificate`",
+                );
+                paired = false;
+            }
+            _ => {}
+        }
+        if let (Some(env), None) = (&raw.key_password_env, &raw.key) {
+            self.errors.push(
+                env.location(),
+                &p("key_password_env"),
+                "a key password needs the encrypted key in `tls.key`",
+            );
+            paired = false;
+        }
+        let tls = KafkaTls {
+            ca: ca?,
+            certificate: certificate?,
+            key: key?,
+            key_password_env: key_password_env?,
+        };
+        paired.then_some((protocol, protocol_at, tls))
+    }
+
+    /// A TLS file: `Some(None)` when not set, `None` after an error.
+    fn tls_file(&mut self, raw: Option<&Located<String>>, path: &str) -> Option<Option<PathBuf>> {
+        let Some(raw) = raw else {
+            return Some(None);
+        };
+        let file = PathBuf::from(raw.value());
+        let checked = if raw.value().trim().is_empty() {
+            Err("expected the path of a PEM file, found an empty string".to_string())
+        } else if file.is_file() {
+            Ok(file)
+        } else if file.exists() {
+            Err(format!("`{}` is not a file", raw.value()))
+        } else {
+            Err(format!(
+                "`{}` does not exist (a relative path is from the working directory)",
+                raw.value()
+            ))
+        };
+        self.errors.check(raw.location(), path, checked).map(Some)
     }
 
     fn kafka_sasl(&mut self, raw: RawKafkaSasl) -> Option<KafkaSasl> {
@@ -300,18 +452,25 @@ impl Converter<'_> {
                 )
                 .map(Some),
         };
-        let security_protocol = match raw.security_protocol {
-            RawSecurityProtocol::Plaintext => KafkaSecurity::Plaintext,
-            RawSecurityProtocol::SaslPlaintext => {
-                if raw.sasl_username.is_none() || raw.sasl_password_env.is_none() {
-                    self.errors.push(
-                        raw.topic.location(),
-                        &p("security_protocol"),
-                        "`sasl_plaintext` needs `sasl_username` and `sasl_password_env`",
-                    );
-                }
-                KafkaSecurity::SaslPlaintext
-            }
+        let security =
+            self.kafka_security(raw.security_protocol, KafkaSecurity::Plaintext, raw.tls, at);
+        if let Some((protocol, protocol_at, _)) = &security
+            && protocol.sasl()
+            && (raw.sasl_username.is_none() || raw.sasl_password_env.is_none())
+        {
+            self.errors.push(
+                *protocol_at,
+                &p("security_protocol"),
+                format!(
+                    "`{}` needs `sasl_username` and `sasl_password_env`",
+                    protocol.librdkafka_name()
+                ),
+            );
+        }
+        let sasl_mechanism = match raw.sasl_mechanism.map(|m| *m.value()) {
+            None | Some(RawSaslMechanism::Plain) => SaslMechanism::Plain,
+            Some(RawSaslMechanism::ScramSha256) => SaslMechanism::ScramSha256,
+            Some(RawSaslMechanism::ScramSha512) => SaslMechanism::ScramSha512,
         };
         let client = self.client_properties(raw.client, &p("client"));
         Some(KafkaSink {
@@ -325,9 +484,11 @@ impl Converter<'_> {
             message_timeout: Duration::from_millis(timeout?.0.get()),
             max_in_flight: in_flight?,
             message_max_bytes: max_bytes?,
-            security_protocol,
+            security_protocol: security.as_ref()?.0,
+            sasl_mechanism,
             sasl_username: sasl_username?,
             sasl_password_env: sasl_password_env?,
+            tls: Box::new(security?.2),
             client: client?,
         })
     }
@@ -390,11 +551,16 @@ impl Converter<'_> {
                     return None;
                 }
                 if is_secret_key(&key) {
+                    let instead = if key.starts_with("ssl") {
+                        "the files of `tls`"
+                    } else {
+                        "`sasl_password_env`"
+                    };
                     self.errors.push(
                         name.location(),
                         &path,
                         format!(
-                            "`{key}` holds a secret, and secrets never go in the YAML; use `sasl_password_env`"
+                            "`{key}` holds a secret, and secrets never go in the YAML; use {instead}"
                         ),
                     );
                     return None;

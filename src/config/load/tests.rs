@@ -1,6 +1,8 @@
 use super::*;
+use crate::config::daemon::KafkaSecurity;
 use crate::config::model::{
-    KafkaFormat, KafkaSasl, KafkaTopics, Misfire, Overlap, RetryPolicy, SaslMechanism, StartFrom,
+    KafkaFormat, KafkaSasl, KafkaTls, KafkaTopics, Misfire, Overlap, RetryPolicy, SaslMechanism,
+    StartFrom,
 };
 
 const MINIMAL: &str = "name: p\nsource: {type: object_store_files, url: memory://in}\n\
@@ -384,6 +386,147 @@ fn kafka_sasl_errors_are_located() {
         found,
         [
             "p.yaml:10:5: source.sasl.password: unknown field `password`, expected one of mechanism, username, secret"
+        ],
+        "{found:#?}"
+    );
+}
+
+/// PEM stand-ins `ca.pem`, `client.pem`, `client.key` in a temporary directory (the loader
+/// checks that they exist; librdkafka reads them when a client starts).
+fn tls_files() -> (tempfile::TempDir, [String; 3]) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let files = ["ca.pem", "client.pem", "client.key"].map(|name| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "PEM").unwrap_or_else(|e| panic!("{e}"));
+        path.display().to_string()
+    });
+    (dir, files)
+}
+
+#[test]
+fn kafka_tls_settings_reach_the_source_the_sink_and_the_notices() {
+    let (_dir, [ca, cert, key]) = tls_files();
+    let text = format!(
+        "name: p\nsource:\n  type: kafka\n  brokers: [\"k1:9093\"]\n  topics: [t]\n  group_id: g\n  security_protocol: sasl_ssl\n  sasl: {{mechanism: scram_sha_512, username: u, secret: S}}\n  tls:\n    ca: {ca}\n    certificate: {cert}\n    key: {key}\n    key_password_env: KEY_PASSWORD\n{KAFKA_SINK}"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::Kafka(source) = &pipeline.source else {
+        panic!("expected a kafka source");
+    };
+    assert_eq!(source.security_protocol, KafkaSecurity::SaslSsl);
+    assert_eq!(
+        source.tls,
+        Box::new(KafkaTls {
+            ca: Some(PathBuf::from(&ca)),
+            certificate: Some(PathBuf::from(&cert)),
+            key: Some(PathBuf::from(&key)),
+            key_password_env: Some("KEY_PASSWORD".to_string()),
+        })
+    );
+    // `sasl` alone is still SASL without TLS; `ssl` alone trusts the system's CAs.
+    let text = format!(
+        "name: p\nsource:\n  type: kafka\n  brokers: [\"k1:9093\"]\n  topics: [t]\n  group_id: g\n  sasl: {{mechanism: plain, username: u, secret: S}}\n{KAFKA_SINK}"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SourceConfig::Kafka(source) = &pipeline.source else {
+        panic!("expected a kafka source");
+    };
+    assert_eq!(source.security_protocol, KafkaSecurity::SaslPlaintext);
+    let text = format!(
+        "{FILES_SOURCE}sink:\n  type: kafka\n  brokers: [\"k1:9093\"]\n  topic: out\n  key_column: k\n  security_protocol: ssl\n"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SinkConfig::Kafka(sink) = &pipeline.sink else {
+        panic!("expected a kafka sink");
+    };
+    assert_eq!(
+        (sink.security_protocol, &sink.tls),
+        (KafkaSecurity::Ssl, &Box::default())
+    );
+    let text = format!(
+        "{FILES_SOURCE}sink:\n  type: kafka\n  brokers: [\"k1:9093\"]\n  topic: out\n  key_column: k\n  security_protocol: sasl_ssl\n  sasl_mechanism: scram_sha_256\n  sasl_username: u\n  sasl_password_env: P\n  tls:\n    ca: {ca}\n"
+    );
+    let pipeline = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let SinkConfig::Kafka(sink) = &pipeline.sink else {
+        panic!("expected a kafka sink");
+    };
+    assert_eq!(
+        (sink.security_protocol, sink.sasl_mechanism, &sink.tls.ca),
+        (
+            KafkaSecurity::SaslSsl,
+            SaslMechanism::ScramSha256,
+            &Some(PathBuf::from(&ca))
+        )
+    );
+}
+
+#[test]
+fn kafka_tls_errors_are_located() {
+    let (_dir, [ca, cert, _]) = tls_files();
+    let source = |rest: &str| {
+        format!(
+            "name: p\nsource:\n  type: kafka\n  brokers: [\"k1:9093\"]\n  topics: [t]\n  group_id: g\n{rest}{KAFKA_SINK}"
+        )
+    };
+    // TLS settings with a protocol without TLS; a file that does not exist.
+    let found = errors(&source("  tls:\n    ca: /no/such/ca.pem\n"));
+    let want = [
+        "p.yaml:8:5: source.tls: TLS settings need `security_protocol: ssl` or `sasl_ssl`, not `plaintext`",
+    ];
+    assert_eq!(found, want, "{found:#?}");
+    let found = errors(&source(
+        "  security_protocol: ssl\n  tls:\n    ca: /no/such/ca.pem\n",
+    ));
+    let want = [
+        "p.yaml:9:9: source.tls.ca: `/no/such/ca.pem` does not exist (a relative path is from the working directory)",
+    ];
+    assert_eq!(found, want, "{found:#?}");
+    // A certificate without its key; an unknown protocol; a SASL protocol without a login; a
+    // login with a protocol without SASL.
+    let found = errors(&source(&format!(
+        "  security_protocol: ssl\n  tls:\n    key_password_env: KEY_PASSWORD\n    certificate: {cert}\n"
+    )));
+    let want = [
+        "p.yaml:10:18: source.tls.certificate: a client certificate needs its private key in `tls.key`",
+        "p.yaml:9:23: source.tls.key_password_env: a key password needs the encrypted key in `tls.key`",
+    ];
+    assert_eq!(found, want, "{found:#?}");
+    let found = errors(&source("  security_protocol: tls\n"));
+    let want = [
+        "p.yaml:7:22: source.security_protocol: unknown variant `tls`, expected one of plaintext, sasl_plaintext, ssl, sasl_ssl",
+    ];
+    assert_eq!(found, want, "{found:#?}");
+    let found = errors(&source("  security_protocol: sasl_ssl\n"));
+    let want = [
+        "p.yaml:7:22: source.security_protocol: `sasl_ssl` needs a `sasl` login (mechanism, username, secret)",
+    ];
+    assert_eq!(found, want, "{found:#?}");
+    let found = errors(&source(
+        "  security_protocol: ssl\n  sasl: {mechanism: plain, username: u, secret: S}\n",
+    ));
+    let want = [
+        "p.yaml:8:21: source.sasl: a `sasl` login needs `security_protocol: sasl_plaintext` or `sasl_ssl`, not `ssl`",
+    ];
+    assert_eq!(found, want, "{found:#?}");
+    // The sink: the same rules, and the TLS properties cannot be set through `client`.
+    let found = errors(&format!(
+        "{FILES_SOURCE}sink:\n  type: kafka\n  brokers: [\"k1:9093\"]\n  topic: out\n  key_column: k\n  security_protocol: sasl_plaintext\n  sasl_username: u\n  sasl_password_env: P\n  client: {{ssl.endpoint.identification.algorithm: none, ssl.key.pem: x}}\n  tls:\n    ca: {ca}\n"
+    ));
+    let want = [
+        "p.yaml:13:5: sink.tls: TLS settings need `security_protocol: ssl` or `sasl_ssl`, not `sasl_plaintext`",
+        "p.yaml:11:12: sink.client.ssl.endpoint.identification.algorithm: `ssl.endpoint.identification.algorithm` cannot be set here: the brokers' host names are always verified",
+        "p.yaml:11:57: sink.client.ssl.key.pem: `ssl.key.pem` holds a secret, and secrets never go in the YAML; use the files of `tls`",
+    ];
+    assert_eq!(found, want, "{found:#?}");
+    // Dataset change notices take the same settings.
+    let (jobs, found) = load_job_text(&format!(
+        "kind: dataset\nname: j\ndataset: {{type: behavior, output: b, time_grain: day}}\npublish:\n  notify:\n    kafka:\n      brokers: [\"k1:9093\"]\n      topic: changes\n      security_protocol: ssl\n      tls: {{certificate: {cert}}}\n"
+    ));
+    assert!(jobs.is_empty());
+    assert_eq!(
+        found,
+        [
+            "j.yaml:10:26: publish.notify.kafka.tls.certificate: a client certificate needs its private key in `tls.key`"
         ],
         "{found:#?}"
     );

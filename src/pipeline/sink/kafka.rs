@@ -30,10 +30,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tracing::{debug, info, warn};
 
-use crate::config::daemon::KafkaSecurity;
 use crate::config::model::KafkaSink;
 use crate::pipeline::PipelineError;
 use crate::pipeline::frame::{Quarantine, QuarantinedRow, SOURCE_FILE, SOURCE_LINE, is_lineage};
+use crate::pipeline::kafka_tls;
 use crate::telemetry::{Metrics, PipelineLabels, SinkLabels};
 
 /// Header naming the batch of a message: `{pipeline}/{batch}`.
@@ -244,7 +244,11 @@ struct SinkContext {
     pipeline: String,
     brokers: String,
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The reason of the last refused TLS handshake (shared with the [`Publisher`]).
+    tls_reason: TlsReason,
 }
+
+type TlsReason = Arc<std::sync::Mutex<Option<String>>>;
 
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -259,6 +263,11 @@ impl ClientContext for SinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if kafka_tls::handshake_refused(error.rdkafka_error_code(), reason)
+            && let Ok(mut tls) = self.tls_reason.lock()
+        {
+            *tls = Some(reason.to_string());
+        }
         let code = format!("{:?}", error.rdkafka_error_code());
         let first = self
             .seen
@@ -279,6 +288,7 @@ pub struct Publisher {
     cfg: KafkaSink,
     pipeline: String,
     metrics: Arc<Metrics>,
+    tls_reason: TlsReason,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -318,7 +328,9 @@ impl Publisher {
                 cfg.max_in_flight.get().to_string(),
             )
             .set("message.max.bytes", cfg.message_max_bytes.to_string());
-        if cfg.security_protocol == KafkaSecurity::SaslPlaintext {
+        kafka_tls::apply(&mut config, cfg.security_protocol, &cfg.tls, "tls")
+            .map_err(PipelineError::Sink)?;
+        if cfg.security_protocol.sasl() {
             let env = cfg.sasl_password_env.clone().unwrap_or_default();
             let password = std::env::var(&env).map_err(|_| {
                 PipelineError::Sink(format!(
@@ -326,8 +338,7 @@ impl Publisher {
                 ))
             })?;
             config
-                .set("security.protocol", "sasl_plaintext")
-                .set("sasl.mechanism", "PLAIN")
+                .set("sasl.mechanism", cfg.sasl_mechanism.librdkafka_name())
                 .set(
                     "sasl.username",
                     cfg.sasl_username.clone().unwrap_or_default(),
@@ -338,12 +349,18 @@ impl Publisher {
             pipeline: pipeline.to_string(),
             brokers: cfg.brokers.join(","),
             seen: std::sync::Mutex::default(),
+            tls_reason: TlsReason::default(),
         };
+        let tls_reason = Arc::clone(&context.tls_reason);
         let producer: FutureProducer<SinkContext> =
             config.create_with_context(context).map_err(|e| {
-                PipelineError::Sink(format!(
-                    "kafka: creating the producer for brokers {}: {e}",
-                    cfg.brokers.join(",")
+                PipelineError::Sink(kafka_tls::file_refused(&e, &cfg.tls, "tls").unwrap_or_else(
+                    || {
+                        format!(
+                            "kafka: creating the producer for brokers {}: {e}",
+                            cfg.brokers.join(",")
+                        )
+                    },
                 ))
             })?;
         let publisher = Publisher {
@@ -351,6 +368,7 @@ impl Publisher {
             cfg: cfg.clone(),
             pipeline: pipeline.to_string(),
             metrics,
+            tls_reason,
         };
         publisher.probe().await?;
         Ok(publisher)
@@ -419,15 +437,27 @@ impl Publisher {
             Err(e) => e,
         };
         let (kind, retryable) = classify(&e);
-        // A metadata request that gets no answer at all is a broker that is down.
-        let kind = if kind == "other" || kind == "timeout" {
-            "broker_down"
-        } else {
-            kind
+        // A metadata request that gets no answer at all is a broker that is down, unless the
+        // client reported a refused TLS handshake.
+        let tls_reason = self.tls_reason.lock().ok().and_then(|r| r.clone());
+        let kind = match (kind, &tls_reason) {
+            ("other" | "timeout" | "broker_down", Some(_)) => "tls_failed",
+            ("other" | "timeout", None) => "broker_down",
+            _ => kind,
         };
         self.count_error(kind);
         warn!(pipeline = %self.pipeline, brokers = %self.brokers(), topic = %self.cfg.topic, kind, error = %e, "kafka sink: broker check failed; nothing was sent");
         Err(match kind {
+            "tls_failed" => PipelineError::Sink(format!(
+                "kafka: {} (topic `{}`); not retried",
+                kafka_tls::refusal(
+                    &self.brokers(),
+                    &self.cfg.tls,
+                    "tls",
+                    tls_reason.as_deref().unwrap_or_default()
+                ),
+                self.cfg.topic
+            )),
             "topic_missing" => PipelineError::Sink(format!(
                 "kafka topic `{}` does not exist on brokers {}; create it (the sink never creates topics)",
                 self.cfg.topic,
@@ -608,9 +638,11 @@ mod tests {
             message_timeout: Duration::from_secs(1),
             max_in_flight: NonZeroUsize::MIN,
             message_max_bytes: max_bytes,
-            security_protocol: KafkaSecurity::Plaintext,
+            security_protocol: crate::config::daemon::KafkaSecurity::Plaintext,
+            sasl_mechanism: crate::config::model::SaslMechanism::Plain,
             sasl_username: None,
             sasl_password_env: None,
+            tls: Box::default(),
             client: Vec::new(),
         }
     }

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use super::super::PipelineError;
 use super::super::frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
+use super::super::kafka_tls;
 use super::super::quota::MeterPlan;
 use super::json_object::ObjectDecoder;
 use crate::collect::decode as hit_decode;
@@ -105,6 +106,8 @@ fn kafka_err(what: &str) -> impl Fn(KafkaError) -> PipelineError + '_ {
 struct SourceContext {
     pipeline: String,
     last_reason: Mutex<Option<String>>,
+    /// The reason of the last refused TLS handshake (kept: "brokers are down" follows it).
+    tls_reason: Mutex<Option<String>>,
 }
 
 impl SourceContext {
@@ -112,11 +115,27 @@ impl SourceContext {
         SourceContext {
             pipeline: pipeline.to_string(),
             last_reason: Mutex::new(None),
+            tls_reason: Mutex::new(None),
         }
     }
 
     fn last_reason(&self) -> Option<String> {
         self.last_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The brokers answered since: an earlier refused handshake is history.
+    fn clear_tls_reason(&self) {
+        *self
+            .tls_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    fn tls_reason(&self) -> Option<String> {
+        self.tls_reason
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -127,6 +146,12 @@ impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // Logged (once per change) where the error comes out of `recv`, with this reason.
         tracing::debug!(pipeline = %self.pipeline, %error, reason, "kafka client error event");
+        if kafka_tls::handshake_refused(error.rdkafka_error_code(), reason) {
+            *self
+                .tls_reason
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_string());
+        }
         *self
             .last_reason
             .lock()
@@ -164,16 +189,72 @@ fn client_config(cfg: &KafkaSource) -> Result<ClientConfig, PipelineError> {
                 StartFrom::Latest => "latest",
             },
         );
+    kafka_tls::apply(&mut config, cfg.security_protocol, &cfg.tls, tls_at(cfg))
+        .map_err(PipelineError::KafkaDenied)?;
     if let Some(sasl) = &cfg.sasl {
         let password = super::secret::lookup(&sasl.secret)
             .map_err(|e| PipelineError::KafkaDenied(format!("source.sasl.secret: {e}")))?;
         config
-            .set("security.protocol", "sasl_plaintext")
             .set("sasl.mechanism", sasl.mechanism.librdkafka_name())
             .set("sasl.username", &sasl.username)
             .set("sasl.password", password);
     }
     Ok(config)
+}
+
+/// Where the TLS settings of `cfg` are configured (for errors).
+fn tls_at(cfg: &KafkaSource) -> &'static str {
+    if cfg.journal {
+        "journal.kafka.tls"
+    } else {
+        "source.tls"
+    }
+}
+
+/// Creates the client, a TLS file librdkafka refuses named by its field (not retried).
+fn create(
+    config: &ClientConfig,
+    cfg: &KafkaSource,
+    pipeline: &str,
+    metrics: &Metrics,
+    what: &str,
+) -> Result<SourceConsumer, PipelineError> {
+    config
+        .create_with_context(SourceContext::new(pipeline))
+        .map_err(
+            |e| match kafka_tls::file_refused(&e, &cfg.tls, tls_at(cfg)) {
+                Some(message) => {
+                    failed(metrics, pipeline, "tls_file");
+                    PipelineError::KafkaDenied(message)
+                }
+                None => PipelineError::Kafka(format!("{what}: {e}")),
+            },
+        )
+}
+
+/// A refused TLS handshake, when `e` is one: librdkafka reports `SSL`, or a transport failure
+/// after a handshake error event. Not retried: a CA or a certificate must change.
+fn tls_refusal(
+    cfg: &KafkaSource,
+    e: &KafkaError,
+    context: &SourceContext,
+) -> Option<PipelineError> {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let code = e.rdkafka_error_code();
+    let reason = context.tls_reason();
+    let refused =
+        code == Some(C::SSL) || (code == Some(C::BrokerTransportFailure) && reason.is_some());
+    refused.then(|| {
+        PipelineError::KafkaDenied(format!(
+            "{}; not retried",
+            kafka_tls::refusal(
+                &cfg.brokers.join(","),
+                &cfg.tls,
+                tls_at(cfg),
+                reason.as_deref().unwrap_or_default()
+            )
+        ))
+    })
 }
 
 /// Whether `e` says the brokers refused this client: a failed SASL login, or no permission
@@ -315,11 +396,10 @@ impl Session {
         pipeline: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Session, PipelineError> {
-        let consumer: SourceConsumer = client_config(cfg)
-            .inspect_err(|_| failed(&metrics, pipeline, "missing_secret"))?
-            .set("group.id", &cfg.group_id)
-            .create_with_context(SourceContext::new(pipeline))
-            .map_err(kafka_err("creating the consumer"))?;
+        let mut config =
+            client_config(cfg).inspect_err(|_| failed(&metrics, pipeline, "missing_secret"))?;
+        config.set("group.id", &cfg.group_id);
+        let consumer = create(&config, cfg, pipeline, &metrics, "creating the consumer")?;
         match &cfg.topics {
             KafkaTopics::Names(names) => {
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -430,6 +510,7 @@ impl Session {
                 Ok(Some(Err(KafkaError::PartitionEOF(partition)))) => {
                     self.joined = true;
                     self.error_since_progress = None;
+                    consumer.context().clear_tls_reason();
                     progress_at = Instant::now();
                     at_end.insert(partition);
                     let assigned = self.assigned()?;
@@ -443,6 +524,10 @@ impl Session {
                     return Err(refusal(&self.cfg, &e, &self.reason()));
                 }
                 Ok(Some(Err(e))) => {
+                    if let Some(refusal) = tls_refusal(&self.cfg, &e, consumer.context()) {
+                        self.failed("tls_failed");
+                        return Err(refusal);
+                    }
                     // librdkafka retries transient errors itself; these are reports, logged
                     // when they change (a dead broker is reported every ~100 ms).
                     let error = e.to_string();
@@ -462,7 +547,9 @@ impl Session {
                 Ok(Some(Ok(message))) => message,
             };
             self.joined = true;
-            self.error_since_progress = None;
+            if self.error_since_progress.take().is_some() {
+                consumer.context().clear_tls_reason();
+            }
             progress_at = Instant::now();
             let partition = message.partition();
             if !at_end.is_empty() {
@@ -857,10 +944,15 @@ pub async fn fetch(
     }
     // librdkafka wants a group for `assign`; assigning (unlike subscribing) never joins it, and
     // nothing is committed from here.
-    let consumer: SourceConsumer = client_config(cfg)?
-        .set("group.id", &cfg.group_id)
-        .create_with_context(SourceContext::new(pipeline))
-        .map_err(kafka_err("creating the replay consumer"))?;
+    let mut config = client_config(cfg)?;
+    config.set("group.id", &cfg.group_id);
+    let consumer = create(
+        &config,
+        cfg,
+        pipeline,
+        metrics,
+        "creating the replay consumer",
+    )?;
     let mut list = TopicPartitionList::new();
     let mut wanted: BTreeMap<(String, i32), &PartitionRange> = BTreeMap::new();
     for range in &positions.ranges {
@@ -896,6 +988,10 @@ pub async fn fetch(
                 return Err(refusal(cfg, &e, &reason));
             }
             Ok(Err(e)) => {
+                if let Some(refusal) = tls_refusal(cfg, &e, consumer.context()) {
+                    failed(metrics, pipeline, "tls_failed");
+                    return Err(refusal);
+                }
                 let error = e.to_string();
                 metrics
                     .source
