@@ -8,47 +8,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::forward::{ThirdParty, create, env_for, filled, hit, metric, now_ms, project, wait_for};
-use crate::kafka_journal::{create_topic, kafka_env, restart, wait_for_state};
+use crate::kafka_journal::{consume_raw, create_topic, kafka_env, restart, wait_for_state};
 use crate::serve::{free_port, start_with};
 use crate::support::*;
-
-/// The first message of partition `partition` of `topic`: (key, payload).
-fn first_message(brokers: &str, topic: &str, partitions: i32) -> (Vec<u8>, Vec<u8>) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("peek-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&list).expect("assign");
-    for _ in 0..30 {
-        match consumer.poll(Duration::from_secs(1)) {
-            Some(Ok(m)) => {
-                return (
-                    m.key().unwrap_or_default().to_vec(),
-                    m.payload().unwrap_or_default().to_vec(),
-                );
-            }
-            Some(Err(e)) => panic!("consume: {e}"),
-            None => {}
-        }
-    }
-    panic!("no message in {topic}");
-}
 
 /// Produces `payload` to `topic` as a collector replaying its fallback file does.
 fn produce_replayed(brokers: &str, topic: &str, key: &[u8], payload: &[u8]) {
@@ -160,7 +126,7 @@ fn in_kafka_mode_hits_are_forwarded_once_across_kill_9_and_a_replayed_click_once
 
     // A click that reached the topic only from a collector's fallback file, sent twice (the
     // collector died before shortening the file): forwarded once.
-    let (key, payload) = first_message(&brokers, &topic, 2);
+    let (key, payload) = consume_raw(&brokers, &topic, 2, 10).swap_remove(0);
     let mut record: serde_json::Value = serde_json::from_slice(&payload).expect("hit record");
     record["event_id"] = serde_json::json!(format!("replayed-{}", uuid::Uuid::now_v7()));
     let replayed = serde_json::to_vec(&record).expect("json");
@@ -175,8 +141,8 @@ fn in_kafka_mode_hits_are_forwarded_once_across_kill_9_and_a_replayed_click_once
     });
     let counts = accepted_targets(&server);
     let mut want: BTreeMap<String, usize> = (0..9).map(|n| (target(ts0 + n), 1)).collect();
-    // The replayed copy is of the first message of partition 0 or 1: one of the nine, or the
-    // click from before the first start.
+    // The replayed copy is of a message of partition 0 or 1: one of the nine, or the click
+    // from before the first start.
     let replayed_target = counts
         .iter()
         .find(|(t, c)| **c == 2 || **t == target(ts0 - 1))

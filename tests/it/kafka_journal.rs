@@ -46,6 +46,23 @@ pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 /// Every message of `topic` (partitions `0..partitions`) as (key, record), reading until
 /// `expect` arrived or a bounded number of empty polls.
 fn consume(brokers: &str, topic: &str, partitions: i32, expect: usize) -> Vec<(String, HitRecord)> {
+    consume_raw(brokers, topic, partitions, expect)
+        .into_iter()
+        .map(|(key, payload)| {
+            let record: HitRecord = serde_json::from_slice(&payload).expect("hit record");
+            (String::from_utf8_lossy(&key).into_owned(), record)
+        })
+        .collect()
+}
+
+/// Every message of `topic` (partitions `0..partitions`) as (key, payload) bytes, partition by
+/// partition, reading until `expect` arrived or a bounded number of empty polls.
+pub(crate) fn consume_raw(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set(
@@ -67,12 +84,10 @@ fn consume(brokers: &str, topic: &str, partitions: i32, expect: usize) -> Vec<(S
     // show a duplicate.
     while empty < if got.len() >= expect { 3 } else { 30 } {
         match consumer.poll(Duration::from_secs(1)) {
-            Some(Ok(m)) => {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                let record: HitRecord =
-                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("hit record");
-                got.push((key, record));
-            }
+            Some(Ok(m)) => got.push((
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            )),
             Some(Err(e)) => panic!("consume: {e}"),
             None => empty += 1,
         }
