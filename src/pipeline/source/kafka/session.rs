@@ -1,306 +1,10 @@
-//! Kafka topics as a pipeline source: a consumer group reads, the catalog decides.
-//!
-//! A batch's positions are the offset ranges `[from, to)` it took from each partition, plus
-//! `next`: where every partition the pipeline has ever read continues after this batch. The
-//! catalog is the truth, the group's committed offsets follow it:
-//!
-//! * planning reads from the group's position, skipping any message below the catalog's `next`
-//!   (the group's commit lags when the process died between the catalog commit and the offset
-//!   commit) — so nothing already in the lake is read into a new batch;
-//! * an open batch is replayed by assigning its partitions at `from` without joining the group
-//!   (no rebalance, no commit) and taking exactly the recorded ranges back, in the same order;
-//! * the group's offsets are committed (`next`, for the partitions this member holds) only after
-//!   the catalog commit.
-//!
-//! Kafka delivers at least once; the lake gets every message once. Records are ordered by
-//! (topic, partition, offset) before decoding, so a replay encodes byte-identical files.
+//! A run's group member: planning batches from the group's assignment, committing the
+//! group's offsets after the catalog's.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
-use futures::{FutureExt, StreamExt};
-use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
-
-use super::super::PipelineError;
-use super::super::frame::{Quarantine, QuarantinedRow, TextFrameBuilder};
-use super::super::kafka_tls;
-use super::super::quota::MeterPlan;
-use super::json_object::ObjectDecoder;
-use crate::collect::decode as hit_decode;
-use crate::collect::registry::MediaRegistry;
-use crate::config::model::{KafkaFormat, KafkaSource, KafkaTopics, StartFrom};
-use crate::enrich::Enricher;
-use crate::telemetry::{Metrics, SourceLabels};
-
-/// One message as read.
-#[derive(Debug, Clone)]
-pub struct KafkaRecord {
-    /// Shared by every record of the topic.
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-    /// Kept only when the source has a `key_column`.
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    /// Kept only when the source has a `headers_column` (librdkafka parses headers on demand).
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-/// What one batch took from one partition: offsets `[from, to)`, `records` messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionRange {
-    pub topic: String,
-    pub partition: i32,
-    pub from: i64,
-    pub to: i64,
-    pub records: u64,
-}
-
-/// Where a partition continues.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionOffset {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// A Kafka batch's positions, as recorded in its intent and manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KafkaPositions {
-    pub ranges: Vec<PartitionRange>,
-    /// Every partition's next offset after this batch (cumulative over the pipeline's batches).
-    pub next: Vec<PartitionOffset>,
-    /// The quota decisions of a metered batch (the daemon-wired journal pipeline of
-    /// `journal.kind: kafka`); staging positions are indexes into the batch's records in
-    /// (topic, partition, offset) order, which a replay reads back identically.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quota: Option<MeterPlan>,
-}
-
-type Offsets = BTreeMap<(String, i32), i64>;
-
-impl KafkaPositions {
-    /// `next` as a map.
-    pub fn next_offsets(&self) -> Offsets {
-        self.next
-            .iter()
-            .map(|p| ((p.topic.clone(), p.partition), p.offset))
-            .collect()
-    }
-}
-
-fn kafka_err(what: &str) -> impl Fn(KafkaError) -> PipelineError + '_ {
-    move |e| PipelineError::Kafka(format!("{what}: {e}"))
-}
-
-/// The consumer's context: keeps the reason text of the client's last error (the error that
-/// comes out of `recv` carries only a code).
-struct SourceContext {
-    pipeline: String,
-    last_reason: Mutex<Option<String>>,
-    /// The reason of the last refused TLS handshake (kept: "brokers are down" follows it).
-    tls_reason: Mutex<Option<String>>,
-}
-
-impl SourceContext {
-    fn new(pipeline: &str) -> SourceContext {
-        SourceContext {
-            pipeline: pipeline.to_string(),
-            last_reason: Mutex::new(None),
-            tls_reason: Mutex::new(None),
-        }
-    }
-
-    fn last_reason(&self) -> Option<String> {
-        self.last_reason
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The brokers answered since: an earlier refused handshake is history.
-    fn clear_tls_reason(&self) {
-        *self
-            .tls_reason
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-    }
-
-    fn tls_reason(&self) -> Option<String> {
-        self.tls_reason
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-}
-
-impl ClientContext for SourceContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        // Logged (once per change) where the error comes out of `recv`, with this reason.
-        tracing::debug!(pipeline = %self.pipeline, %error, reason, "kafka client error event");
-        if kafka_tls::handshake_refused(error.rdkafka_error_code(), reason) {
-            *self
-                .tls_reason
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_string());
-        }
-        *self
-            .last_reason
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_string());
-    }
-}
-
-impl ConsumerContext for SourceContext {}
-
-type SourceConsumer = StreamConsumer<SourceContext>;
-
-/// The client's settings; with `sasl`, the password is read from its secret now.
-fn client_config(cfg: &KafkaSource) -> Result<ClientConfig, PipelineError> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", cfg.brokers.join(","))
-        .set("client.id", "backflow")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set(
-            "session.timeout.ms",
-            cfg.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (cfg.session_timeout.as_millis() / 3)
-                .clamp(1, 3000)
-                .to_string(),
-        )
-        .set(
-            "auto.offset.reset",
-            match cfg.start_from {
-                StartFrom::Earliest => "earliest",
-                StartFrom::Latest => "latest",
-            },
-        );
-    kafka_tls::apply(&mut config, cfg.security_protocol, &cfg.tls, tls_at(cfg))
-        .map_err(PipelineError::KafkaDenied)?;
-    if let Some(sasl) = &cfg.sasl {
-        let password = super::secret::lookup(&sasl.secret)
-            .map_err(|e| PipelineError::KafkaDenied(format!("source.sasl.secret: {e}")))?;
-        config
-            .set("sasl.mechanism", sasl.mechanism.librdkafka_name())
-            .set("sasl.username", &sasl.username)
-            .set("sasl.password", password);
-    }
-    Ok(config)
-}
-
-/// Where the TLS settings of `cfg` are configured (for errors).
-fn tls_at(cfg: &KafkaSource) -> &'static str {
-    if cfg.journal {
-        "journal.kafka.tls"
-    } else {
-        "source.tls"
-    }
-}
-
-/// Creates the client, a TLS file librdkafka refuses named by its field (not retried).
-fn create(
-    config: &ClientConfig,
-    cfg: &KafkaSource,
-    pipeline: &str,
-    metrics: &Metrics,
-    what: &str,
-) -> Result<SourceConsumer, PipelineError> {
-    config
-        .create_with_context(SourceContext::new(pipeline))
-        .map_err(
-            |e| match kafka_tls::file_refused(&e, &cfg.tls, tls_at(cfg)) {
-                Some(message) => {
-                    failed(metrics, pipeline, "tls_file");
-                    PipelineError::KafkaDenied(message)
-                }
-                None => PipelineError::Kafka(format!("{what}: {e}")),
-            },
-        )
-}
-
-/// A refused TLS handshake, when `e` is one: librdkafka reports `SSL`, or a transport failure
-/// after a handshake error event. Not retried: a CA or a certificate must change.
-fn tls_refusal(
-    cfg: &KafkaSource,
-    e: &KafkaError,
-    context: &SourceContext,
-) -> Option<PipelineError> {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    let code = e.rdkafka_error_code();
-    let reason = context.tls_reason();
-    let refused =
-        code == Some(C::SSL) || (code == Some(C::BrokerTransportFailure) && reason.is_some());
-    refused.then(|| {
-        PipelineError::KafkaDenied(format!(
-            "{}; not retried",
-            kafka_tls::refusal(
-                &cfg.brokers.join(","),
-                &cfg.tls,
-                tls_at(cfg),
-                reason.as_deref().unwrap_or_default()
-            )
-        ))
-    })
-}
-
-/// Whether `e` says the brokers refused this client: a failed SASL login, or no permission
-/// (ACL) on the cluster, the group or a topic. librdkafka retries these forever; a run stops.
-fn refused(e: &KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            C::Authentication
-                | C::SaslAuthenticationFailed
-                | C::UnsupportedSASLMechanism
-                | C::IllegalSASLState
-                | C::TopicAuthorizationFailed
-                | C::GroupAuthorizationFailed
-                | C::ClusterAuthorizationFailed
-        )
-    )
-}
-
-/// The non-retryable error for a refusal: the brokers, what the client tried, librdkafka's
-/// reason, and what to check. Never the password.
-fn refusal(cfg: &KafkaSource, error: &KafkaError, reason: &str) -> PipelineError {
-    let reason = if reason.is_empty() {
-        String::new()
-    } else {
-        format!(": {reason}")
-    };
-    let hint = match &cfg.sasl {
-        Some(sasl) => format!(
-            "SASL {} login as `{}` with the password in {}; check the credentials and the ACLs for group `{}` and the topics",
-            sasl.mechanism.librdkafka_name(),
-            sasl.username,
-            sasl.secret,
-            cfg.group_id
-        ),
-        None => "no SASL login configured: set `source.sasl` if the brokers require one, and check the ACLs".to_string(),
-    };
-    PipelineError::KafkaDenied(format!(
-        "{} refused the client: {error}{reason} ({hint}); not retried",
-        cfg.brokers.join(",")
-    ))
-}
+use super::*;
 
 /// Copies what decoding will read out of a message (`topic` is its topic's shared name).
-fn record_of(m: &impl Message, topic: &Arc<str>, cfg: &KafkaSource) -> KafkaRecord {
+pub(super) fn record_of(m: &impl Message, topic: &Arc<str>, cfg: &KafkaSource) -> KafkaRecord {
     KafkaRecord {
         topic: Arc::clone(topic),
         partition: m.partition(),
@@ -324,10 +28,10 @@ fn record_of(m: &impl Message, topic: &Arc<str>, cfg: &KafkaSource) -> KafkaReco
 
 /// Topic names shared by the records of a batch (a handful of topics, many messages).
 #[derive(Default)]
-struct Topics(Vec<Arc<str>>);
+pub(super) struct Topics(Vec<Arc<str>>);
 
 impl Topics {
-    fn get(&mut self, name: &str) -> Arc<str> {
+    pub(super) fn get(&mut self, name: &str) -> Arc<str> {
         if let Some(topic) = self.0.iter().find(|t| t.as_ref() == name) {
             return Arc::clone(topic);
         }
@@ -337,7 +41,7 @@ impl Topics {
     }
 }
 
-fn sort_records(records: &mut [KafkaRecord]) {
+pub(super) fn sort_records(records: &mut [KafkaRecord]) {
     // (topic, partition, offset) is unique within a batch: an unstable sort gives one order.
     records.sort_unstable_by(|a, b| {
         let topic = if Arc::ptr_eq(&a.topic, &b.topic) {
@@ -350,7 +54,7 @@ fn sort_records(records: &mut [KafkaRecord]) {
 }
 
 /// What a batch reads from one partition while planning.
-struct PartitionRead {
+pub(super) struct PartitionRead {
     topic: Arc<str>,
     partition: i32,
     /// Where the partition continues: the catalog's view, then after the last message taken.
@@ -808,7 +512,7 @@ impl Drop for Session {
 
 /// Drops (closes) `consumer` on a new thread; the receiver learns when it is done. If the
 /// thread cannot be started, the consumer is closed on this one.
-fn close_in_background(
+pub(super) fn close_in_background(
     consumer: Arc<SourceConsumer>,
     pipeline: &str,
 ) -> tokio::sync::oneshot::Receiver<()> {
@@ -832,7 +536,7 @@ fn close_in_background(
 }
 
 /// Whether the group's offsets `group` are at or past every offset of `sent`.
-fn holds(group: &TopicPartitionList, sent: &TopicPartitionList) -> bool {
+pub(super) fn holds(group: &TopicPartitionList, sent: &TopicPartitionList) -> bool {
     sent.elements().iter().all(|want| {
         group
             .find_partition(want.topic(), want.partition())
@@ -843,7 +547,7 @@ fn holds(group: &TopicPartitionList, sent: &TopicPartitionList) -> bool {
     })
 }
 
-fn failed(metrics: &Metrics, pipeline: &str, kind: &str) {
+pub(super) fn failed(metrics: &Metrics, pipeline: &str, kind: &str) {
     metrics
         .source
         .kafka_failures
@@ -852,277 +556,4 @@ fn failed(metrics: &Metrics, pipeline: &str, kind: &str) {
             kind: kind.to_string(),
         })
         .inc();
-}
-
-/// Fits a planned batch to the catalog just before its intent is recorded: with several
-/// members on one catalog (processes of one group), another member may have committed some of
-/// these offsets since this one planned (a partition moved between them while the group's
-/// offsets lagged the catalog). Messages below the catalog's `next` are dropped, each range
-/// starts at the catalog's `next` (when it is inside the range), and `next` becomes the
-/// catalog's, advanced by this batch's ranges. `None` when nothing is left.
-pub fn fit(
-    positions: KafkaPositions,
-    mut records: Vec<KafkaRecord>,
-    catalog_next: &Offsets,
-) -> (Option<KafkaPositions>, Vec<KafkaRecord>, u64) {
-    let before = records.len();
-    // The catalog's next offset for each range's partition; a record is kept at or above it.
-    let floors: Vec<Option<i64>> = positions
-        .ranges
-        .iter()
-        .map(|r| catalog_next.get(&(r.topic.clone(), r.partition)).copied())
-        .collect();
-    let mut kept = vec![0u64; positions.ranges.len()];
-    let mut last = 0usize;
-    records.retain(|r| {
-        let same =
-            |range: &PartitionRange| range.partition == r.partition && *range.topic == *r.topic;
-        if !positions.ranges.get(last).is_some_and(same) {
-            match positions.ranges.iter().position(same) {
-                Some(index) => last = index,
-                // In no range (never planned so): counted nowhere.
-                None => {
-                    return catalog_next
-                        .get(&(r.topic.to_string(), r.partition))
-                        .is_none_or(|next| r.offset >= *next);
-                }
-            }
-        }
-        let keep = floors[last].is_none_or(|next| r.offset >= next);
-        if keep {
-            kept[last] += 1;
-        }
-        keep
-    });
-    let dropped = (before - records.len()) as u64;
-    let mut next = catalog_next.clone();
-    let mut ranges = Vec::with_capacity(positions.ranges.len());
-    for (mut range, kept) in positions.ranges.into_iter().zip(kept) {
-        let key = (range.topic.clone(), range.partition);
-        if kept == 0 {
-            continue;
-        }
-        if let Some(at) = catalog_next.get(&key) {
-            range.from = range.from.max(*at);
-        }
-        range.records = kept;
-        next.insert(key, range.to);
-        ranges.push(range);
-    }
-    if ranges.is_empty() {
-        return (None, Vec::new(), dropped);
-    }
-    let next = next
-        .into_iter()
-        .map(|((topic, partition), offset)| PartitionOffset {
-            topic,
-            partition,
-            offset,
-        })
-        .collect();
-    (
-        Some(KafkaPositions {
-            ranges,
-            next,
-            quota: None,
-        }),
-        records,
-        dropped,
-    )
-}
-
-/// Reads exactly the ranges of a planned batch again (a replay), outside the group.
-pub async fn fetch(
-    cfg: &KafkaSource,
-    positions: &KafkaPositions,
-    metrics: &Arc<Metrics>,
-    pipeline: &str,
-) -> Result<Vec<KafkaRecord>, PipelineError> {
-    if positions.ranges.is_empty() {
-        // A batch that only releases staged records.
-        return Ok(Vec::new());
-    }
-    // librdkafka wants a group for `assign`; assigning (unlike subscribing) never joins it, and
-    // nothing is committed from here.
-    let mut config = client_config(cfg)?;
-    config.set("group.id", &cfg.group_id);
-    let consumer = create(
-        &config,
-        cfg,
-        pipeline,
-        metrics,
-        "creating the replay consumer",
-    )?;
-    let mut list = TopicPartitionList::new();
-    let mut wanted: BTreeMap<(String, i32), &PartitionRange> = BTreeMap::new();
-    for range in &positions.ranges {
-        list.add_partition_offset(&range.topic, range.partition, Offset::Offset(range.from))
-            .map_err(kafka_err("assigning the batch's partitions"))?;
-        wanted.insert((range.topic.clone(), range.partition), range);
-    }
-    consumer
-        .assign(&list)
-        .map_err(kafka_err("assigning the batch's partitions"))?;
-    let mut pending: HashSet<(String, i32)> = wanted.keys().cloned().collect();
-    let mut records = Vec::new();
-    let mut topics = Topics::default();
-    let deadline = Instant::now() + cfg.join_timeout;
-    let mut last_error: Option<String> = None;
-    while !pending.is_empty() {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let message = match tokio::time::timeout(wait, consumer.recv()).await {
-            Err(_) => {
-                failed(metrics, pipeline, "replay_incomplete");
-                return Err(PipelineError::Kafka(format!(
-                    "replaying a batch: {} partition(s) did not deliver their recorded offsets from {} within {} ms (deleted by retention, or brokers down); last client error: {}",
-                    pending.len(),
-                    cfg.brokers.join(","),
-                    cfg.join_timeout.as_millis(),
-                    last_error.as_deref().unwrap_or("none")
-                )));
-            }
-            Ok(Err(KafkaError::PartitionEOF(_))) => continue,
-            Ok(Err(e)) if refused(&e) => {
-                failed(metrics, pipeline, "unauthorized");
-                let reason = consumer.context().last_reason().unwrap_or_default();
-                return Err(refusal(cfg, &e, &reason));
-            }
-            Ok(Err(e)) => {
-                if let Some(refusal) = tls_refusal(cfg, &e, consumer.context()) {
-                    failed(metrics, pipeline, "tls_failed");
-                    return Err(refusal);
-                }
-                let error = e.to_string();
-                metrics
-                    .source
-                    .kafka_client_errors
-                    .get_or_create(&Metrics::labels(pipeline))
-                    .inc();
-                if last_error.as_deref() != Some(error.as_str()) {
-                    warn!(pipeline, error = %error, "kafka client error during a replay");
-                }
-                last_error = Some(error);
-                continue;
-            }
-            Ok(Ok(message)) => message,
-        };
-        let key = (message.topic().to_string(), message.partition());
-        let Some(range) = wanted.get(&key) else {
-            continue;
-        };
-        let offset = message.offset();
-        if offset >= range.from && offset < range.to && pending.contains(&key) {
-            records.push(record_of(&message, &topics.get(&key.0), cfg));
-        }
-        if offset >= range.to - 1 {
-            pending.remove(&key);
-        }
-    }
-    let got = records.len() as u64;
-    let expected: u64 = positions.ranges.iter().map(|r| r.records).sum();
-    if got != expected {
-        return Err(PipelineError::Positions(format!(
-            "kafka offset ranges of the batch hold {got} messages now, {expected} when planned"
-        )));
-    }
-    sort_records(&mut records);
-    Ok(records)
-}
-
-/// Decodes messages into rows; poison messages go to quarantine with topic, partition, offset.
-pub fn decode(
-    cfg: &KafkaSource,
-    records: Vec<KafkaRecord>,
-    hits: Option<&(Arc<MediaRegistry>, Arc<Enricher>)>,
-    rows: &mut TextFrameBuilder,
-    quarantine: &mut Quarantine,
-) {
-    rows.reserve(records.len());
-    let mut decoder = ObjectDecoder::new();
-    // `topic/partition`, rebuilt when the partition changes (records come sorted by it).
-    let mut lineage = String::new();
-    let mut lineage_of: Option<(Arc<str>, i32)> = None;
-    for record in records {
-        if lineage_of
-            .as_ref()
-            .is_none_or(|(t, p)| *p != record.partition || **t != *record.topic)
-        {
-            lineage = format!("{}/{}", record.topic, record.partition);
-            lineage_of = Some((Arc::clone(&record.topic), record.partition));
-        }
-        let bad = |reason: String, raw: Option<&[u8]>| QuarantinedRow {
-            reason: format!("kafka {lineage}@{}: {reason}", record.offset),
-            source_file: Some(lineage.clone()),
-            source_line: Some(record.offset),
-            raw: raw.map(|r| String::from_utf8_lossy(r).into_owned()),
-        };
-        let Some(payload) = record.payload.as_deref() else {
-            quarantine.push(bad("message without a payload".to_string(), None));
-            continue;
-        };
-        let headers = cfg.headers_column.as_ref().map(|column| {
-            let headers: serde_json::Map<String, serde_json::Value> = record
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    let v = v
-                        .as_deref()
-                        .map(|v| String::from_utf8_lossy(v).into_owned());
-                    (
-                        k.clone(),
-                        v.map_or(serde_json::Value::Null, serde_json::Value::String),
-                    )
-                })
-                .collect();
-            (column, serde_json::Value::Object(headers).to_string())
-        });
-        let key = cfg
-            .key_column
-            .as_ref()
-            .map(|column| (column, record.key.as_deref().map(String::from_utf8_lossy)));
-        // The header and key columns come first, then the payload's fields.
-        let mut leading: Vec<(&str, Option<&str>)> = Vec::new();
-        if let Some((column, text)) = &headers {
-            leading.push((column.as_str(), Some(text.as_str())));
-        }
-        if let Some((column, key)) = &key {
-            leading.push((column.as_str(), key.as_deref()));
-        }
-        match (cfg.format, hits) {
-            (KafkaFormat::Json, _) => {
-                if let Err(reason) =
-                    decoder.push_row(payload, &leading, rows, &lineage, record.offset)
-                {
-                    quarantine.push(bad(reason, Some(payload)));
-                }
-            }
-            (KafkaFormat::HitRecord, Some((registry, enricher))) => {
-                match hit_decode::decode(payload, registry, enricher) {
-                    Ok(row) => rows.push(
-                        &lineage,
-                        record.offset,
-                        leading
-                            .iter()
-                            .copied()
-                            .chain(row.iter().map(|(k, v)| (*k, v.as_deref()))),
-                    ),
-                    Err(reason) => quarantine.push(bad(reason, Some(payload))),
-                }
-            }
-            (KafkaFormat::HitRecord, None) => quarantine.push(bad(
-                "hit records are decoded with the media registry: run this pipeline inside `backflow serve`".to_string(),
-                Some(payload),
-            )),
-        }
-    }
-}
-
-/// Logs a replayed or planned batch's reach.
-pub fn describe(positions: &KafkaPositions) -> String {
-    positions
-        .ranges
-        .iter()
-        .map(|r| format!("{}/{}[{},{})", r.topic, r.partition, r.from, r.to))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
