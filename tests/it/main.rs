@@ -25,6 +25,7 @@ mod kafka_auth;
 mod kafka_journal;
 mod kafka_scale;
 mod kafka_sink;
+mod lake_fixtures;
 mod media_e2e;
 mod pipeline;
 mod quota;
