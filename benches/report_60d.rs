@@ -32,6 +32,9 @@ use std::time::Instant;
 use chrono::{Days, NaiveDate, TimeZone as _};
 use polars::prelude::*;
 
+#[path = "common/lake.rs"]
+mod lake;
+
 use backflow::catalog::{BatchStats, Catalog, NewActivity, RollupDelta};
 use backflow::report::{AdMonitoringQuery, DateRange, Dimension, Form, RegionLevel, Reports};
 use backflow::storage::{StorageUrl, StoreRegistry};
@@ -43,20 +46,12 @@ fn first_day() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()
 }
 
-fn generate(lake: &Path, events: usize, activity_ids: &[i64]) {
+fn generate(lake_dir: &Path, events: usize, activity_ids: &[i64]) {
     let tz = chrono_tz::Asia::Shanghai;
     let hours = (DAYS * 24) as usize;
-    let per_hour = events.div_ceil(hours);
     let devices = (events / 5).max(1);
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    for h in 0..hours {
-        let seq = h as i64;
+    let mut rng = lake::XorShift::new();
+    for (h, n) in lake::hourly_batches(events, hours) {
         let day = first_day() + Days::new((h / 24) as u64);
         let hour = (h % 24) as u32;
         let start = tz
@@ -64,10 +59,6 @@ fn generate(lake: &Path, events: usize, activity_ids: &[i64]) {
             .earliest()
             .unwrap()
             .timestamp_micros();
-        let n = per_hour.min(events.saturating_sub(h * per_hour));
-        if n == 0 {
-            break;
-        }
         let mut endpoint = Vec::with_capacity(n);
         let mut activity = Vec::with_capacity(n);
         let mut received = Vec::with_capacity(n);
@@ -76,11 +67,15 @@ fn generate(lake: &Path, events: usize, activity_ids: &[i64]) {
         let mut ip = Vec::with_capacity(n);
         let mut ua = Vec::with_capacity(n);
         for _ in 0..n {
-            let r = next();
-            endpoint.push(if r % 10 == 0 { "click" } else { "impression" });
+            let r = rng.next();
+            endpoint.push(if r.is_multiple_of(10) {
+                "click"
+            } else {
+                "impression"
+            });
             activity.push(activity_ids[(r >> 8) as usize % activity_ids.len()]);
             received.push(start + ((r >> 16) % 3_600_000_000) as i64);
-            let device = (next() as usize) % devices;
+            let device = (rng.next() as usize) % devices;
             match device % 10 {
                 0..=6 => {
                     oaid.push(Some(format!("oaid-{device}")));
@@ -103,44 +98,19 @@ fn generate(lake: &Path, events: usize, activity_ids: &[i64]) {
             ));
             ua.push(format!("ua-{}", device % 50));
         }
-        let mut df = DataFrame::new_infer_height(vec![
-            Column::new(
-                "event_id".into(),
-                (0..n).map(|i| format!("{h}-{i}")).collect::<Vec<_>>(),
-            ),
-            Column::new("received_at".into(), received)
-                .cast(&DataType::Datetime(
-                    TimeUnit::Microseconds,
-                    Some(TimeZone::UTC),
-                ))
-                .unwrap(),
+        let mut columns = vec![
+            lake::event_ids(h, n),
+            lake::utc_micros("received_at", received),
             Column::new("endpoint".into(), endpoint),
             Column::new("workspace".into(), vec!["ws"; n]),
             Column::new("activity_id".into(), activity),
             Column::new("channel".into(), vec!["huawei"; n]),
             Column::new("user_ip".into(), ip),
             Column::new("user_agent".into(), ua),
-            Column::new("idfa".into(), idfa),
-            Column::new("imei_md5".into(), vec![None::<&str>; n]),
-            Column::new("oaid".into(), oaid),
-            Column::new("android_id_md5".into(), vec![None::<&str>; n]),
-            Column::new("mac_md5".into(), vec![None::<&str>; n]),
-            Column::new("caid".into(), vec![None::<&str>; n]),
-            Column::new("aaid".into(), vec![None::<&str>; n]),
-        ])
-        .unwrap();
-        let relative = format!("ad_events/dt={day}/hour={hour:02}/part-{seq:012}-0000.parquet");
-        let path = lake.join(&relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let file = std::fs::File::create(&path).unwrap();
-        ParquetWriter::new(file)
-            .with_compression(ParquetCompression::Zstd(None))
-            .finish(&mut df)
-            .unwrap();
-        let manifest = serde_json::json!({"files": [{"path": relative, "rows": n}]});
-        let manifest_path = lake.join(format!("ad_events/_commits/{seq:012}.json"));
-        std::fs::create_dir_all(manifest_path.parent().unwrap()).unwrap();
-        std::fs::write(manifest_path, manifest.to_string()).unwrap();
+        ];
+        columns.extend(lake::device_id_columns(idfa, vec![None; n], oaid));
+        let mut df = DataFrame::new_infer_height(columns).unwrap();
+        lake::write_hour(lake_dir, day, format!("{hour:02}"), h, &mut df);
     }
 }
 

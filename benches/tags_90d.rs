@@ -27,6 +27,9 @@ use std::time::Instant;
 use chrono::{DateTime, Duration, Utc};
 use polars::prelude::*;
 
+#[path = "common/lake.rs"]
+mod lake;
+
 const DAYS: i64 = 90;
 /// The run the bench pretends to be; windows end at 2026-04-01T00:00Z.
 const AS_OF: &str = "2026-04-01T00:30:00Z";
@@ -35,9 +38,8 @@ fn end() -> DateTime<Utc> {
     "2026-04-01T00:00:00Z".parse().unwrap()
 }
 
-fn generate(lake: &Path, events: usize) {
+fn generate(lake_dir: &Path, events: usize) {
     let hours = (DAYS * 24) as usize;
-    let per_hour = events.div_ceil(hours);
     let devices = (events / 10).max(1);
     let start = end() - Duration::days(DAYS);
     let media = [
@@ -51,18 +53,8 @@ fn generate(lake: &Path, events: usize) {
         "weibo",
     ];
     let cities: Vec<String> = (0..30).map(|i| format!("city-{i:02}")).collect();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    for h in 0..hours {
-        let n = per_hour.min(events.saturating_sub(h * per_hour));
-        if n == 0 {
-            break;
-        }
+    let mut rng = lake::XorShift::new();
+    for (h, n) in lake::hourly_batches(events, hours) {
         let hour_start = start + Duration::hours(h as i64);
         let local = hour_start.with_timezone(&chrono_tz::Asia::Shanghai);
         let (day, hour) = (local.format("%Y-%m-%d"), local.format("%H"));
@@ -76,17 +68,17 @@ fn generate(lake: &Path, events: usize) {
         let mut idfa: Vec<Option<String>> = Vec::with_capacity(n);
         let mut imei: Vec<Option<String>> = Vec::with_capacity(n);
         for _ in 0..n {
-            let r = next();
+            let r = rng.next();
             endpoint.push(if r % 100 < 85 { "impression" } else { "click" });
             time.push(base + ((r >> 8) % 3_600_000_000) as i64);
-            let device = (next() as usize) % devices;
+            let device = (rng.next() as usize) % devices;
             // A device's media and cities lean on a few values.
             channel.push(media[(device + (r >> 40) as usize % 3) % media.len()]);
             city.push(match (r >> 44) % 10 {
                 0 => None,
                 k => Some(cities[(device + k as usize / 4) % cities.len()].as_str()),
             });
-            bot.push((r >> 50) % 100 == 0);
+            bot.push((r >> 50).is_multiple_of(100));
             let (o, i, m) = match device % 10 {
                 0..=5 => (Some(format!("oaid-{device}")), None, None),
                 6 | 7 => (None, Some(format!("IDFA-{device}")), None),
@@ -97,18 +89,9 @@ fn generate(lake: &Path, events: usize) {
             idfa.push(i);
             imei.push(m);
         }
-        let none = || vec![None::<&str>; n];
-        let mut df = DataFrame::new_infer_height(vec![
-            Column::new(
-                "event_id".into(),
-                (0..n).map(|i| format!("{h}-{i}")).collect::<Vec<_>>(),
-            ),
-            Column::new("event_time".into(), time)
-                .cast(&DataType::Datetime(
-                    TimeUnit::Microseconds,
-                    Some(TimeZone::UTC),
-                ))
-                .unwrap(),
+        let mut columns = vec![
+            lake::event_ids(h, n),
+            lake::utc_micros("event_time", time),
             Column::new("endpoint".into(), endpoint),
             Column::new("workspace".into(), vec!["ws"; n]),
             Column::new("activity_id".into(), vec![1i64; n]),
@@ -116,28 +99,10 @@ fn generate(lake: &Path, events: usize) {
             Column::new("geo_city".into(), city),
             Column::new("is_bot".into(), bot),
             Column::new("is_test".into(), vec![false; n]),
-            Column::new("idfa".into(), idfa),
-            Column::new("imei_md5".into(), imei),
-            Column::new("oaid".into(), oaid),
-            Column::new("android_id_md5".into(), none()),
-            Column::new("mac_md5".into(), none()),
-            Column::new("caid".into(), none()),
-            Column::new("aaid".into(), none()),
-        ])
-        .unwrap();
-        let seq = h + 1;
-        let relative = format!("ad_events/dt={day}/hour={hour}/part-{seq:012}-0000.parquet");
-        let path = lake.join(&relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let file = std::fs::File::create(&path).unwrap();
-        ParquetWriter::new(file)
-            .with_compression(ParquetCompression::Zstd(None))
-            .finish(&mut df)
-            .unwrap();
-        let manifest = serde_json::json!({"files": [{"path": relative, "rows": n}]});
-        let manifest_path = lake.join(format!("ad_events/_commits/{seq:012}.json"));
-        std::fs::create_dir_all(manifest_path.parent().unwrap()).unwrap();
-        std::fs::write(manifest_path, manifest.to_string()).unwrap();
+        ];
+        columns.extend(lake::device_id_columns(idfa, imei, oaid));
+        let mut df = DataFrame::new_infer_height(columns).unwrap();
+        lake::write_hour(lake_dir, day, hour, h + 1, &mut df);
     }
 }
 

@@ -15,12 +15,14 @@
 
 use tracing::info;
 
+use super::execute::planned_at_micros;
 use super::failpoint::{self, failpoint};
+use super::fetched::Fetched;
 use super::frame::Quarantine;
 use super::sink::kafka::{self as kafka_sink, Publisher, Rejected};
 use super::sink::parquet::{self as parquet_sink, EncodedFile};
 use super::source::kafka as kafka_source;
-use super::{Fetched, PipelineError, Runtime};
+use super::{PipelineError, Runtime};
 use crate::catalog::{BatchIntent, BatchStats, RollupDelta};
 use crate::config::model::{Pipeline, SinkConfig};
 use crate::telemetry::Metrics;
@@ -76,7 +78,7 @@ impl Runtime {
             Fetched::Kafka { records, .. } => (Vec::new(), records.len()),
             Fetched::Http { pages, .. } => (Vec::new(), pages.len()),
         };
-        let planned_at_micros = super::planned_at_micros(intent)?;
+        let planned_at_micros = planned_at_micros(intent)?;
         let seq = intent.seq;
         let batch = kafka_sink::batch_id(&pipeline.name, seq);
         let (pipeline_owned, cfg_owned, batch_owned, tz) =

@@ -25,8 +25,10 @@ use sha2::{Digest, Sha256};
 
 use tracing::{debug, info, warn};
 
+use super::fetched::Fetched;
+use super::plan::JournalPositions;
 use super::source::kafka::{KafkaPositions, KafkaRecord};
-use super::{Fetched, JournalPositions, PipelineError, Runtime};
+use super::{PipelineError, Runtime};
 use crate::catalog::{ActivityDayDelta, BatchStats, MeterEffects, NewStaged, Release, ReleasePlan};
 use crate::collect::link::Endpoint;
 use crate::config::model::{JournalSource, KafkaFormat, Pipeline};

@@ -7,51 +7,15 @@
 //! distinct device keys.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::str::FromStr;
 
 use chrono_tz::Tz;
 use polars::prelude::*;
 use serde::Serialize;
 
 use super::lake::{self, AD_EVENTS, Wanted};
-use super::{DateRange, ReportError, Reports, rollup};
+use super::{DateRange, ReportError, Reports, polars, rollup};
 use crate::catalog::{Activity, RollupGranularity};
 use crate::pipeline::quota::DEVICE_KEY_FIELDS;
-
-macro_rules! named_enum {
-    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = ReportError;
-            fn from_str(s: &str) -> Result<Self, ReportError> {
-                $name::ALL.iter().copied().find(|v| v.as_str() == s.trim()).ok_or_else(|| {
-                    let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
-                    ReportError::Invalid(format!(
-                        "unknown {} `{s}`, expected one of {}", $what, names.join(", ")
-                    ))
-                })
-            }
-        }
-    };
-}
 
 named_enum!(
     /// Report form (报表形式).
@@ -351,10 +315,6 @@ pub fn wanted(buckets: &[Bucket]) -> Vec<Wanted> {
     out.extend(DEVICE_KEY_FIELDS.iter().map(|f| Wanted::text(f)));
     out.extend(buckets.iter().filter_map(|b| b.column()).map(Wanted::text));
     out
-}
-
-fn polars(stage: &'static str) -> impl Fn(PolarsError) -> ReportError {
-    move |source| ReportError::Polars { stage, source }
 }
 
 /// Exact counters at every level of one table.

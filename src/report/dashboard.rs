@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::ad_monitoring::Source;
 use super::lake::{self, AD_EVENTS, Wanted};
 use super::sketch::Sketch;
-use super::{DateRange, ReportError, Reports};
+use super::{DateRange, ReportError, Reports, polars};
 use crate::catalog::QuotaStatus;
 
 /// Monitoring type (监测类型) of the trend: which hits a point counts.
@@ -141,10 +141,6 @@ pub struct Dashboard {
     /// (every committed file, while some day landed before rollups existed and was not rebuilt).
     pub ids_source: Source,
     pub trend: Trend,
-}
-
-fn polars(stage: &'static str) -> impl Fn(PolarsError) -> ReportError {
-    move |source| ReportError::Polars { stage, source }
 }
 
 /// Distinct non-empty values of each ID column among `workspace`'s rows.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::lake::{self, AD_EVENTS, Wanted};
-use super::{DateRange, ReportError, Reports};
+use super::{DateRange, ReportError, Reports, polars};
 use crate::catalog::Download;
 
 /// Days back a download may reach (R68 "the last month": today and the 29 days before).
@@ -136,10 +136,6 @@ impl Reports {
         saved?;
         Ok(self.catalog.download(task.id)?)
     }
-}
-
-fn polars(stage: &'static str) -> impl Fn(PolarsError) -> ReportError {
-    move |source| ReportError::Polars { stage, source }
 }
 
 /// A minimal ustar writer: regular files only, names under 100 bytes.

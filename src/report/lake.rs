@@ -14,7 +14,7 @@ use object_store::ObjectStoreExt;
 use polars::prelude::*;
 use serde::Deserialize;
 
-use super::{DateRange, ReportError};
+use super::{DateRange, ReportError, polars};
 use crate::pipeline::sink::parquet::manifest_path;
 use crate::storage::{Location, StorageUrl};
 
@@ -182,10 +182,6 @@ impl Wanted {
             dtype: || DataType::String,
         }
     }
-}
-
-fn polars(stage: &'static str) -> impl Fn(PolarsError) -> ReportError {
-    move |source| ReportError::Polars { stage, source }
 }
 
 /// Selects `wanted` from a frame with `schema`: a column the file lacks (an optional, later

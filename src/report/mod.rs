@@ -9,6 +9,42 @@
 //! Everything here is read-only; a query is checked (range, form, dimension, the activities it
 //! names) before any file is read, so a bad request computes nothing.
 
+/// A closed set of names a query may give (form, dimension, metric…): the enum, its `ALL`, its
+/// text (`as_str`, `Display`, snake_case in JSON) and a `FromStr` whose error lists the names.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::report::ReportError;
+            fn from_str(s: &str) -> Result<Self, $crate::report::ReportError> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s.trim()).ok_or_else(|| {
+                    let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                    $crate::report::ReportError::Invalid(format!(
+                        "unknown {} `{s}`, expected one of {}", $what, names.join(", ")
+                    ))
+                })
+            }
+        }
+    };
+}
+
 pub mod ad_monitoring;
 pub mod cli;
 pub mod dashboard;
@@ -58,6 +94,11 @@ pub enum ReportError {
     },
     #[error("report task failed: {0}")]
     Task(String),
+}
+
+/// Wraps a Polars error of report stage `stage`.
+fn polars(stage: &'static str) -> impl Fn(polars::error::PolarsError) -> ReportError {
+    move |source| ReportError::Polars { stage, source }
 }
 
 impl ReportError {

@@ -20,42 +20,14 @@ use super::ad_monitoring::{
     Row, Source, bucket_expr, cells, day_expr, detail_csv, device_key_expr, pivot, wanted,
 };
 use super::lake::{self, AD_EVENTS, Wanted};
-use super::{DateRange, ReportError, Reports, rollup};
+use super::{DateRange, ReportError, Reports, polars, rollup};
 use crate::catalog::{FeedbackTask, HitKind, RollupGranularity};
 
-macro_rules! simple_enum {
-    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = ReportError;
-            fn from_str(s: &str) -> Result<Self, ReportError> {
-                $name::ALL.iter().copied().find(|v| v.as_str() == s.trim()).ok_or_else(|| {
-                    let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
-                    ReportError::Invalid(format!(
-                        "unknown {} `{s}`, expected one of {}", $what, names.join(", ")
-                    ))
-                })
-            }
-        }
-    };
-}
-
-simple_enum!(
+named_enum!(
     /// Query dimension of the Tencent report (广告名称).
     TencentDimension, "dimension" { Task => "task", Adgroup => "adgroup" }
 );
-simple_enum!(
+named_enum!(
     /// Displayable items of the Tencent report (R37).
     TencentMetric, "metric" { Clicks => "clicks", UniqueClicks => "unique_clicks" }
 );
@@ -183,10 +155,6 @@ pub struct TencentReport {
     /// OS distribution (audience form only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub os: Option<ClickPivot>,
-}
-
-fn polars(stage: &'static str) -> impl Fn(PolarsError) -> ReportError {
-    move |source| ReportError::Polars { stage, source }
 }
 
 /// Resolves the task filter; a task the workspace does not have is the caller's error.

@@ -5,24 +5,8 @@
 //! refresh killed before publishing leaves the previous version current; retention; an empty
 //! result fails with its reason.
 
-use std::path::Path;
-
+use crate::lake_fixtures::*;
 use crate::support::*;
-
-/// Hits as the `ad_events` dataset holds them, landed through a file-drop pipeline (the journal
-/// pipeline needs the daemon and media links; the dataset job reads only the Parquet).
-const AD_DROP_PIPELINE: &str = r#"
-name: ad_drop
-source:
-  type: object_store_files
-  url: file://./data/drops/ad
-transforms:
-  - validate: {schema: ad_event}
-sink:
-  type: parquet
-  dataset: ad_events
-  partition_by: {column: event_time, granularity: hour}
-"#;
 
 fn hit(
     n: u32,
@@ -33,24 +17,20 @@ fn hit(
     ids: &str,
     flags: &str,
 ) -> String {
-    format!(
-        r#"{{"event_id":"e{n}","received_at":"{time}","event_time":"{time}","event_time_from_media":false,"endpoint":"{endpoint}","workspace":"ws","activity_id":{activity},"link_id":"1","channel":"{channel}","activity_status":"on","method":"GET","server_to_server":false,"raw_query":"q"{ids}{flags}}}"#
+    ad_hit(
+        &format!("e{n}"),
+        endpoint,
+        time,
+        channel,
+        activity,
+        &format!("{ids}{flags}"),
     )
 }
 
 fn project() -> Project {
-    let p = Project::new();
-    p.edit_pipeline(
-        "schedule:\n  cron: \"* * * * *\"\n  time_zone: Asia/Shanghai\n",
-        "",
-    );
-    std::fs::remove_file(p.path().join("pipelines/ad_events.yaml")).expect("rm ad_events.yaml");
-    p.write("pipelines/ad_drop.yaml", AD_DROP_PIPELINE);
+    let p = ad_drop_project("hour");
+    unschedule_behavior_events(&p);
     p
-}
-
-fn drop_hits(p: &Project, name: &str, hits: &[String]) {
-    p.write(&format!("data/drops/ad/{name}"), &(hits.join("\n") + "\n"));
 }
 
 fn first_hits() -> Vec<String> {
@@ -153,29 +133,6 @@ fn first_hits() -> Vec<String> {
     ]
 }
 
-fn run_ok(p: &Project, args: &[&str]) -> serde_json::Value {
-    let out = p.run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    serde_json::from_str(stdout(&out).lines().last().unwrap_or("")).expect("summary JSON")
-}
-
-/// The pointer readers resolve: the highest `_current/*.json`.
-fn current_pointer(lake: &Path) -> serde_json::Value {
-    let dir = lake.join("datasets/behavior/_current");
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .expect("_current")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    names.sort();
-    let last = names.last().expect("a pointer");
-    serde_json::from_slice(&std::fs::read(last).expect("read pointer")).expect("pointer json")
-}
-
 /// The behavior dataset computed by DuckDB from the source Parquet (all files committed here).
 const EXPECTED_SQL: &str = r#"
 WITH b AS (
@@ -202,27 +159,10 @@ SELECT user_id, user_id_2, user_id_3, id_type, behavior_type,
 FROM u GROUP BY ALL
 "#;
 
-fn published_sql(version: &str, table: &str) -> String {
-    format!("read_parquet('data/lake/{version}/{table}/*.parquet', hive_partitioning = false)")
-}
-
-/// Rows of `left EXCEPT ALL right` plus `right EXCEPT ALL left`, and the row counts of both.
-fn diff(p: &Project, left: &str, right: &str) -> (i64, i64, i64) {
-    let sql = format!(
-        "WITH l AS ({left}), r AS ({right}) SELECT \
-         (SELECT count(*) FROM (SELECT * FROM l EXCEPT ALL SELECT * FROM r)) + \
-         (SELECT count(*) FROM (SELECT * FROM r EXCEPT ALL SELECT * FROM l)), \
-         (SELECT count(*) FROM l), (SELECT count(*) FROM r)"
-    );
-    let (_, _, rows) = duckdb(p.path(), &sql).expect("duckdb");
-    let n = |i: usize| rows[0][i].as_i64().expect("count");
-    (n(0), n(1), n(2))
-}
-
 fn check_against_sql(p: &Project, version_path: &str) {
     let main = format!(
         "SELECT * REPLACE (round(behavior_amount, 6) AS behavior_amount) FROM {}",
-        published_sql(version_path, "behavior")
+        published_table(version_path, "behavior")
     );
     let (differ, published, expected) = diff(p, &main, EXPECTED_SQL);
     assert_eq!(
@@ -235,7 +175,7 @@ fn check_against_sql(p: &Project, version_path: &str) {
     for (table, column) in [("behavior_type", "behavior_type"), ("channel", "channel")] {
         let published = format!(
             "SELECT id, value FROM {}",
-            published_sql(version_path, table)
+            published_table(version_path, table)
         );
         let expected = format!(
             "SELECT row_number() OVER (ORDER BY value)::BIGINT AS id, value FROM \
@@ -247,7 +187,7 @@ fn check_against_sql(p: &Project, version_path: &str) {
     }
     let published = format!(
         "SELECT id, attribute, value FROM {}",
-        published_sql(version_path, "object_attribute")
+        published_table(version_path, "object_attribute")
     );
     let expected = format!(
         "SELECT row_number() OVER (ORDER BY attribute, value NULLS LAST)::BIGINT AS id, attribute, value FROM \
@@ -264,14 +204,14 @@ fn behavior_dataset_equals_duckdb_sql_and_survives_a_killed_refresh() {
     }
     let p = project();
     p.drop_fixtures();
-    drop_hits(&p, "hits-1.ndjson", &first_hits());
+    drop_hits(&p, "ad", "hits-1.ndjson", &first_hits());
     run_ok(&p, &["run", "behavior_events", "--json"]);
     run_ok(&p, &["run", "ad_drop", "--json"]);
 
     let first = run_ok(&p, &["run", "behavior_dataset", "--json"]);
     assert_eq!(first["status"], "succeeded");
     assert_eq!(first["seq"], 1);
-    let pointer = current_pointer(&p.lake());
+    let pointer = current_pointer(&p.lake(), "behavior");
     assert_eq!(pointer["version"], first["version"]);
     let v1 = pointer["path"].as_str().expect("path").to_string();
     check_against_sql(&p, &v1);
@@ -282,7 +222,7 @@ fn behavior_dataset_equals_duckdb_sql_and_survives_a_killed_refresh() {
         &format!(
             "SELECT behavior_type, strftime(timezone('Asia/Shanghai', behavior_time), '%Y-%m-%d'), behavior_count \
              FROM {} WHERE user_id = 'OA-1' ORDER BY 1, 2",
-            published_sql(&v1, "behavior")
+            published_table(&v1, "behavior")
         ),
     )
     .expect("duckdb");
@@ -302,6 +242,7 @@ fn behavior_dataset_equals_duckdb_sql_and_survives_a_killed_refresh() {
     // New source data, then a refresh killed after writing its version, before publishing.
     drop_hits(
         &p,
+        "ad",
         "hits-2.ndjson",
         &[hit(
             20,
@@ -323,14 +264,14 @@ fn behavior_dataset_equals_duckdb_sql_and_survives_a_killed_refresh() {
         !killed.status.success(),
         "the failpoint must abort the refresh"
     );
-    assert_eq!(current_pointer(&p.lake())["path"], v1.as_str());
+    assert_eq!(current_pointer(&p.lake(), "behavior")["path"], v1.as_str());
     check_against_sql_excluding_new(&p, &v1);
 
     // The next refresh publishes the new data and deletes the unpublished folder.
     let second = run_ok(&p, &["run", "behavior_dataset", "--json"]);
     assert_eq!(second["seq"], 2);
     assert_eq!(second["deleted_orphans"].as_array().map(Vec::len), Some(1));
-    let v2 = current_pointer(&p.lake())["path"]
+    let v2 = current_pointer(&p.lake(), "behavior")["path"]
         .as_str()
         .expect("path")
         .to_string();
@@ -355,7 +296,7 @@ fn behavior_dataset_equals_duckdb_sql_and_survives_a_killed_refresh() {
             "{old} should have been deleted"
         );
     }
-    let v4 = current_pointer(&p.lake())["path"]
+    let v4 = current_pointer(&p.lake(), "behavior")["path"]
         .as_str()
         .expect("path")
         .to_string();
@@ -369,7 +310,7 @@ fn check_against_sql_excluding_new(p: &Project, v1: &str) {
         p.path(),
         &format!(
             "SELECT count(*) FROM {} WHERE user_id = 'OA-7'",
-            published_sql(v1, "behavior")
+            published_table(v1, "behavior")
         ),
     )
     .expect("duckdb");

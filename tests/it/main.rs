@@ -26,6 +26,7 @@ mod kafka_journal;
 mod kafka_scale;
 mod kafka_sink;
 mod kafka_tls;
+mod lake_fixtures;
 mod media_e2e;
 mod pipeline;
 mod quota;

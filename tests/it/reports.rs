@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::lake_fixtures::ID_FIELDS;
 use crate::serve::{Daemon, free_port, http, start_with};
 use crate::support::*;
 
@@ -174,6 +175,29 @@ pub(crate) fn report_cells(table: &serde_json::Value) -> Cells {
     out
 }
 
+/// Text column `c` of the hits `e` in DuckDB (empty as NULL), or NULL where no file has it.
+fn optional_column(columns: &[String], c: &str) -> String {
+    if columns.iter().any(|x| x == c) {
+        format!("nullif(e.{c}, '')")
+    } else {
+        "NULL".to_string()
+    }
+}
+
+/// The device key of a hit `e` in DuckDB: its first ID present, else its IP and user agent. ID
+/// columns no file has are left out.
+fn device_key_sql(columns: &[String]) -> String {
+    let whens: Vec<String> = ID_FIELDS
+        .iter()
+        .filter(|f| columns.iter().any(|x| x == *f))
+        .map(|f| format!("WHEN e.{f} IS NOT NULL AND e.{f} <> '' THEN '{f}:' || e.{f}"))
+        .collect();
+    format!(
+        "CASE {} ELSE 'ip_ua:' || coalesce(e.user_ip, '') || chr(10) || coalesce(e.user_agent, '') END",
+        whens.join(" ")
+    )
+}
+
 /// The same report computed by DuckDB over the lake's Parquet. Every file is committed here
 /// (no crash in this test), so the whole dataset is read, with `dt`/`hour` from the partitions.
 #[allow(clippy::too_many_arguments)]
@@ -191,32 +215,8 @@ fn duckdb_cells(
         .iter()
         .map(|(id, g)| format!("({id}, '{g}')"))
         .collect();
-    let optional = |c: &str| {
-        if columns.iter().any(|x| x == c) {
-            format!("nullif(e.{c}, '')")
-        } else {
-            "NULL".to_string()
-        }
-    };
-    let device_key = {
-        let ids = [
-            "idfa",
-            "imei_md5",
-            "oaid",
-            "android_id_md5",
-            "mac_md5",
-            "caid",
-            "aaid",
-        ];
-        let whens: Vec<String> = ids
-            .iter()
-            .map(|f| format!("WHEN e.{f} IS NOT NULL AND e.{f} <> '' THEN '{f}:' || e.{f}"))
-            .collect();
-        format!(
-            "CASE {} ELSE 'ip_ua:' || coalesce(e.user_ip, '') || chr(10) || coalesce(e.user_agent, '') END",
-            whens.join(" ")
-        )
-    };
+    let optional = |c: &str| optional_column(columns, c);
+    let device_key = device_key_sql(columns);
     let sql = format!(
         "WITH acts(activity_id, grp) AS (VALUES {acts}),
          hits AS (
@@ -622,31 +622,7 @@ fn duckdb_tencent_cells(
         .iter()
         .map(|(id, link)| format!("('{link}', '{id}')"))
         .collect();
-    let optional = |c: &str| {
-        if columns.iter().any(|x| x == c) {
-            format!("nullif(e.{c}, '')")
-        } else {
-            "NULL".to_string()
-        }
-    };
-    let whens: Vec<String> = [
-        "idfa",
-        "imei_md5",
-        "oaid",
-        "android_id_md5",
-        "mac_md5",
-        "caid",
-        "aaid",
-    ]
-    .iter()
-    .map(|f| {
-        if columns.iter().any(|x| x == f) {
-            format!("WHEN e.{f} IS NOT NULL AND e.{f} <> '' THEN '{f}:' || e.{f}")
-        } else {
-            String::new()
-        }
-    })
-    .collect();
+    let optional = |c: &str| optional_column(columns, c);
     let sql = format!(
         "WITH links(link_id, task) AS (VALUES {links}),
          hits AS (
@@ -656,7 +632,7 @@ fn duckdb_tencent_cells(
                   coalesce({adgroup}, 'unknown') AS adgroup,
                   coalesce({province}, 'unknown') AS province,
                   coalesce({os}, 'unknown') AS os,
-                  CASE {whens} ELSE 'ip_ua:' || coalesce(e.user_ip, '') || chr(10) || coalesce(e.user_agent, '') END AS dk
+                  {device_key} AS dk
            FROM read_parquet('{lake}/ad_events/*/*/*.parquet', hive_partitioning = true, union_by_name = true) e
            JOIN links l ON l.link_id = e.link_id
            WHERE e.workspace = '{ws}' AND e.endpoint = 'feedback'
@@ -667,7 +643,7 @@ fn duckdb_tencent_cells(
         adgroup = optional("adgroup_id"),
         province = optional("geo_province"),
         os = optional("ua_os"),
-        whens = whens.join(" "),
+        device_key = device_key_sql(columns),
         lake = p.lake().display(),
     );
     let (_, _, rows) = duckdb(p.path(), &sql)?;

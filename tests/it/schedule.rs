@@ -13,33 +13,16 @@ use std::time::{Duration, Instant};
 use chrono::{NaiveDate, TimeZone};
 use serde_json::{Value, json};
 
+use crate::lake_fixtures::*;
 use crate::serve::{Daemon, free_port, start_with};
 use crate::support::*;
 
-/// Hits dropped as files and landed in `ad_events` by a file pipeline (no journal needed).
-const AD_DROP_PIPELINE: &str = r#"
-name: ad_drop
-source:
-  type: object_store_files
-  url: file://./data/drops/ad
-transforms:
-  - validate: {schema: ad_event}
-sink:
-  type: parquet
-  dataset: ad_events
-  partition_by: {column: event_time, granularity: hour}
-"#;
-
+/// Hits landed in `ad_events` by the file pipeline `ad_drop`, no dataset job but the test's.
 fn project() -> Project {
-    let p = Project::new();
-    p.edit_pipeline(
-        "schedule:\n  cron: \"* * * * *\"\n  time_zone: Asia/Shanghai\n",
-        "",
-    );
-    std::fs::remove_file(p.path().join("pipelines/ad_events.yaml")).expect("rm ad_events.yaml");
+    let p = ad_drop_project("hour");
+    unschedule_behavior_events(&p);
     std::fs::remove_file(p.path().join("pipelines/behavior_dataset.yaml"))
         .expect("rm behavior_dataset.yaml");
-    p.write("pipelines/ad_drop.yaml", AD_DROP_PIPELINE);
     p
 }
 
@@ -70,8 +53,13 @@ fn hit(n: u32, day: NaiveDate, device: &str) -> String {
         .expect("local time")
         .to_utc()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    format!(
-        r#"{{"event_id":"e{n}-{day}","received_at":"{at}","event_time":"{at}","event_time_from_media":false,"endpoint":"impression","workspace":"ws","activity_id":7,"link_id":"1","channel":"kuaishou","activity_status":"on","method":"GET","server_to_server":false,"raw_query":"q","oaid":"{device}"}}"#
+    ad_hit(
+        &format!("e{n}-{day}"),
+        "impression",
+        &at,
+        "kuaishou",
+        7,
+        &format!(r#","oaid":"{device}""#),
     )
 }
 
@@ -82,10 +70,7 @@ fn land(p: &Project, day: NaiveDate, devices: &[&str]) {
         .enumerate()
         .map(|(i, d)| hit(i as u32, day, d))
         .collect();
-    p.write(
-        &format!("data/drops/ad/{day}-{}.ndjson", devices.len()),
-        &(hits.join("\n") + "\n"),
-    );
+    drop_hits(p, "ad", &format!("{day}-{}.ndjson", devices.len()), &hits);
     let out = p.run(&["run", "ad_drop", "--json"]);
     assert!(out.status.success(), "ad_drop: {}", stderr(&out));
 }
@@ -490,12 +475,7 @@ fn run_id_of(out: &str, day: NaiveDate, status: &str) -> i64 {
 
 /// Rows of the published version's main table.
 fn published_rows(p: &Project) -> usize {
-    let seq = current_seq(p, "behavior").expect("a published version");
-    let pointer: Value = serde_json::from_slice(
-        &std::fs::read(p.lake().join(format!("datasets/behavior/_current/{seq}")))
-            .expect("pointer"),
-    )
-    .expect("pointer JSON");
+    let pointer = current_pointer(&p.lake(), "behavior");
     let table = pointer["tables"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["table"] == "behavior"))

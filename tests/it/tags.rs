@@ -10,21 +10,8 @@ use std::path::Path;
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::lake_fixtures::*;
 use crate::support::*;
-
-/// Hits through the schema (every `ad_event` column in every file), into `ad_events`.
-const AD_DROP: &str = r#"
-name: ad_drop
-source:
-  type: object_store_files
-  url: file://./data/drops/ad
-transforms:
-  - validate: {schema: ad_event}
-sink:
-  type: parquet
-  dataset: ad_events
-  partition_by: {column: event_time, granularity: day}
-"#;
 
 /// Hits as they come (only the columns each file has), into `ad_events`: schema changes.
 const AD_RAW: &str = r#"
@@ -104,22 +91,16 @@ impl Lcg {
     }
 }
 
-const ID_FIELDS: &[&str] = &[
-    "idfa",
-    "imei_md5",
-    "oaid",
-    "android_id_md5",
-    "mac_md5",
-    "caid",
-    "aaid",
-];
-
 /// One hit as an NDJSON line.
 fn hit(n: usize, endpoint: &str, at: DateTime<Utc>, channel: &str, extra: &str) -> String {
     let time = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    format!(
-        r#"{{"event_id":"e{n}","received_at":"{time}","event_time":"{time}","event_time_from_media":false,"endpoint":"{endpoint}","workspace":"ws","activity_id":{},"link_id":"1","channel":"{channel}","activity_status":"on","method":"GET","server_to_server":false,"raw_query":"q"{extra}}}"#,
-        7 + n % 5
+    ad_hit(
+        &format!("e{n}"),
+        endpoint,
+        &time,
+        channel,
+        7 + (n % 5) as i64,
+        extra,
     )
 }
 
@@ -198,35 +179,18 @@ fn generated_hits() -> Vec<String> {
     out
 }
 
-/// A project whose `ad_events` come from file drops: through the schema, or `raw`.
+/// A project whose `ad_events` come from file drops: through the schema (daily partitions), or
+/// `raw`.
 fn project(raw: bool) -> Project {
-    let p = Project::new();
-    std::fs::remove_file(p.path().join("pipelines/ad_events.yaml")).expect("rm ad_events.yaml");
-    if raw {
+    let p = if raw {
+        let p = project_without_journal();
         p.write("pipelines/ad_raw.yaml", AD_RAW);
+        p
     } else {
-        p.write("pipelines/ad_drop.yaml", AD_DROP);
-    }
+        ad_drop_project("day")
+    };
     p.write("pipelines/test_tags.yaml", TAGS);
     p
-}
-
-fn drop_hits(p: &Project, folder: &str, name: &str, hits: &[String]) {
-    p.write(
-        &format!("data/drops/{folder}/{name}"),
-        &(hits.join("\n") + "\n"),
-    );
-}
-
-fn run_ok(p: &Project, args: &[&str]) -> serde_json::Value {
-    let out = p.run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    serde_json::from_str(stdout(&out).lines().last().unwrap_or("")).expect("summary JSON")
 }
 
 fn refresh(p: &Project, job: &str, as_of: &str) -> serde_json::Value {
@@ -245,20 +209,10 @@ fn refresh_fails(p: &Project, job: &str, as_of: &str) -> String {
 
 /// The folder of the version `_current` points at, relative to the lake.
 fn current_path(lake: &Path, dataset: &str) -> String {
-    let dir = lake.join(format!("datasets/{dataset}/_current"));
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .expect("_current")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    names.sort();
-    let last = names.last().expect("a pointer");
-    let pointer: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(last).expect("read pointer")).expect("json");
-    pointer["path"].as_str().expect("path").to_string()
-}
-
-fn table(version: &str, table: &str) -> String {
-    format!("read_parquet('data/lake/{version}/{table}/*.parquet', hive_partitioning = false)")
+    current_pointer(lake, dataset)["path"]
+        .as_str()
+        .expect("path")
+        .to_string()
 }
 
 /// Every tag of [`TAGS`] computed by DuckDB from the committed Parquet, as of `end`.
@@ -373,23 +327,10 @@ FROM rfm
     )
 }
 
-/// Rows of `left EXCEPT ALL right` plus `right EXCEPT ALL left`, and the row counts of both.
-fn diff(p: &Project, left: &str, right: &str) -> (i64, i64, i64) {
-    let sql = format!(
-        "WITH l AS ({left}), r AS ({right}) SELECT \
-         (SELECT count(*) FROM (SELECT * FROM l EXCEPT ALL SELECT * FROM r)) + \
-         (SELECT count(*) FROM (SELECT * FROM r EXCEPT ALL SELECT * FROM l)), \
-         (SELECT count(*) FROM l), (SELECT count(*) FROM r)"
-    );
-    let (_, _, rows) = duckdb(p.path(), &sql).expect("duckdb");
-    let n = |i: usize| rows[0][i].as_i64().expect("count");
-    (n(0), n(1), n(2))
-}
-
 fn published(version: &str) -> String {
     format!(
         "SELECT * REPLACE (round(user_tag_ctr_30d, 9) AS user_tag_ctr_30d) FROM {}",
-        table(version, "user_tags")
+        published_table(version, "user_tags")
     )
 }
 
@@ -418,7 +359,7 @@ fn distinct_values(p: &Project, version: &str, column: &str) -> Vec<String> {
         p.path(),
         &format!(
             "SELECT DISTINCT {column}::VARCHAR FROM {} WHERE {column} IS NOT NULL ORDER BY 1",
-            table(version, "user_tags")
+            published_table(version, "user_tags")
         ),
     )
     .expect("duckdb");
@@ -469,7 +410,7 @@ fn every_tag_kind_equals_duckdb_sql_over_the_same_parquet() {
         &format!(
             "SELECT user_tag_clicks_7d, user_tag_hits_12h, user_tag_clicks_90d, strftime(user_tag_last_seen, '%Y-%m-%dT%H:%M:%S') \
              FROM {} WHERE user_id = 'EDGE'",
-            table(&version, "user_tags")
+            published_table(&version, "user_tags")
         ),
     )
     .expect("duckdb");
@@ -485,7 +426,7 @@ fn every_tag_kind_equals_duckdb_sql_over_the_same_parquet() {
         p.path(),
         &format!(
             "SELECT column_name, role, tag_type FROM {} WHERE column_name IN ('user_id', 'oaid', 'user_tag_media_30d', 'user_tag_top_click_media_30d', 'user_tag_top_media_90d', 'user_tag_last_seen', 'user_tag_ctr_30d') ORDER BY 1",
-            table(&version, "columns")
+            published_table(&version, "columns")
         ),
     )
     .expect("duckdb");
@@ -654,7 +595,7 @@ fn hourly_refreshes_move_the_windows_by_the_hour() {
         p.path(),
         &format!(
             "SELECT user_tag_clicks_7d, strftime(user_tag_last_seen, '%H:%M:%S') FROM {} WHERE user_id = 'EDGE'",
-            table(&current_path(&p.lake(), "test_tags"), "user_tags")
+            published_table(&current_path(&p.lake(), "test_tags"), "user_tags")
         ),
     )
     .expect("duckdb");
