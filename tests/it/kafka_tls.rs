@@ -69,6 +69,21 @@ fn leaf(
     (cert.pem(), key.serialize_pem())
 }
 
+/// The password of `client-encrypted.key`.
+const CLIENT_KEY_PASSWORD: &str = "key-pass-0451";
+
+/// `key_pem` as an encrypted PKCS#8 PEM (`-----BEGIN ENCRYPTED PRIVATE KEY-----`).
+fn encrypted(key_pem: &str, password: &str) -> String {
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes()).expect("client key");
+    let pem = key
+        .private_key_to_pem_pkcs8_passphrase(
+            openssl::symm::Cipher::aes_256_cbc(),
+            password.as_bytes(),
+        )
+        .expect("encrypt the client key");
+    String::from_utf8(pem).expect("PEM is ASCII")
+}
+
 impl Pki {
     pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().expect("pki dir");
@@ -93,6 +108,10 @@ impl Pki {
         write("server.key", &server_key);
         write("client.pem", &client_pem);
         write("client.key", &client_key);
+        write(
+            "client-encrypted.key",
+            &encrypted(&client_key, CLIENT_KEY_PASSWORD),
+        );
         write("elsewhere.pem", &elsewhere_pem);
         write("elsewhere.key", &elsewhere_key);
         Pki { dir }
@@ -590,7 +609,7 @@ fn a_kafka_source_reads_a_tls_topic_into_parquet_and_refuses_an_unknown_ca_or_an
 }
 
 #[test]
-fn a_pem_librdkafka_cannot_use_stops_the_run_naming_the_field() {
+fn a_pem_librdkafka_cannot_use_or_a_wrong_key_password_stops_the_run_naming_the_field() {
     let opts = BrokerOptions::default();
     let Some(broker) = TlsBroker::start(opts) else {
         return;
@@ -618,11 +637,42 @@ fn a_pem_librdkafka_cannot_use_stops_the_run_naming_the_field() {
             == "backflow_kafka_source_failures_total{pipeline=\"tls_events\",kind=\"tls_file\"} 1"),
         "{metrics}"
     );
+
+    // The encrypted client key with a wrong password (`HOME`'s value): refused when the client
+    // starts, named by the key's field, not mistaken for a handshake refusal.
+    let (ca, cert, encrypted_key) = (
+        broker.pki.file("ca.pem"),
+        broker.pki.file("client.pem"),
+        broker.pki.file("client-encrypted.key"),
+    );
+    let yaml = pipeline_yaml(
+        "tls_events",
+        &broker.brokers,
+        "t",
+        &format!(
+            "  security_protocol: ssl\n  tls:\n    ca: {ca}\n    certificate: {cert}\n    key: {encrypted_key}\n    key_password_env: HOME\n"
+        ),
+        None,
+    );
+    let (err, metrics) = run_in_process(&yaml);
+    assert!(!err.retryable(), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "kafka: source.tls.key: librdkafka cannot use `{encrypted_key}`: "
+        )) && message.ends_with("(and `key_password_env` if it is encrypted))"),
+        "{message}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            == "backflow_kafka_source_failures_total{pipeline=\"tls_events\",kind=\"tls_file\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
-fn sasl_ssl_with_scram_and_a_client_certificate_reads_and_publishes_and_no_certificate_is_refused()
-{
+fn sasl_ssl_with_scram_and_a_client_certificate_reads_and_publishes_with_an_encrypted_key_and_no_certificate_is_refused()
+ {
     let opts = BrokerOptions {
         scram: true,
         client_certs: true,
@@ -643,9 +693,11 @@ fn sasl_ssl_with_scram_and_a_client_certificate_reads_and_publishes_and_no_certi
         broker.pki.file("client.key"),
     );
     let tls = format!("  tls:\n    ca: {ca}\n    certificate: {cert}\n    key: {key}\n");
-    // The Kafka source and the Kafka sink, both `sasl_ssl` with SCRAM and a client certificate.
+    // The Kafka source and the Kafka sink, both `sasl_ssl` with SCRAM and a client certificate;
+    // the sink's key is the encrypted copy, its password in `key_password_env`.
+    let encrypted_key = broker.pki.file("client-encrypted.key");
     let sink = format!(
-        "sink:\n  type: kafka\n  brokers: [\"{}\"]\n  topic: {output}\n  key_column: n\n  security_protocol: sasl_ssl\n  sasl_mechanism: scram_sha_256\n  sasl_username: alice\n  sasl_password_env: KAFKA_TEST_PASSWORD\n{tls}",
+        "sink:\n  type: kafka\n  brokers: [\"{}\"]\n  topic: {output}\n  key_column: n\n  security_protocol: sasl_ssl\n  sasl_mechanism: scram_sha_256\n  sasl_username: alice\n  sasl_password_env: KAFKA_TEST_PASSWORD\n  tls:\n    ca: {ca}\n    certificate: {cert}\n    key: {encrypted_key}\n    key_password_env: KAFKA_TEST_KEY_PASSWORD\n",
         broker.brokers
     );
     let source = format!(
@@ -658,6 +710,7 @@ fn sasl_ssl_with_scram_and_a_client_certificate_reads_and_publishes_and_no_certi
     );
     let mut cmd = p.command(&["run", "mtls", "--json"]);
     cmd.env("KAFKA_TEST_PASSWORD", "wonderland")
+        .env("KAFKA_TEST_KEY_PASSWORD", CLIENT_KEY_PASSWORD)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let out = wait_bounded(
