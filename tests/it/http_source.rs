@@ -742,6 +742,35 @@ pub(crate) fn in_process(lake: &str) -> backflow::pipeline::Runtime {
     }
 }
 
+/// Loads `yaml` (as file `file`) and runs it in this process on the lake `lake`, expecting the
+/// run to fail: the error and the runtime (its metrics and catalog).
+pub(crate) fn run_failing(
+    file: &str,
+    yaml: &str,
+    lake: &str,
+) -> (
+    backflow::pipeline::PipelineError,
+    backflow::pipeline::Runtime,
+) {
+    let opts = backflow::config::LoadOptions::default();
+    let pipeline = backflow::config::load_pipeline_str(std::path::Path::new(file), yaml, &opts)
+        .expect("pipeline");
+    let runtime = in_process(lake);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let err = rt
+        .block_on(runtime.run(
+            &pipeline,
+            &backflow::pipeline::RunOptions::default(),
+            &cancel,
+        ))
+        .expect_err("the run fails");
+    (err, runtime)
+}
+
 fn in_process_pipeline(url: &str, source_keys: &str) -> backflow::config::model::Pipeline {
     let text = format!(
         "name: metered\nsource:\n  type: http\n  url: {url}/v1/events\n{source_keys}\

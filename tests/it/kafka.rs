@@ -206,19 +206,7 @@ fn run_kafka(p: &Project) -> serde_json::Value {
 }
 
 fn landed(p: &Project) -> Vec<i64> {
-    let df = read_dataset(&p.lake().join("kafka_events"));
-    if df.height() == 0 {
-        return Vec::new();
-    }
-    let mut ns: Vec<i64> = df
-        .column("n")
-        .expect("n")
-        .i64()
-        .expect("int64")
-        .into_no_null_iter()
-        .collect();
-    ns.sort_unstable();
-    ns
+    sorted_i64(&read_dataset(&p.lake().join("kafka_events")), "n")
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::http_source::in_process;
+use crate::http_source::run_failing;
 use crate::kafka::{RUN_LIMIT, unique};
 use crate::support::*;
 
@@ -15,6 +15,21 @@ use crate::support::*;
 struct AuthBroker {
     child: Child,
     brokers: String,
+}
+
+/// Creates the SCRAM-SHA-256 user `alice` (password `wonderland`) on the tansu `bin` listening
+/// on `url` without authentication (tansu keeps it in its storage).
+pub(crate) fn create_scram_user(bin: &str, url: &str) {
+    let user = Command::new(bin)
+        .args(["user", "create", "--broker", url, "--mechanism", "scram256"])
+        .args(["alice", "wonderland"])
+        .output()
+        .expect("tansu user create");
+    assert!(
+        user.status.success(),
+        "tansu user create: {}",
+        stderr(&user)
+    );
 }
 
 impl AuthBroker {
@@ -84,23 +99,7 @@ impl AuthBroker {
             panic!("tansu did not listen on {brokers}");
         };
         let open = spawn(false);
-        let user = Command::new(&bin)
-            .args([
-                "user",
-                "create",
-                "--broker",
-                &url,
-                "--mechanism",
-                "scram256",
-            ])
-            .args(["alice", "wonderland"])
-            .output()
-            .expect("tansu user create");
-        assert!(
-            user.status.success(),
-            "tansu user create: {}",
-            stderr(&user)
-        );
+        create_scram_user(&bin, &url);
         crate::kafka::create_topic(&brokers, topic, 1);
         crate::kafka::produce(&brokers, topic, messages);
         drop(open);
@@ -216,23 +215,8 @@ fn a_refused_login_fails_the_run_at_once_not_retryable_counted_and_commits_nothi
         &unique("backflow"),
         "{mechanism: plain, username: nobody, secret: HOME}",
     );
-    let opts = backflow::config::LoadOptions::default();
-    let pipeline =
-        backflow::config::load_pipeline_str(std::path::Path::new("kafka_auth.yaml"), &yaml, &opts)
-            .expect("pipeline");
-    let runtime = in_process("memory://kafka-auth-lake");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let err = rt
-        .block_on(runtime.run(
-            &pipeline,
-            &backflow::pipeline::RunOptions::default(),
-            &cancel,
-        ))
-        .expect_err("a refused login fails the run");
+    let (err, runtime) = run_failing("kafka_auth.yaml", &yaml, "memory://kafka-auth-lake");
+    let metrics = runtime.metrics.encode();
 
     assert!(!err.retryable(), "a refused login is not retried: {err}");
     let message = err.to_string();
@@ -243,7 +227,6 @@ fn a_refused_login_fails_the_run_at_once_not_retryable_counted_and_commits_nothi
             && message.ends_with("; not retried"),
         "{message}"
     );
-    let metrics = runtime.metrics.encode();
     assert!(
         metrics.lines().any(|l| l
             == "backflow_kafka_source_failures_total{pipeline=\"kafka_auth\",kind=\"unauthorized\"} 1"),

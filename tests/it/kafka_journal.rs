@@ -63,8 +63,19 @@ pub(crate) fn consume_raw(
     partitions: i32,
     expect: usize,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    consume_raw_with(config, topic, partitions, expect)
+}
+
+/// `consume_raw` with the client settings `config` (brokers, TLS, login); a fresh group.
+pub(crate) fn consume_raw_with(
+    mut config: ClientConfig,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer: BaseConsumer = config
         .set(
             "group.id",
             format!("reader-{}", uuid::Uuid::now_v7().simple()),

@@ -59,16 +59,7 @@ fn landed(p: &Project) -> Vec<i64> {
     if parquet_files(&dir).is_empty() {
         return Vec::new();
     }
-    let df = read_dataset(&dir);
-    let mut ns: Vec<i64> = df
-        .column("n")
-        .expect("n")
-        .i64()
-        .expect("int64")
-        .into_no_null_iter()
-        .collect();
-    ns.sort_unstable();
-    ns
+    sorted_i64(&read_dataset(&dir), "n")
 }
 
 fn spawn_run(p: &Project, env: &[(&str, &str)]) -> Child {

@@ -299,23 +299,7 @@ impl TlsBroker {
         if options.scram {
             // The user is created on a broker without authentication, then tansu restarts on
             // the same storage with it (as tests/it/kafka_auth.rs does).
-            let user = Command::new(&bin)
-                .args([
-                    "user",
-                    "create",
-                    "--broker",
-                    &listen,
-                    "--mechanism",
-                    "scram256",
-                ])
-                .args(["alice", "wonderland"])
-                .output()
-                .expect("tansu user create");
-            assert!(
-                user.status.success(),
-                "tansu user create: {}",
-                stderr(&user)
-            );
+            crate::kafka_auth::create_scram_user(&bin, &listen);
             let _ = tansu.kill();
             let _ = tansu.wait();
             tansu = spawn_tansu(&bin, storage.path(), &listen, &advertise, true);
@@ -433,33 +417,15 @@ impl TlsBroker {
         partitions: i32,
         expect: usize,
     ) -> Vec<(String, String)> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::message::Message;
-        let consumer: BaseConsumer = self
-            .client(options)
-            .set("group.id", crate::kafka::unique("tls-reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut list = rdkafka::TopicPartitionList::new();
-        for p in 0..partitions {
-            list.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&list).expect("assign");
-        let mut got = Vec::new();
-        let mut empty = 0;
-        while empty < if got.len() >= expect { 3 } else { 30 } {
-            match consumer.poll(Duration::from_secs(1)) {
-                Some(Ok(m)) => got.push((
-                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                )),
-                Some(Err(e)) => panic!("consume: {e}"),
-                None => empty += 1,
-            }
-        }
-        got
+        crate::kafka_journal::consume_raw_with(self.client(options), topic, partitions, expect)
+            .into_iter()
+            .map(|(key, payload)| {
+                (
+                    String::from_utf8_lossy(&key).into_owned(),
+                    String::from_utf8_lossy(&payload).into_owned(),
+                )
+            })
+            .collect()
     }
 }
 
@@ -493,36 +459,13 @@ fn pipeline_yaml(
 }
 
 fn landed(p: &Project, dataset: &str) -> Vec<i64> {
-    let df = read_dataset(&p.lake().join(dataset));
-    let mut ns: Vec<i64> = df
-        .column("n")
-        .expect("n")
-        .i64()
-        .expect("int64")
-        .into_no_null_iter()
-        .collect();
-    ns.sort_unstable();
-    ns
+    sorted_i64(&read_dataset(&p.lake().join(dataset)), "n")
 }
 
 /// Runs `yaml` in this process (lake in memory): the run's error and the metrics text.
 fn run_in_process(yaml: &str) -> (backflow::pipeline::PipelineError, String) {
-    let opts = backflow::config::LoadOptions::default();
-    let pipeline = backflow::config::load_pipeline_str(Path::new("kafka_tls.yaml"), yaml, &opts)
-        .expect("pipeline");
-    let runtime = crate::http_source::in_process("memory://kafka-tls-lake");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let err = rt
-        .block_on(runtime.run(
-            &pipeline,
-            &backflow::pipeline::RunOptions::default(),
-            &cancel,
-        ))
-        .expect_err("the run fails");
+    let (err, runtime) =
+        crate::http_source::run_failing("kafka_tls.yaml", yaml, "memory://kafka-tls-lake");
     (err, runtime.metrics.encode())
 }
 

@@ -297,14 +297,6 @@ async fn listing_after_the_watermark_lists_only_new_keys_and_a_full_listing_catc
         "drops/events/dt=2026-03-01/part-0150-late.ndjson"
     );
 
-    let lake = read_dataset(&p.lake().join("drops"));
-    let mut ns: Vec<i64> = lake
-        .column("n")
-        .expect("n")
-        .i64()
-        .expect("int64")
-        .into_no_null_iter()
-        .collect();
-    ns.sort_unstable();
+    let ns = sorted_i64(&read_dataset(&p.lake().join("drops")), "n");
     assert_eq!(ns, (0..307).collect::<Vec<_>>());
 }

@@ -223,6 +223,22 @@ pub fn read_dataset(dir: &Path) -> DataFrame {
     }
 }
 
+/// An int64 column's values, sorted, duplicates kept (empty for an empty frame).
+pub fn sorted_i64(df: &DataFrame, column: &str) -> Vec<i64> {
+    if df.height() == 0 {
+        return Vec::new();
+    }
+    let mut values: Vec<i64> = df
+        .column(column)
+        .expect("column")
+        .i64()
+        .expect("int64")
+        .into_no_null_iter()
+        .collect();
+    values.sort_unstable();
+    values
+}
+
 /// One string column's values, sorted (a row multiset key).
 pub fn sorted_values(df: &DataFrame, column: &str) -> Vec<String> {
     if df.height() == 0 {
