@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::catalog::{CatalogError, NewRun, RunRecord, RunStatus};
 use crate::config::load::DEFAULT_WORKSPACE;
@@ -398,8 +398,15 @@ impl Jobs {
             run_id,
             period: request.period.as_ref().map(Period::label),
         };
-        info!(pipeline = %name, run = run_id, trigger = %request.trigger,
-            period = ?submitted.period, "run queued");
+        // A schedule's own runs are routine (every 10 s for `ad_events`): at debug, so the log
+        // shows what someone asked for and what did work; every run is in the catalog anyway.
+        if request.trigger == "schedule" {
+            debug!(pipeline = %name, run = run_id, trigger = %request.trigger,
+                period = ?submitted.period, "run queued");
+        } else {
+            info!(pipeline = %name, run = run_id, trigger = %request.trigger,
+                period = ?submitted.period, "run queued");
+        }
         let jobs = Arc::clone(self);
         self.tracker.spawn(async move {
             let waited = tokio::select! {
@@ -592,6 +599,15 @@ impl Jobs {
                     ..RunOptions::default()
                 };
                 match self.runtime.run(pipeline, &opts, &self.cancel).await {
+                    // A run that found nothing to do is logged at debug (its record and the
+                    // run metrics still count it); one that committed batches at info.
+                    Ok(s) if s.batches == 0 => {
+                        debug!(
+                            pipeline = %pipeline.name, run = s.run_id, status = %s.status, batches = s.batches,
+                            "run finished: nothing new"
+                        );
+                        None
+                    }
                     Ok(s) => {
                         info!(
                             pipeline = %pipeline.name, run = s.run_id, status = %s.status, batches = s.batches,

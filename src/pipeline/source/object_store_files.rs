@@ -130,14 +130,27 @@ pub async fn plan_batch(
         .objects_listed
         .get_or_create(&Metrics::labels(pipeline))
         .inc_by(planned.listed);
-    tracing::info!(
-        pipeline,
-        listing = kind,
-        after = watermark.as_deref().unwrap_or(""),
-        listed = planned.listed,
-        batch_files = planned.files.len(),
-        "source prefix listed"
-    );
+    // At info when the listing found files for a batch; an idle poll (every minute on a
+    // schedule) at debug; the listing metrics above count both.
+    if planned.files.is_empty() {
+        tracing::debug!(
+            pipeline,
+            listing = kind,
+            after = watermark.as_deref().unwrap_or(""),
+            listed = planned.listed,
+            batch_files = 0,
+            "source prefix listed"
+        );
+    } else {
+        tracing::info!(
+            pipeline,
+            listing = kind,
+            after = watermark.as_deref().unwrap_or(""),
+            listed = planned.listed,
+            batch_files = planned.files.len(),
+            "source prefix listed"
+        );
+    }
     if watermark.is_none() && matches!(cfg.listing, Listing::AfterWatermark { .. }) {
         // Every file under the old watermark is in this batch (or was ingested): until the
         // next full listing, listing after the watermark misses nothing known.
