@@ -739,11 +739,38 @@ fn journal_env(
     env
 }
 
+/// A daemon whose Kafka journal is a fresh one-partition topic of `broker`, over TLS trusting
+/// the test's `ca` file (with the SCRAM login when `opts.scram`), and one Huawei activity.
+struct JournalDaemon {
+    // Declared first: the daemon stops before its project folder goes.
+    d: crate::serve::Daemon,
+    p: Project,
+    topic: String,
+    activity: serde_json::Value,
+}
+
+fn journal_daemon(broker: &TlsBroker, opts: BrokerOptions, ca: &str) -> JournalDaemon {
+    use crate::serve::{free_port, start_with};
+    let topic = crate::kafka::unique("hits");
+    broker.create_topic(opts, &topic, 1);
+    let p = Project::new();
+    let (public, admin) = (free_port(), free_port());
+    let env = journal_env(public, broker, &topic, ca, opts.scram);
+    let activity = crate::collect::create(&p, &env, "hw", "huawei", Some("https://example.com/l"));
+    let d = start_with(&p, (public, admin), &env);
+    JournalDaemon {
+        d,
+        p,
+        topic,
+        activity,
+    }
+}
+
 #[test]
 fn the_kafka_journal_produces_over_sasl_ssl_with_scram_and_ad_events_reads_it_back() {
-    use crate::collect::{create, hit};
+    use crate::collect::hit;
     use crate::kafka_journal::{metric, metrics, wait_for_state};
-    use crate::serve::{free_port, http, start_with};
+    use crate::serve::http;
     let opts = BrokerOptions {
         scram: true,
         client_certs: false,
@@ -751,13 +778,13 @@ fn the_kafka_journal_produces_over_sasl_ssl_with_scram_and_ad_events_reads_it_ba
     let Some(broker) = TlsBroker::start(opts) else {
         return;
     };
-    let topic = crate::kafka::unique("hits");
-    broker.create_topic(opts, &topic, 1);
-    let p = Project::new();
-    let (public, admin) = (free_port(), free_port());
-    let env = journal_env(public, &broker, &topic, "ca.pem", true);
-    let a = create(&p, &env, "hw", "huawei", Some("https://example.com/l"));
-    let d = start_with(&p, (public, admin), &env);
+    // `p` bound first, so `d` (bound after) drops first.
+    let JournalDaemon {
+        p,
+        d,
+        topic,
+        activity: a,
+    } = journal_daemon(&broker, opts, "ca.pem");
     wait_for_state(&d, "ready");
 
     let sent = 4;
@@ -810,20 +837,18 @@ fn the_kafka_journal_produces_over_sasl_ssl_with_scram_and_ad_events_reads_it_ba
 
 #[test]
 fn a_journal_producer_that_does_not_trust_the_brokers_ca_is_tls_failed() {
-    use crate::collect::{create, hit};
+    use crate::collect::hit;
     use crate::kafka_journal::{metric, metrics, wait_for_state};
-    use crate::serve::{free_port, start_with};
     let opts = BrokerOptions::default();
     let Some(broker) = TlsBroker::start(opts) else {
         return;
     };
-    let topic = crate::kafka::unique("hits");
-    broker.create_topic(opts, &topic, 1);
-    let p = Project::new();
-    let (public, admin) = (free_port(), free_port());
-    let env = journal_env(public, &broker, &topic, "other-ca.pem", false);
-    let a = create(&p, &env, "hw", "huawei", Some("https://example.com/l"));
-    let d = start_with(&p, (public, admin), &env);
+    let JournalDaemon {
+        p: _p,
+        d,
+        topic,
+        activity: a,
+    } = journal_daemon(&broker, opts, "other-ca.pem");
     // Not "broker_down": the state says what to fix.
     wait_for_state(&d, "tls_failed");
     let impression = hit(
